@@ -1,0 +1,1 @@
+//! TOML schema to validated, typed settings

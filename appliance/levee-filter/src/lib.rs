@@ -1,0 +1,1 @@
+//! checks that emit findings, and the pure scorer

@@ -1,0 +1,1 @@
+//! pure render of the nftables rule set, and apply via nft -f

@@ -1,0 +1,1 @@
+//! the tokio drivers: inbound listener, outbound delivery, DSN

@@ -1,0 +1,1 @@
+//! sans-IO SMTP: command parser, DATA/BDAT receivers, server Session, client reply parser

@@ -1,0 +1,1 @@
+//! durable message bodies and the retry schedule
