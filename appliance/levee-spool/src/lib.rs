@@ -1,1 +1,70 @@
-//! durable message bodies and the retry schedule
+//! Durable message files and the retry schedule.
+//!
+//! The relay sends `250` after DATA only when a message is safe: [`Spool::write`] has
+//! written and fsynced `tmp/ID` and linked it into `queue/ID`, and [`GroupCommit::commit`]
+//! has fsynced `queue/` and flushed the index. Any error on that path means 451/452
+//! ([`SpoolError::is_full`] tells which). At start [`Spool::open`] recovers every queued
+//! message and moves files that fail their checks to `corrupt/`; a message is never
+//! delivered half.
+//!
+//! All I/O is blocking std I/O: call it from `spawn_blocking` or a dedicated thread.
+
+mod commit;
+mod format;
+mod retry;
+mod spool;
+
+use std::path::PathBuf;
+
+use levee_types::{Action, Envelope, Finding, QueueId};
+use thiserror::Error;
+
+pub use commit::GroupCommit;
+pub use retry::{next_attempt, RetryPolicy};
+pub use spool::{CorruptFile, Recovered, Spool};
+
+/// Everything needed to deliver a message after a restart.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpoolMeta {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    /// Unix seconds.
+    pub received_at: u64,
+    /// The verdict's action at receipt (accept, tag or quarantine).
+    pub action: Action,
+    pub score: f64,
+    pub findings: Vec<(Finding, f64)>,
+}
+
+#[derive(Debug, Error)]
+pub enum SpoolError {
+    #[error("spool {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("queue file {} is corrupt: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("no queued message {0}")]
+    NotFound(QueueId),
+    #[error("spool {} is in use by another process", .0.display())]
+    Locked(PathBuf),
+    #[error("spool commit failed: {0}")]
+    Commit(String),
+}
+
+impl SpoolError {
+    /// The spool's file system is full (or over quota): answer 452 rather than 451.
+    pub fn is_full(&self) -> bool {
+        match self {
+            SpoolError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.raw_os_error() == Some(nix::libc::EDQUOT)
+            }
+            SpoolError::Commit(msg) => msg.contains("No space left") || msg.contains("quota"),
+            _ => false,
+        }
+    }
+}
