@@ -162,3 +162,120 @@ impl Drop for GroupCommit {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tests::sample_meta;
+    use crate::testutil::TempDir;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Barrier;
+    use std::time::{Duration, SystemTime};
+
+    fn spool(d: &TempDir) -> Arc<Spool> {
+        Arc::new(Spool::open(d.path()).unwrap().0)
+    }
+
+    /// Many writers, a slow flush: every caller gets Ok, rounds are shared, and each
+    /// caller's work was registered before the flush that released it began.
+    #[test]
+    fn concurrent_callers_share_rounds_that_cover_them() {
+        let d = TempDir::new("gc");
+        let spool = spool(&d);
+        // `pending` models index records written by callers; a flush makes durable
+        // exactly what was pending when it started.
+        let pending = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let flushed = Arc::new(Mutex::new(HashSet::<u64>::new()));
+        let (p, f) = (pending.clone(), flushed.clone());
+        let gc = Arc::new(GroupCommit::new(
+            spool.clone(),
+            Box::new(move || {
+                let batch: Vec<u64> = std::mem::take(&mut *p.lock().unwrap());
+                std::thread::sleep(Duration::from_millis(20));
+                f.lock().unwrap().extend(batch);
+                Ok(())
+            }),
+        ));
+        const THREADS: u64 = 32;
+        let barrier = Arc::new(Barrier::new(THREADS as usize));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|n| {
+                let (spool, gc, barrier) = (spool.clone(), gc.clone(), barrier.clone());
+                let (pending, flushed) = (pending.clone(), flushed.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    for round in 0..3 {
+                        let meta = sample_meta(spool.new_id(SystemTime::now()));
+                        spool.write(&meta, b"body").unwrap();
+                        let key = n * 100 + round;
+                        pending.lock().unwrap().push(key);
+                        gc.commit().unwrap();
+                        assert!(flushed.lock().unwrap().contains(&key), "released before covered");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let rounds = gc.rounds();
+        assert!((1..THREADS * 3).contains(&rounds), "{rounds} rounds for {} commits", THREADS * 3);
+        assert_eq!(flushed.lock().unwrap().len(), (THREADS * 3) as usize);
+        assert_eq!(spool.list().unwrap().len(), (THREADS * 3) as usize);
+    }
+
+    #[test]
+    fn a_failing_index_flush_fails_commit_until_it_recovers() {
+        let d = TempDir::new("gcfail");
+        let failing = Arc::new(AtomicBool::new(true));
+        let f = failing.clone();
+        let gc =
+            GroupCommit::new(
+                spool(&d),
+                Box::new(move || {
+                    if f.load(Ordering::SeqCst) {
+                        Err("disk on fire".into())
+                    } else {
+                        Ok(())
+                    }
+                }),
+            );
+        let err = gc.commit().unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        failing.store(false, Ordering::SeqCst);
+        gc.commit().unwrap();
+    }
+
+    #[test]
+    fn a_panicking_index_flush_is_an_error_not_a_hang() {
+        let d = TempDir::new("gcpanic");
+        let once = Arc::new(AtomicBool::new(true));
+        let o = once.clone();
+        let gc = GroupCommit::new(
+            spool(&d),
+            Box::new(move || {
+                if o.swap(false, Ordering::SeqCst) {
+                    panic!("flush bug");
+                }
+                Ok(())
+            }),
+        );
+        assert!(gc.commit().is_err());
+        gc.commit().unwrap();
+    }
+
+    #[test]
+    fn a_failing_directory_fsync_fails_commit() {
+        let d = TempDir::new("gcdir");
+        let spool = spool(&d);
+        let gc = GroupCommit::new(spool.clone(), Box::new(|| Ok(())));
+        gc.commit().unwrap();
+        // Without its queue directory the fsync cannot happen.
+        std::fs::rename(d.path().join("queue"), d.path().join("queue.gone")).unwrap();
+        assert!(matches!(gc.commit(), Err(SpoolError::Commit(_))));
+        std::fs::rename(d.path().join("queue.gone"), d.path().join("queue")).unwrap();
+        gc.commit().unwrap();
+        assert_eq!(gc.rounds(), 3);
+    }
+}

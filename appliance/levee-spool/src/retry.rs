@@ -46,7 +46,7 @@ pub fn next_attempt(
     let first = policy.first.as_secs();
     let cap = policy.max_interval.as_secs();
     let doublings = (attempts - 1).min(63);
-    let wait = first.checked_mul(1u64 << doublings).unwrap_or(u64::MAX).min(cap).max(1);
+    let wait = first.saturating_mul(1u64 << doublings).min(cap).max(1);
     Some(now.saturating_add(wait).min(expires))
 }
 

@@ -343,3 +343,264 @@ impl Spool {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tests::sample_meta;
+    use crate::testutil::TempDir;
+    use std::time::Duration;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn write_one(spool: &Spool, now: u64, body: &[u8]) -> SpoolMeta {
+        let meta = sample_meta(spool.new_id(t(now)));
+        spool.write(&meta, body).unwrap();
+        meta
+    }
+
+    #[test]
+    fn write_then_read_round_trips_and_leaves_no_tmp() {
+        let d = TempDir::new("rt");
+        let (spool, rec) = Spool::open(d.path()).unwrap();
+        assert!(rec.messages.is_empty() && rec.corrupt.is_empty());
+        let body = b"Subject: x\r\n\r\n\0\xff body\r\n".to_vec();
+        let meta = write_one(&spool, 1_700_000_000, &body);
+        spool.sync_queue_dir().unwrap();
+        assert_eq!(files_in(&d.path().join("queue")), [meta.id.to_string()]);
+        assert!(files_in(&d.path().join("tmp")).is_empty());
+        let (m, b) = spool.read(&meta.id).unwrap();
+        assert_eq!((m.envelope, b), (meta.envelope.clone(), body));
+        assert_eq!(spool.read_meta(&meta.id).unwrap().id, meta.id);
+        assert_eq!(spool.list().unwrap(), std::slice::from_ref(&meta.id));
+        spool.remove(&meta.id).unwrap();
+        assert!(matches!(spool.read(&meta.id), Err(SpoolError::NotFound(_))));
+        assert!(matches!(spool.remove(&meta.id), Err(SpoolError::NotFound(_))));
+    }
+
+    #[test]
+    fn reopen_recovers_every_message_in_id_order() {
+        let d = TempDir::new("recover");
+        let mut ids = Vec::new();
+        {
+            let (spool, _) = Spool::open(d.path()).unwrap();
+            for i in 0..5 {
+                ids.push(write_one(&spool, 1_700_000_000 + i, format!("m{i}").as_bytes()).id);
+            }
+            spool.sync_queue_dir().unwrap();
+        }
+        let (spool, rec) = Spool::open(d.path()).unwrap();
+        assert!(rec.corrupt.is_empty());
+        let got: Vec<QueueId> = rec.messages.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(got, ids);
+        assert_eq!(spool.read(&ids[3]).unwrap().1, b"m3");
+    }
+
+    #[test]
+    fn tmp_debris_is_removed_at_open() {
+        let d = TempDir::new("debris");
+        fs::create_dir_all(d.path().join("tmp/leftover-dir")).unwrap();
+        fs::write(d.path().join("tmp/0000000000000001"), b"half a message").unwrap();
+        let (_spool, rec) = Spool::open(d.path()).unwrap();
+        assert!(files_in(&d.path().join("tmp")).is_empty());
+        assert!(rec.messages.is_empty() && rec.corrupt.is_empty());
+    }
+
+    #[test]
+    fn a_file_truncated_at_any_length_is_moved_to_corrupt() {
+        let d = TempDir::new("torn");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let meta = write_one(&spool, 1_700_000_000, b"a body that will be torn\r\n");
+        let path = d.path().join("queue").join(meta.id.as_str());
+        let full = fs::read(&path).unwrap();
+        drop(spool);
+        let mut tried = 0;
+        for len in 0..full.len() {
+            fs::write(&path, &full[..len]).unwrap();
+            let (spool, rec) = Spool::open(d.path()).unwrap();
+            assert!(rec.messages.is_empty(), "truncated at {len} was recovered");
+            assert_eq!(rec.corrupt.len(), 1);
+            assert_eq!(rec.corrupt[0].name, meta.id.as_str());
+            assert!(rec.corrupt[0].moved_to.exists());
+            assert!(!path.exists());
+            assert!(matches!(spool.read(&meta.id), Err(SpoolError::NotFound(_))));
+            tried += 1;
+        }
+        assert_eq!(tried, full.len());
+        // Earlier corrupt files are kept, never overwritten.
+        assert_eq!(files_in(&d.path().join("corrupt")).len(), full.len());
+        fs::write(&path, &full).unwrap();
+        let (_, rec) = Spool::open(d.path()).unwrap();
+        assert_eq!(rec.messages.len(), 1);
+    }
+
+    #[test]
+    fn a_flipped_byte_makes_read_fail_and_open_move_it() {
+        let d = TempDir::new("flip");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let meta = write_one(&spool, 1_700_000_000, b"body");
+        let good = write_one(&spool, 1_700_000_001, b"good");
+        let path = d.path().join("queue").join(meta.id.as_str());
+        let mut bytes = fs::read(&path).unwrap();
+        let i = bytes.len() - 13 - 2; // inside the body, before the 13-byte end record
+        bytes[i] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        match spool.read(&meta.id) {
+            Err(SpoolError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("checksum"), "{reason}")
+            }
+            other => panic!("expected corrupt, got {other:?}"),
+        }
+        assert!(spool.read_meta(&meta.id).is_err());
+        drop(spool);
+        let (_, rec) = Spool::open(d.path()).unwrap();
+        assert_eq!(rec.messages.iter().map(|m| &m.id).collect::<Vec<_>>(), [&good.id]);
+        assert_eq!(rec.corrupt.len(), 1);
+        assert!(rec.corrupt[0].reason.contains("checksum"));
+    }
+
+    #[test]
+    fn misnamed_files_are_not_trusted() {
+        let d = TempDir::new("name");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let meta = write_one(&spool, 1_700_000_000, b"body");
+        let queue = d.path().join("queue");
+        fs::rename(queue.join(meta.id.as_str()), queue.join("00000000000000AA")).unwrap();
+        fs::write(queue.join("notes.txt"), b"x").unwrap();
+        drop(spool);
+        let (_, rec) = Spool::open(d.path()).unwrap();
+        assert!(rec.messages.is_empty());
+        let mut reasons: Vec<&str> = rec.corrupt.iter().map(|c| c.reason.as_str()).collect();
+        reasons.sort();
+        assert!(reasons[0].contains("under the name"), "{reasons:?}");
+        assert!(reasons[1].contains("not a queue id"), "{reasons:?}");
+    }
+
+    #[test]
+    fn move_to_corrupt_takes_a_file_out_of_the_queue() {
+        let d = TempDir::new("mv");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let meta = write_one(&spool, 1_700_000_000, b"body");
+        let to = spool.move_to_corrupt(&meta.id, "failed at delivery").unwrap();
+        assert!(to.starts_with(d.path().join("corrupt")));
+        assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ids_are_unique_ordered_and_survive_a_clock_going_back() {
+        let d = TempDir::new("ids");
+        let last;
+        {
+            let (spool, _) = Spool::open(d.path()).unwrap();
+            let mut prev = spool.new_id(t(1_700_000_000));
+            for i in 0..10_000u64 {
+                // Same instant many times, then later instants: strictly increasing.
+                let id = spool.new_id(t(1_700_000_000 + i / 1000));
+                assert!(id > prev, "{id} after {prev}");
+                prev = id;
+            }
+            let later = spool.new_id(t(1_800_000_000));
+            assert!(later > prev);
+            let meta = sample_meta(later.clone());
+            spool.write(&meta, b"x").unwrap();
+            last = later;
+        }
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let after_restart = spool.new_id(t(1_600_000_000));
+        assert!(after_restart > last, "clock went back but the id did not repeat");
+    }
+
+    #[test]
+    fn ids_are_unique_across_threads() {
+        let d = TempDir::new("idthreads");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let spool = std::sync::Arc::new(spool);
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let s = spool.clone();
+                std::thread::spawn(move || {
+                    (0..2000).map(|_| s.new_id(t(1_700_000_000))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<QueueId> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n);
+    }
+
+    #[test]
+    fn a_duplicate_id_never_replaces_a_queued_message() {
+        let d = TempDir::new("dup");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        let meta = write_one(&spool, 1_700_000_000, b"first");
+        assert!(spool.write(&meta, b"second").is_err());
+        assert_eq!(spool.read(&meta.id).unwrap().1, b"first");
+        assert!(files_in(&d.path().join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_spool_is_refused() {
+        let d = TempDir::new("lock");
+        let (_spool, _) = Spool::open(d.path()).unwrap();
+        assert!(matches!(Spool::open(d.path()), Err(SpoolError::Locked(_))));
+    }
+
+    #[test]
+    fn free_bytes_reports_the_file_system() {
+        let d = TempDir::new("free");
+        let (spool, _) = Spool::open(d.path()).unwrap();
+        assert!(spool.free_bytes().unwrap() > 0);
+        assert_eq!(spool.dir(), d.path());
+    }
+
+    /// A full file system: write must fail cleanly (no panic, nothing left behind) and
+    /// say so with `is_full`. Needs root to mount a 1 MiB tmpfs; skipped otherwise.
+    #[test]
+    fn a_full_disk_fails_the_write_and_leaves_nothing() {
+        let d = TempDir::new("full");
+        let mnt = d.path().join("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _guard = Unmount(&mnt);
+
+        let (spool, _) = Spool::open(&mnt).unwrap();
+        let small = write_one(&spool, 1_700_000_000, b"fits");
+        let big = vec![b'x'; 2 << 20];
+        let meta = sample_meta(spool.new_id(t(1_700_000_001)));
+        let err = spool.write(&meta, &big).expect_err("2 MiB cannot fit in 1 MiB");
+        assert!(err.is_full(), "{err}");
+        assert_eq!(files_in(&mnt.join("queue")), [small.id.to_string()]);
+        assert!(files_in(&mnt.join("tmp")).is_empty());
+        // Space came back with the tmp file: the spool still works.
+        let again = write_one(&spool, 1_700_000_002, b"fits too");
+        spool.sync_queue_dir().unwrap();
+        assert_eq!(spool.read(&again.id).unwrap().1, b"fits too");
+    }
+}
