@@ -32,10 +32,10 @@ LEVEE_PID=""
 PF_CONF=""
 
 stop_pid() { # pid: TERM, wait up to 5 s, then KILL; only processes this script started
-    local pid=$1 i
+    local pid=$1
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
@@ -107,7 +107,7 @@ stop_sink() { stop_pid "$SINK_PID"; SINK_PID=""; }
 # measure name port: inject N messages into port, wait until the sink counted N.
 # Sets R_STATUS (ok|FAILED: why), R_SECS, R_RATE, R_SENT, R_GOT.
 measure() {
-    local name=$1 port=$2 src=$WORK/source-$1.out t0 t1 deadline src_rc=0
+    local port=$2 src=$WORK/source-$1.out t0 t1 deadline src_rc=0
     t0=$(now_ns)
     # In the background plus wait, so that a signal reaches the trap at once.
     timeout $((DELIVERY_TIMEOUT + 30)) smtp-source -s "$CONC" -m "$N" -l "$SIZE" -c \
@@ -311,8 +311,9 @@ for row in direct postfix levee; do
     printf '%-24s %8s %8s %9s %10s  %s\n' "$label" "${SENT[$row]}" "${GOT[$row]}" "${SECS[$row]}" "$rate" "${STATUS[$row]}"
 done
 echo
-echo "levee / ceiling: $(ratio "$(ok_rate levee)" "$(ok_rate direct)")"
-echo "levee / postfix: $(ratio "$(ok_rate levee)" "$(ok_rate postfix)")"
+echo "postfix / ceiling: $(ratio "$(ok_rate postfix)" "$(ok_rate direct)")"
+echo "levee / ceiling:   $(ratio "$(ok_rate levee)" "$(ok_rate direct)")"
+echo "levee / postfix:   $(ratio "$(ok_rate levee)" "$(ok_rate postfix)")"
 echo "levee peak RSS (VmHWM): $LEVEE_HWM"
 
 # Exit non-zero when a row that ran failed, so CI can tell.
