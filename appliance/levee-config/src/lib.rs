@@ -1,1 +1,351 @@
-//! TOML schema to validated, typed settings
+//! Levee's configuration: one TOML file parsed into validated, typed settings.
+//!
+//! Every value is checked while it is deserialised (custom `Deserialize` impls return
+//! errors through serde), so the TOML parser attaches the span of the offending value
+//! and [`ConfigError`] can name the line. Unknown keys are refused the same way.
+
+mod types;
+
+pub use types::{Downstream, DownstreamHost, HostName, Listen, Prefix, TlsPolicy};
+
+use levee_types::Domain;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+use toml::Spanned;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid { path: String, line: usize, column: usize, message: String },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub hostname: HostName,
+    pub data_dir: PathBuf,
+    pub smtp: Smtp,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<DomainConfig>,
+    #[serde(default)]
+    pub console: Option<Console>,
+    #[serde(default)]
+    pub gate: Gate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    pub listen: Vec<Listen>,
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: u64,
+    #[serde(default = "defaults::max_recipients")]
+    pub max_recipients: usize,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    #[serde(default = "defaults::max_errors")]
+    pub max_errors: u32,
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "defaults::min_data_rate")]
+    pub min_data_rate: u64,
+    #[serde(default = "defaults::max_command_line")]
+    pub max_command_line: usize,
+    #[serde(default = "defaults::max_data_line")]
+    pub max_data_line: usize,
+    #[serde(default = "defaults::min_free_bytes")]
+    pub min_free_bytes: u64,
+    #[serde(default = "defaults::yes")]
+    pub tls: bool,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    #[serde(default = "defaults::retry_first_secs")]
+    pub retry_first_secs: u64,
+    #[serde(default = "defaults::retry_max_interval_secs")]
+    pub retry_max_interval_secs: u64,
+    #[serde(default = "defaults::max_lifetime_secs")]
+    pub max_lifetime_secs: u64,
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "defaults::command_timeout_secs")]
+    pub command_timeout_secs: u64,
+    #[serde(default = "defaults::delivery_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            retry_first_secs: defaults::retry_first_secs(),
+            retry_max_interval_secs: defaults::retry_max_interval_secs(),
+            max_lifetime_secs: defaults::max_lifetime_secs(),
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+            command_timeout_secs: defaults::command_timeout_secs(),
+            concurrency: defaults::delivery_concurrency(),
+        }
+    }
+}
+
+impl Delivery {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+}
+
+/// One domain Levee accepts mail for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: Spanned<DomainName>,
+    /// `None`: set-up is not complete, recipients get 451 until a downstream is set.
+    #[serde(default)]
+    pub downstream: Option<Downstream>,
+    #[serde(default)]
+    pub tls: TlsPolicy,
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    /// `false`: filtering switched off pending set-up; recipients get 451.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+}
+
+impl DomainConfig {
+    pub fn domain(&self) -> &Domain {
+        &self.name.get_ref().0
+    }
+
+    /// Whether mail for this domain can be accepted now.
+    pub fn ready(&self) -> bool {
+        self.enabled && self.downstream.is_some()
+    }
+}
+
+/// A domain name as written in `[[domain]] name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainName(pub Domain);
+
+impl<'de> Deserialize<'de> for DomainName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Domain::parse(&s)
+            .map(DomainName)
+            .map_err(|e| serde::de::Error::custom(format!("bad domain name {s:?}: {e}")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    #[serde(default = "defaults::console_listen")]
+    pub listen: Vec<Listen>,
+}
+
+/// The appliance's own firewall.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Public SMTP ports opened in the gate (the relay may listen on another port behind a redirect).
+    #[serde(default = "defaults::smtp_ports")]
+    pub smtp_ports: Vec<u16>,
+    /// Empty: SMTP from anywhere. Otherwise only these (e.g. the firewall that port-forwards).
+    #[serde(default)]
+    pub smtp_sources: Vec<Prefix>,
+    #[serde(default = "defaults::console_ports")]
+    pub console_ports: Vec<u16>,
+    #[serde(default)]
+    pub lan: Vec<Prefix>,
+    #[serde(default)]
+    pub ssh: bool,
+    #[serde(default = "defaults::smtp_rate_per_minute")]
+    pub smtp_rate_per_minute: u32,
+    #[serde(default = "defaults::ban_timeout_secs")]
+    pub ban_timeout_secs: u64,
+    #[serde(default = "defaults::icmp_rate_per_second")]
+    pub icmp_rate_per_second: u32,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            enabled: false,
+            smtp_ports: defaults::smtp_ports(),
+            smtp_sources: Vec::new(),
+            console_ports: defaults::console_ports(),
+            lan: Vec::new(),
+            ssh: false,
+            smtp_rate_per_minute: defaults::smtp_rate_per_minute(),
+            ban_timeout_secs: defaults::ban_timeout_secs(),
+            icmp_rate_per_second: defaults::icmp_rate_per_second(),
+        }
+    }
+}
+
+mod defaults {
+    use super::Listen;
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_message_size() -> u64 {
+        25 * 1024 * 1024
+    }
+    pub fn max_recipients() -> usize {
+        100
+    }
+    pub fn max_connections() -> usize {
+        500
+    }
+    pub fn max_connections_per_ip() -> usize {
+        20
+    }
+    pub fn max_errors() -> u32 {
+        10
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        300
+    }
+    pub fn min_data_rate() -> u64 {
+        // Bytes per second; slower than a 2400 baud modem is a tarpit, not a client.
+        256
+    }
+    pub fn max_command_line() -> usize {
+        2048
+    }
+    pub fn max_data_line() -> usize {
+        // RFC 5321 says 1000; real mailers exceed it, and refusing them helps nobody.
+        8192
+    }
+    pub fn min_free_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn retry_first_secs() -> u64 {
+        60
+    }
+    pub fn retry_max_interval_secs() -> u64 {
+        3600
+    }
+    pub fn max_lifetime_secs() -> u64 {
+        5 * 24 * 3600
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        30
+    }
+    pub fn command_timeout_secs() -> u64 {
+        300
+    }
+    pub fn delivery_concurrency() -> usize {
+        32
+    }
+    pub fn console_listen() -> Vec<Listen> {
+        vec!["127.0.0.1:8443".parse().expect("valid default")]
+    }
+    pub fn smtp_ports() -> Vec<u16> {
+        vec![25]
+    }
+    pub fn console_ports() -> Vec<u16> {
+        vec![443]
+    }
+    pub fn smtp_rate_per_minute() -> u32 {
+        60
+    }
+    pub fn ban_timeout_secs() -> u64 {
+        3600
+    }
+    pub fn icmp_rate_per_second() -> u32 {
+        10
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let at = |offset: usize, message: String| {
+            let (line, column) = line_col(text, offset);
+            ConfigError::Invalid { path: origin.to_string(), line, column, message }
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            at(offset, e.message().to_string())
+        })?;
+        config.validate().map_err(|(offset, msg)| at(offset, msg))?;
+        Ok(config)
+    }
+
+    /// Checks that span several values. Returns the byte offset to blame.
+    fn validate(&self) -> Result<(), (usize, String)> {
+        if self.smtp.listen.is_empty() {
+            return Err((0, "smtp.listen must name at least one address".into()));
+        }
+        if self.smtp.max_recipients == 0 || self.smtp.max_connections == 0 {
+            return Err((0, "smtp limits must be greater than zero".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.domains {
+            if !seen.insert(d.domain().clone()) {
+                return Err((
+                    d.name.span().start,
+                    format!("domain {} is listed twice", d.domain()),
+                ));
+            }
+        }
+        if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
+            return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));
+        }
+        Ok(())
+    }
+
+    pub fn domain(&self, d: &Domain) -> Option<&DomainConfig> {
+        self.domains.iter().find(|c| c.domain() == d)
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn db_dir(&self) -> PathBuf {
+        self.data_dir.join("db")
+    }
+
+    pub fn smtp_listen(&self) -> Vec<SocketAddr> {
+        self.smtp.listen.iter().map(|l| l.0).collect()
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+use super::*;
+
+const MINIMAL: &str = r#"hostname = "mx.example.test"
+data_dir = "/var/lib/levee"
+[smtp]
+listen = ["127.0.0.1:2525"]
+[[domain]]
+name = "example.test"
+downstream = "127.0.0.1:2626"
+"#;
+
+fn err(text: &str) -> (usize, String) {
+    match Config::parse(text, "t.toml") {
+        Err(ConfigError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_minimal_file_from_the_brief_parses_with_defaults() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.hostname.0, "mx.example.test");
+    assert_eq!(c.smtp_listen(), vec!["127.0.0.1:2525".parse().unwrap()]);
+    let d = &c.domains[0];
+    assert_eq!(d.domain().as_str(), "example.test");
+    assert_eq!(d.downstream.as_ref().unwrap().to_string(), "127.0.0.1:2626");
+    assert!(d.ready());
+    assert_eq!(d.tls, TlsPolicy::Opportunistic);
+    assert_eq!(c.delivery.max_lifetime_secs, 5 * 24 * 3600);
+}
+
+#[test]
+fn unknown_keys_name_their_line() {
+    let text = MINIMAL.replace("[smtp]\n", "[smtp]\nlisten_on = 1\n");
+    let (line, msg) = err(&text);
+    assert_eq!(line, 4, "{msg}");
+    assert!(msg.contains("listen_on"), "{msg}");
+}
+
+#[test]
+fn bad_values_name_their_line() {
+    let (line, msg) = err(&MINIMAL.replace("127.0.0.1:2626", "127.0.0.1:99999"));
+    assert_eq!(line, 7, "{msg}");
+    let (line, msg) = err(&MINIMAL.replace("\"127.0.0.1:2525\"", "\"nowhere\""));
+    assert_eq!(line, 4, "{msg}");
+    assert!(msg.contains("listen"), "{msg}");
+    let (line, _) = err(&MINIMAL.replace("name = \"example.test\"", "name = \"exa mple\""));
+    assert_eq!(line, 6);
+    let (line, _) = err(&MINIMAL.replace("mx.example.test", "mx..example"));
+    assert_eq!(line, 1);
+}
+
+#[test]
+fn duplicate_domains_are_refused_at_the_second() {
+    let text = format!("{MINIMAL}[[domain]]\nname = \"Example.TEST\"\n");
+    let (line, msg) = err(&text);
+    assert_eq!(line, 9, "{msg}");
+}
+
+#[test]
+fn a_domain_without_downstream_is_valid_but_not_ready() {
+    let text = format!("{MINIMAL}[[domain]]\nname = \"pending.test\"\n");
+    let c = Config::parse(&text, "t").unwrap();
+    assert!(!c.domains[1].ready());
+    let text = format!("{MINIMAL}[[domain]]\nname = \"off.test\"\ndownstream = \"mail.off.test\"\nenabled = false\n");
+    let c = Config::parse(&text, "t").unwrap();
+    assert!(!c.domains[1].ready());
+    assert_eq!(c.domains[1].downstream.as_ref().unwrap().port, 25);
+}
+
+#[test]
+fn downstream_forms() {
+    for (s, want) in [
+        ("mail.example.test", "mail.example.test:25"),
+        ("mail.example.test:587", "mail.example.test:587"),
+        ("[2001:db8::1]:2525", "[2001:db8::1]:2525"),
+        ("192.0.2.1", "192.0.2.1:25"),
+        ("localhost:2626", "localhost:2626"),
+    ] {
+        assert_eq!(s.parse::<Downstream>().unwrap().to_string(), want);
+    }
+    for bad in ["", "host:0", "a:b:c", "host:port", "-bad-.test"] {
+        assert!(bad.parse::<Downstream>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn every_sample_config_in_the_repo_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut n = 0;
+    for dir in ["overlay/etc/levee", "appliance/levee/samples"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for e in entries.flatten() {
+            if e.path().extension().is_some_and(|x| x == "toml") {
+                Config::load(&e.path()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 0, "no sample configs found");
+}

@@ -1,0 +1,158 @@
+//! Value types that validate themselves while being deserialised.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+fn from_str_de<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: FromStr<Err = String>,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                from_str_de(d)
+            }
+        }
+    };
+}
+
+/// The appliance's own host name (banner, Received, EHLO when delivering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostName(pub String);
+
+impl FromStr for HostName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        levee_types::Domain::parse(s)
+            .map(|d| HostName(d.to_string()))
+            .map_err(|e| format!("bad host name {s:?}: {e}"))
+    }
+}
+deserialize_from_str!(HostName);
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A socket address to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub SocketAddr);
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<SocketAddr>()
+            .map(Listen)
+            .map_err(|_| format!("bad listen address {s:?}: expected IP:PORT like \"0.0.0.0:25\""))
+    }
+}
+deserialize_from_str!(Listen);
+
+/// Where a domain's mail goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownstreamHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downstream {
+    pub host: DownstreamHost,
+    pub port: u16,
+}
+
+impl fmt::Display for Downstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            DownstreamHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            DownstreamHost::Ip(ip) => write!(f, "{ip}:{}", self.port),
+            DownstreamHost::Name(n) => write!(f, "{n}:{}", self.port),
+        }
+    }
+}
+
+impl FromStr for Downstream {
+    type Err = String;
+    /// `host`, `host:port`, `1.2.3.4:port`, `[v6]:port`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("bad downstream {s:?}: {why}");
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            if sa.port() == 0 {
+                return Err(bad("port 0"));
+            }
+            return Ok(Downstream { host: DownstreamHost::Ip(sa.ip()), port: sa.port() });
+        }
+        if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            return Ok(Downstream { host: DownstreamHost::Ip(ip), port: 25 });
+        }
+        let (host, port) = match s.rsplit_once(':') {
+            Some((h, p)) => {
+                let port: u16 = p.parse().map_err(|_| bad("port must be 1-65535"))?;
+                if port == 0 {
+                    return Err(bad("port 0"));
+                }
+                (h, port)
+            }
+            None => (s, 25),
+        };
+        // A single-label `localhost` is fine for a next hop; anything else must be a real name.
+        let name = match host {
+            "localhost" => host.to_string(),
+            _ => levee_types::Domain::parse(host).map_err(|e| bad(&e.to_string()))?.to_string(),
+        };
+        Ok(Downstream { host: DownstreamHost::Name(name), port })
+    }
+}
+deserialize_from_str!(Downstream);
+
+/// TLS when delivering to the downstream server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Never STARTTLS (a downstream on the same trusted segment).
+    None,
+    /// STARTTLS when offered, certificate not verified; plaintext if not offered.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must succeed or the delivery is deferred; never falls back to plaintext.
+    Required,
+}
+
+/// An IP prefix such as `192.168.1.0/24`; a bare address is a host prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad prefix {s:?}: expected ADDRESS/LENGTH like \"192.168.1.0/24\"");
+        let (a, l) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if l.is_empty() { max } else { l.parse::<u8>().map_err(|_| bad())? };
+        if len > max {
+            return Err(bad());
+        }
+        Ok(Prefix { addr, len })
+    }
+}
+deserialize_from_str!(Prefix);
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
