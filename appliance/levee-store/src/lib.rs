@@ -1,1 +1,509 @@
-//! the only user of sled: typed trees for queue index, message log, quarantine, stats, tokens, config
+//! The only user of sled: typed trees behind plain functions, so no sled type leaks out
+//! and the storage engine can change without touching callers.
+//!
+//! Trees:
+//! - `queue`: per-message delivery state ([`QueueEntry`]), key = queue id as u64 big-endian.
+//! - `log`: one [`LogEntry`] per received message, same key. Queue ids put the receipt time
+//!   in their high bits, so key order is age order and "newest first" is a reverse scan.
+//! - `meta`: the schema version and the per-install secret.
+//!
+//! Values are JSON (serde_json): a person can read them with a sled dump, and added
+//! fields with `#[serde(default)]` keep old records readable.
+//!
+//! Writes are not durable until [`Store::flush`]; the spool's group commit calls it once
+//! for many messages before the relay sends 250.
+
+use std::fmt;
+use std::path::Path;
+
+use levee_types::QueueId;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+const SCHEMA_VERSION: &[u8] = b"1";
+const KEY_SCHEMA: &[u8] = b"schema";
+const KEY_SECRET: &[u8] = b"install_secret";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("store {op}: {message}")]
+    Db { op: &'static str, message: String },
+    #[error("store record for {what} is unreadable: {message}")]
+    Codec { what: String, message: String },
+    #[error("no message {0} in the log")]
+    NotFound(QueueId),
+    #[error("store schema version {0:?} is not supported")]
+    Schema(String),
+    #[error("no randomness for the install secret: {0}")]
+    Random(String),
+}
+
+fn db_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+    move |e| StoreError::Db { op, message: e.to_string() }
+}
+
+/// Serde for [`QueueId`] as its printed form (the type itself stays serde-free).
+mod qid {
+    use levee_types::QueueId;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &QueueId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(id.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QueueId, D::Error> {
+        let s = String::deserialize(d)?;
+        QueueId::parse(&s).ok_or_else(|| D::Error::custom(format!("bad queue id {s:?}")))
+    }
+}
+
+/// Where one recipient of a queued message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptStatus {
+    /// Not tried yet.
+    Pending,
+    Delivered,
+    /// Temporary failure: retried at `QueueEntry::next_attempt`.
+    Deferred,
+    /// Permanent failure (or expired): goes into the DSN.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptState {
+    pub rcpt: String,
+    pub status: RcptStatus,
+    /// The last reply from the next hop for this recipient, for DSNs and the console.
+    pub last_reply: Option<String>,
+}
+
+/// Delivery state of one queued message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    #[serde(with = "qid")]
+    pub id: QueueId,
+    pub received_at: u64,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub next_attempt: u64,
+    pub recipients: Vec<RcptState>,
+    /// Quarantined: not delivered until released.
+    pub held: bool,
+}
+
+impl QueueEntry {
+    /// True when no recipient is left to try.
+    pub fn is_finished(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| matches!(r.status, RcptStatus::Delivered | RcptStatus::Failed))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub at: u64,
+    pub rcpt: String,
+    pub host: String,
+    pub reply: String,
+    /// e.g. "delivered", "deferred", "failed".
+    pub outcome: String,
+}
+
+/// One record per received message, for the console's message log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(with = "qid")]
+    pub id: QueueId,
+    pub received_at: u64,
+    pub client_ip: String,
+    pub helo: String,
+    /// The reverse path as text; empty for `<>`.
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    pub size: u64,
+    pub action: String,
+    pub score: f64,
+    /// (symbol, detail, weight)
+    pub findings: Vec<(String, String, f64)>,
+    #[serde(default)]
+    pub deliveries: Vec<DeliveryAttempt>,
+}
+
+/// The store. Cheap to clone: every clone shares one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    queue: sled::Tree,
+    log: sled::Tree,
+    secret: [u8; 32],
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Store")
+            .field("queue", &self.queue.len())
+            .field("log", &self.log.len())
+            .finish()
+    }
+}
+
+/// Keys sort like ids: a queue id is 16 hex digits, i.e. a u64.
+fn key(id: &QueueId) -> [u8; 8] {
+    // QueueId::parse admits only 16 upper-case hex digits, so this cannot fail.
+    u64::from_str_radix(id.as_str(), 16).unwrap_or(0).to_be_bytes()
+}
+
+fn encode<T: Serialize>(v: &T, what: &QueueId) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v)
+        .map_err(|e| StoreError::Codec { what: what.to_string(), message: e.to_string() })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], key: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Codec {
+        what: match <[u8; 8]>::try_from(key) {
+            Ok(k) => QueueId::from_u64(u64::from_be_bytes(k)).to_string(),
+            Err(_) => format!("{key:?}"),
+        },
+        message: e.to_string(),
+    })
+}
+
+impl Store {
+    /// Opens or creates the database at `path`. Creates the install secret on first open.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(path).open().map_err(db_err("open"))?;
+        let queue = db.open_tree("queue").map_err(db_err("open tree queue"))?;
+        let log = db.open_tree("log").map_err(db_err("open tree log"))?;
+        let meta = db.open_tree("meta").map_err(db_err("open tree meta"))?;
+
+        match meta.get(KEY_SCHEMA).map_err(db_err("read schema"))? {
+            Some(v) if v.as_ref() == SCHEMA_VERSION => {}
+            Some(v) => return Err(StoreError::Schema(String::from_utf8_lossy(&v).into_owned())),
+            None => {
+                meta.insert(KEY_SCHEMA, SCHEMA_VERSION).map_err(db_err("write schema"))?;
+            }
+        }
+        let secret = Self::load_or_create_secret(&meta)?;
+        db.flush().map_err(db_err("flush"))?;
+        Ok(Store { db, queue, log, secret })
+    }
+
+    fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {
+        let stored = match meta.get(KEY_SECRET).map_err(db_err("read secret"))? {
+            Some(v) => v,
+            None => {
+                let mut fresh = [0u8; 32];
+                getrandom::getrandom(&mut fresh).map_err(|e| StoreError::Random(e.to_string()))?;
+                // Only the first writer wins; everyone then uses what is stored.
+                let _ = meta
+                    .compare_and_swap(KEY_SECRET, None as Option<&[u8]>, Some(&fresh[..]))
+                    .map_err(db_err("write secret"))?;
+                meta.get(KEY_SECRET).map_err(db_err("read secret"))?.ok_or_else(|| {
+                    StoreError::Db { op: "read secret", message: "vanished".into() }
+                })?
+            }
+        };
+        <[u8; 32]>::try_from(stored.as_ref()).map_err(|_| StoreError::Codec {
+            what: "install secret".into(),
+            message: format!("{} bytes, expected 32", stored.len()),
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(db_err("flush"))
+    }
+
+    // ---- queue index -------------------------------------------------------------
+
+    pub fn queue_put(&self, e: &QueueEntry) -> Result<(), StoreError> {
+        self.queue.insert(key(&e.id), encode(e, &e.id)?).map_err(db_err("queue put"))?;
+        Ok(())
+    }
+
+    pub fn queue_get(&self, id: &QueueId) -> Result<Option<QueueEntry>, StoreError> {
+        let k = key(id);
+        match self.queue.get(k).map_err(db_err("queue get"))? {
+            Some(v) => decode(&v, &k).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn queue_remove(&self, id: &QueueId) -> Result<(), StoreError> {
+        self.queue.remove(key(id)).map_err(db_err("queue remove"))?;
+        Ok(())
+    }
+
+    /// Every queue entry, oldest first.
+    pub fn queue_all(&self) -> Result<Vec<QueueEntry>, StoreError> {
+        self.queue
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("queue scan"))?;
+                decode(&v, &k)
+            })
+            .collect()
+    }
+
+    // ---- message log -------------------------------------------------------------
+
+    /// Records a received message (replaces an earlier record of the same id).
+    pub fn log_put(&self, e: &LogEntry) -> Result<(), StoreError> {
+        self.log.insert(key(&e.id), encode(e, &e.id)?).map_err(db_err("log put"))?;
+        Ok(())
+    }
+
+    pub fn log_get(&self, id: &QueueId) -> Result<Option<LogEntry>, StoreError> {
+        let k = key(id);
+        match self.log.get(k).map_err(db_err("log get"))? {
+            Some(v) => decode(&v, &k).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest `limit` records, newest first.
+    pub fn log_recent(&self, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.log_page(None, limit)
+    }
+
+    /// Up to `limit` records older than `before` (or the newest, with `None`), newest
+    /// first: the console pages with the last id of the previous page.
+    pub fn log_page(
+        &self,
+        before: Option<&QueueId>,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let iter = match before {
+            Some(id) => self.log.range(..key(id)),
+            None => self.log.iter(),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("log scan"))?;
+                decode(&v, &k)
+            })
+            .collect()
+    }
+
+    /// Appends a delivery attempt to a message's log record. Safe against concurrent
+    /// appends (compare-and-swap retry), so no attempt is lost.
+    pub fn log_add_attempt(&self, id: &QueueId, a: DeliveryAttempt) -> Result<(), StoreError> {
+        let k = key(id);
+        loop {
+            let old = self
+                .log
+                .get(k)
+                .map_err(db_err("log get"))?
+                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let mut entry: LogEntry = decode(&old, &k)?;
+            entry.deliveries.push(a.clone());
+            let new = encode(&entry, id)?;
+            let swapped =
+                self.log.compare_and_swap(k, Some(old), Some(new)).map_err(db_err("log append"))?;
+            if swapped.is_ok() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Number of records in the message log.
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+
+    // ---- install secret ----------------------------------------------------------
+
+    /// 32 random bytes made at the first open and stable afterwards (the X-Levee-Stamp
+    /// key).
+    pub fn install_secret(&self) -> Result<[u8; 32], StoreError> {
+        Ok(self.secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let p =
+                std::env::temp_dir().join(format!("levee-store-{tag}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn id(n: u64) -> QueueId {
+        QueueId::from_u64(n)
+    }
+
+    fn queue_entry(n: u64) -> QueueEntry {
+        QueueEntry {
+            id: id(n),
+            received_at: 1_700_000_000 + n,
+            attempts: 2,
+            next_attempt: 1_700_000_600,
+            recipients: vec![
+                RcptState {
+                    rcpt: "a@dest.test".into(),
+                    status: RcptStatus::Pending,
+                    last_reply: None,
+                },
+                RcptState {
+                    rcpt: "b@dest.test".into(),
+                    status: RcptStatus::Deferred,
+                    last_reply: Some("451 4.3.0 try later".into()),
+                },
+            ],
+            held: n.is_multiple_of(2),
+        }
+    }
+
+    fn log_entry(n: u64) -> LogEntry {
+        LogEntry {
+            id: id(n),
+            received_at: 1_700_000_000 + n,
+            client_ip: "192.0.2.1".into(),
+            helo: "mx.example.test".into(),
+            mail_from: String::new(),
+            rcpt_to: vec!["a@dest.test".into()],
+            size: 1234,
+            action: "tag".into(),
+            score: 5.5,
+            findings: vec![("DNSBL".into(), "listed \"x\"".into(), 3.0)],
+            deliveries: vec![],
+        }
+    }
+
+    fn attempt(rcpt: &str) -> DeliveryAttempt {
+        DeliveryAttempt {
+            at: 1_700_000_100,
+            rcpt: rcpt.into(),
+            host: "mail.dest.test:25".into(),
+            reply: "250 2.0.0 ok".into(),
+            outcome: "delivered".into(),
+        }
+    }
+
+    #[test]
+    fn data_survives_close_and_reopen() {
+        let d = TempDir::new("reopen");
+        {
+            let s = Store::open(&d.0).unwrap();
+            s.queue_put(&queue_entry(1)).unwrap();
+            s.queue_put(&queue_entry(2)).unwrap();
+            s.log_put(&log_entry(1)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(s.queue_get(&id(1)).unwrap(), Some(queue_entry(1)));
+        assert_eq!(s.queue_all().unwrap(), [queue_entry(1), queue_entry(2)]);
+        assert_eq!(s.log_get(&id(1)).unwrap(), Some(log_entry(1)));
+        assert_eq!(s.log_get(&id(2)).unwrap(), None);
+        s.queue_remove(&id(1)).unwrap();
+        assert_eq!(s.queue_get(&id(1)).unwrap(), None);
+        assert_eq!(s.queue_all().unwrap(), [queue_entry(2)]);
+    }
+
+    #[test]
+    fn the_install_secret_is_stable_and_unique_per_install() {
+        let (d1, d2) = (TempDir::new("secret1"), TempDir::new("secret2"));
+        let first = Store::open(&d1.0).unwrap().install_secret().unwrap();
+        let again = Store::open(&d1.0).unwrap().install_secret().unwrap();
+        let other = Store::open(&d2.0).unwrap().install_secret().unwrap();
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        assert_ne!(first, [0u8; 32]);
+        let dbg = format!("{:?}", Store::open(&d2.0).unwrap());
+        assert!(dbg.starts_with("Store") && !dbg.contains("secret"), "{dbg}");
+    }
+
+    #[test]
+    fn log_recent_is_newest_first_and_pages() {
+        let d = TempDir::new("recent");
+        let s = Store::open(&d.0).unwrap();
+        // Ids that differ in the high bits (time) and the low bits, inserted out of order.
+        let ids = [5u64 << 40, 1, 3 << 40, (3 << 40) + 1, 0xFFFF_0000_0000_0000, 256];
+        for n in ids {
+            s.log_put(&log_entry(n)).unwrap();
+        }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        let got: Vec<QueueId> = s.log_recent(100).unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(got, sorted.iter().map(|n| id(*n)).collect::<Vec<_>>());
+        let top2: Vec<QueueId> = s.log_recent(2).unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(top2, [id(sorted[0]), id(sorted[1])]);
+        let next: Vec<QueueId> =
+            s.log_page(Some(&top2[1]), 3).unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(next, [id(sorted[2]), id(sorted[3]), id(sorted[4])]);
+        assert!(s.log_recent(0).unwrap().is_empty());
+        assert_eq!(s.log_len(), ids.len());
+    }
+
+    #[test]
+    fn attempts_append_and_survive_reopen() {
+        let d = TempDir::new("attempts");
+        {
+            let s = Store::open(&d.0).unwrap();
+            s.log_put(&log_entry(9)).unwrap();
+            s.log_add_attempt(&id(9), attempt("a@dest.test")).unwrap();
+            s.log_add_attempt(&id(9), attempt("b@dest.test")).unwrap();
+            assert!(matches!(
+                s.log_add_attempt(&id(10), attempt("a@dest.test")),
+                Err(StoreError::NotFound(_))
+            ));
+            s.flush().unwrap();
+        }
+        let s = Store::open(&d.0).unwrap();
+        let e = s.log_get(&id(9)).unwrap().unwrap();
+        let rcpts: Vec<&str> = e.deliveries.iter().map(|a| a.rcpt.as_str()).collect();
+        assert_eq!(rcpts, ["a@dest.test", "b@dest.test"]);
+        assert_eq!(e.findings, log_entry(9).findings);
+    }
+
+    #[test]
+    fn concurrent_appends_are_all_kept() {
+        let d = TempDir::new("concurrent");
+        let s = Store::open(&d.0).unwrap();
+        s.log_put(&log_entry(1)).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        s.log_add_attempt(&id(1), attempt(&format!("r{t}-{i}@dest.test"))).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.log_get(&id(1)).unwrap().unwrap().deliveries.len(), 100);
+    }
+
+    #[test]
+    fn finished_means_no_recipient_left_to_try() {
+        let mut e = queue_entry(1);
+        assert!(!e.is_finished());
+        e.recipients[0].status = RcptStatus::Delivered;
+        e.recipients[1].status = RcptStatus::Failed;
+        assert!(e.is_finished());
+    }
+}
