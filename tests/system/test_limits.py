@@ -1,0 +1,112 @@
+"""Session limits: message size, recipients, errors, command line length."""
+
+import socket
+import time
+
+import pytest
+
+from harness import RawSMTP, ehlo_keywords, unique_token
+
+
+@pytest.fixture
+def limited(levee_factory, sink):
+    return levee_factory(
+        [{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
+        smtp={"max_message_size": 20000, "max_recipients": 3, "max_errors": 3},
+    )
+
+
+def test_message_over_size_552(limited, sink):
+    tok = unique_token("big")
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    assert c.cmd("RCPT TO:<bob@example.test>").code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(f"Subject: {tok}\r\n\r\n".encode() + b"y" * 70 + b"\r\n")
+    c.send((b"z" * 98 + b"\r\n") * 400 + b".\r\n")  # ~40 KB > 20000
+    r = c.reply()
+    assert r is not None and r.code == 552, "\n".join(c.transcript[-5:])
+    # The session survives and a right-sized message still goes through.
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250, "\n".join(c.transcript[-5:])
+    c.close()
+    time.sleep(2)
+    assert [m for m in sink.messages() if tok in m.text] == []
+
+
+def test_size_declared_at_mail_552(limited):
+    c = RawSMTP(limited.port)
+    kw = ehlo_keywords(c.ehlo())
+    r = c.cmd("MAIL FROM:<alice@sender.test> SIZE=50000")
+    if "SIZE" in kw:
+        assert r.code == 552, "\n".join(c.transcript)
+    else:
+        pytest.fail(f"SIZE (RFC 1870) not advertised: {kw}")
+
+
+def test_exactly_max_size_accepted(limited, sink):
+    tok = unique_token("fits")
+    head = f"Subject: {tok}\r\n\r\n".encode()
+    body = head + (b"a" * 98 + b"\r\n") * ((15000 - len(head)) // 100)
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    assert c.cmd("RCPT TO:<bob@example.test>").code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(body + b".\r\n")
+    assert c.reply().code == 250, "\n".join(c.transcript[-3:])
+    sink.wait_messages(1, pred=lambda m: tok in m.text)
+
+
+def test_too_many_recipients_452(limited):
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    for i in range(3):
+        assert c.cmd(f"RCPT TO:<u{i}@example.test>").code == 250, "\n".join(c.transcript)
+    r = c.cmd("RCPT TO:<u3@example.test>")
+    assert r.code == 452, "\n".join(c.transcript)
+
+
+def test_too_many_errors_421_and_close(limited):
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    codes = []
+    for i in range(6):
+        try:
+            r = c.cmd(f"BOGUS{i}")
+        except (ConnectionResetError, BrokenPipeError):
+            r = None
+        if r is None:
+            break
+        codes.append(r.code)
+        if r.code == 421:
+            break
+    assert 421 in codes, f"no 421 after {len(codes)} bad commands with max_errors=3:\n" + "\n".join(c.transcript)
+    assert codes.index(421) <= 3, codes
+    assert c.closed(), "server must close after 421"
+
+
+def test_overlong_command_line_500(limited):
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    r = c.cmd("MAIL FROM:<" + "a" * 2000 + "@sender.test>")
+    assert r is not None and r.code == 500, "\n".join(t[:200] for t in c.transcript)
+    r = c.cmd("NOOP")
+    assert r is not None and r.code == 250, "the session goes on after an overlong line"
+
+
+def test_huge_line_without_newline_does_not_kill_server(limited):
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    try:
+        c.send(b"X" * (4 << 20))  # 4 MiB, no line end
+        r = c.reply()
+        assert r is None or 400 <= r.code < 600, str(r)
+    except (ConnectionResetError, BrokenPipeError, TimeoutError, socket.timeout):
+        pass  # a reply, a close or silence are all fine; what matters is what follows
+    c.close()
+    c2 = RawSMTP(limited.port)
+    assert c2.banner.code == 220
+    c2.ehlo()
+    assert limited.alive(), limited.log_tail()
