@@ -113,6 +113,8 @@ fn write_ruleset(o: &mut String, c: &Checked<'_>) -> std::fmt::Result {
     if s.ssh {
         write_lan_only(o, "SSH", &[SSH_PORT], &s.lan)?;
     }
+    // Each block ends in a blank line; the chain's last one should not.
+    o.truncate(o.trim_end().len() + 1);
     writeln!(o, "\t}}")?;
     writeln!(o)?;
     writeln!(o, "\t# The appliance is not a router.")?;
