@@ -8,6 +8,18 @@
 //! delivered half.
 //!
 //! All I/O is blocking std I/O: call it from `spawn_blocking` or a dedicated thread.
+//!
+//! The order on the receive path is: `new_id` -> `write` -> index record (store
+//! `queue_put`) -> `GroupCommit::commit` -> 250. If `commit` fails the file may still be
+//! in `queue/`; answering 451 then risks a duplicate after restart, never a loss.
+//!
+//! At start the spool file is the truth about what exists: a recovered message without
+//! an index record gets a fresh one (all recipients pending); an index record whose file
+//! is gone or corrupt is dropped (and, for corrupt files, reported).
+//!
+//! File format (see `format.rs`): typed, length-prefixed records — header (magic,
+//! version), meta, body, end (CRC-32 of everything before it). A file without a valid end
+//! record, or with anything after it, is never trusted.
 
 mod commit;
 mod format;

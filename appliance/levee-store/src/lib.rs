@@ -58,6 +58,23 @@ mod qid {
     }
 }
 
+/// JSON has no NaN or infinity (serde_json writes `null`); read `null` back as NaN so a
+/// scorer bug cannot make a log record unreadable.
+mod lenient_f64 {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn findings<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<(String, String, f64)>, D::Error> {
+        let raw = Vec::<(String, String, Option<f64>)>::deserialize(d)?;
+        Ok(raw.into_iter().map(|(s, t, w)| (s, t, w.unwrap_or(f64::NAN))).collect())
+    }
+}
+
 /// Where one recipient of a queued message stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RcptStatus {
@@ -124,8 +141,10 @@ pub struct LogEntry {
     pub rcpt_to: Vec<String>,
     pub size: u64,
     pub action: String,
+    #[serde(deserialize_with = "lenient_f64::one")]
     pub score: f64,
     /// (symbol, detail, weight)
+    #[serde(deserialize_with = "lenient_f64::findings")]
     pub findings: Vec<(String, String, f64)>,
     #[serde(default)]
     pub deliveries: Vec<DeliveryAttempt>,
@@ -496,6 +515,19 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(s.log_get(&id(1)).unwrap().unwrap().deliveries.len(), 100);
+    }
+
+    #[test]
+    fn non_finite_scores_stay_readable() {
+        let d = TempDir::new("nan");
+        let s = Store::open(&d.0).unwrap();
+        let mut e = log_entry(3);
+        e.score = f64::NAN;
+        e.findings[0].2 = f64::INFINITY;
+        s.log_put(&e).unwrap();
+        let back = s.log_get(&id(3)).unwrap().unwrap();
+        assert!(back.score.is_nan() && back.findings[0].2.is_nan());
+        assert_eq!(back.findings[0].0, "DNSBL");
     }
 
     #[test]
