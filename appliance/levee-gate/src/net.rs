@@ -203,6 +203,19 @@ mod tests {
         assert!(!net("fd00::/8").contains("fe80::1".parse().unwrap()));
     }
 
+    #[cfg(feature = "serde")]
+    #[test]
+    fn deserialises_from_config_strings() {
+        #[derive(serde::Deserialize)]
+        struct C {
+            lan: Vec<IpNet>,
+        }
+        let c: C = toml::from_str(r#"lan = ["10.0.0.0/8", "fd00::1"]"#).unwrap();
+        assert_eq!(c.lan, [net("10.0.0.0/8"), net("fd00::1/128")]);
+        let e = toml::from_str::<C>(r#"lan = ["10.0.0.1/8"]"#).err().unwrap().to_string();
+        assert!(e.contains("host bits"), "{e}");
+    }
+
     #[test]
     fn host_canonicalises_mapped() {
         let h = IpNet::host("::ffff:192.0.2.7".parse().unwrap());
