@@ -31,7 +31,8 @@ pub struct SessionConfig {
     pub max_command_line: usize,
     /// Longest message line in octets, CRLF included; longer refuses the message.
     pub max_data_line: usize,
-    /// Error replies after which the session says 421 4.7.0 and closes.
+    /// Error replies after which the session says 421 4.7.0 and closes. Protocol errors
+    /// and policy refusals count; 452 for too many recipients and store results do not.
     pub max_errors: u32,
     /// Silence from the peer after which the session says 421 4.4.2 and closes.
     pub idle_timeout: Duration,
@@ -235,6 +236,8 @@ pub struct Session {
     /// Start of the current DATA/BDAT phase and `bytes_in` at that moment.
     data_phase: Option<(Instant, u64)>,
     pregreet: bool,
+    /// `shutdown` came while a `Store` was out: say 421 right after its reply.
+    shutdown_after_store: bool,
 }
 
 impl Session {
@@ -256,6 +259,7 @@ impl Session {
             bytes_in: 0,
             data_phase: None,
             pregreet: false,
+            shutdown_after_store: false,
         };
         s.actions.push_back(Action::Ask(Question::Connect));
         s
@@ -358,6 +362,9 @@ impl Session {
         self.send(reply);
         if closing {
             self.close();
+        } else if self.shutdown_after_store {
+            self.send(self.shutdown_reply());
+            self.close();
         }
         self.resume(now);
     }
@@ -402,19 +409,17 @@ impl Session {
         }
     }
 
-    /// The engine is stopping: say 421 and close, abandoning any partial message.
+    /// The engine is stopping: say 421 and close, abandoning any partial message. If a
+    /// `Store` is out, its reply is sent first (once `stored` is called), so a message
+    /// the driver made durable is never left unacknowledged.
     pub fn shutdown(&mut self, _now: Instant) {
         match self.expect {
             Expect::Closed => {}
             // Mid-handshake a plaintext reply would only corrupt the TLS stream.
             Expect::TlsHandshake => self.close(),
+            Expect::StoreResult => self.shutdown_after_store = true,
             _ => {
-                self.send(Reply::with(
-                    421,
-                    3,
-                    2,
-                    format!("{} shutting down", self.config.hostname),
-                ));
+                self.send(self.shutdown_reply());
                 self.close();
             }
         }
@@ -804,6 +809,10 @@ impl Session {
             lines.push("STARTTLS".to_string());
         }
         Reply { code: 250, enhanced: None, lines }
+    }
+
+    fn shutdown_reply(&self) -> Reply {
+        Reply::with(421, 3, 2, format!("{} shutting down", self.config.hostname))
     }
 
     fn helo_reply(&self) -> Reply {

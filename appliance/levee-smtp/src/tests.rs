@@ -423,6 +423,35 @@ fn shutdown_mid_data_abandons_the_message() {
 }
 
 #[test]
+fn shutdown_while_storing_acknowledges_the_message_first() {
+    let now = Instant::now();
+    let mut s = Session::new(config(), peer(), now);
+    s.poll_action();
+    s.answer(Decision::Accept, now);
+    s.poll_action();
+    s.handle_input(b"HELO a.test\r\n", now);
+    s.poll_action();
+    s.answer(Decision::Accept, now);
+    s.handle_input(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n", now);
+    while let Some(a) = s.poll_action() {
+        if let Action::Ask(_) = a {
+            s.answer(Decision::Accept, now);
+        }
+    }
+    s.handle_input(b"BDAT 2 LAST\r\nhi", now);
+    assert!(matches!(s.poll_action(), Some(Action::Store(_))));
+    s.shutdown(now);
+    assert_eq!(s.poll_action(), None);
+    s.stored(Reply::with(250, 0, 0, "queued"), now);
+    let sent = match s.poll_action() {
+        Some(Action::Send(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sent, "250 2.0.0 queued\r\n421 4.3.2 mx.levee.test shutting down\r\n");
+    assert_eq!(s.poll_action(), Some(Action::Close));
+}
+
+#[test]
 fn eof_closes_without_storing() {
     let mut c = Client::ready(config());
     c.cmd("MAIL FROM:<a@sender.test>", "250");
