@@ -1,1 +1,385 @@
-//! the tokio drivers: inbound listener, outbound delivery, DSN
+//! Levee's tokio drivers: the inbound SMTP listener that runs the sans-IO
+//! `Session`, the durable hand-off to the spool, outbound delivery with retries,
+//! and delivery status notifications.
+//!
+//! One [`Engine`] holds the shared state; [`Engine::run`] serves until shutdown.
+
+mod client;
+mod dsn;
+mod headers;
+mod inbound;
+mod queue;
+mod tls;
+
+pub use client::{Client, ClientError, ConnectOptions};
+pub use headers::rfc5322_date;
+
+use levee_config::Config;
+use levee_smtp::{Decision, Incoming, Question, SessionConfig};
+use levee_spool::{GroupCommit, RetryPolicy, Spool, SpoolMeta};
+use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Store};
+use levee_types::{Action, Envelope, QueueId, Reply};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("spool: {0}")]
+    Spool(#[from] levee_spool::SpoolError),
+    #[error("store: {0}")]
+    Store(#[from] levee_store::StoreError),
+    #[error("listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+/// What became of a message handed over at the end of DATA.
+#[derive(Debug)]
+pub enum StoreOutcome {
+    /// Safe on disk; the reply is the 250.
+    Queued(Reply),
+    /// Not stored; the reply says why (4xx: try again, 5xx: refused).
+    Refused(Reply),
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The shared state of the running relay.
+pub struct Engine {
+    config: RwLock<Arc<Config>>,
+    spool: Arc<Spool>,
+    store: Store,
+    commit: Arc<GroupCommit>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    connector: tokio_rustls::TlsConnector,
+    connections: Arc<Semaphore>,
+    stamp: String,
+    queue_tx: mpsc::UnboundedSender<QueueId>,
+    queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<QueueId>>>,
+    resolver: Option<hickory_resolver::TokioResolver>,
+    pool: queue::Pool,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("stamp", &self.stamp).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Opens the spool and the store, recovers queued mail and prepares TLS.
+    pub fn open(config: Config) -> Result<Arc<Engine>, RelayError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let (spool, recovered) = Spool::open(&config.spool_dir())?;
+        for c in &recovered.corrupt {
+            error!(file = %c.name, moved_to = %c.moved_to.display(), reason = %c.reason, "corrupt spool file moved aside");
+        }
+        let spool = Arc::new(spool);
+        let store = Store::open(&config.db_dir())?;
+        let flush_store = store.clone();
+        let commit = Arc::new(GroupCommit::new(
+            spool.clone(),
+            Box::new(move || flush_store.flush().map_err(|e| e.to_string())),
+        ));
+        let tls = if config.smtp.tls {
+            Some(tls::acceptor(
+                &config.hostname.0,
+                config.smtp.tls_cert.as_deref(),
+                config.smtp.tls_key.as_deref(),
+                &config.data_dir.join("tls"),
+            )?)
+        } else {
+            None
+        };
+        // The stamp proves to the downstream that a message came through this gateway;
+        // derived from (not equal to) the install secret.
+        let secret = store.install_secret()?;
+        let stamp = hex::encode(&secret[..16]);
+        // Spool files are the truth: a file whose index record was lost gets a fresh one;
+        // an index record whose file is gone is dropped.
+        let mut known: std::collections::HashSet<QueueId> = Default::default();
+        for meta in &recovered.messages {
+            known.insert(meta.id.clone());
+            if store.queue_get(&meta.id)?.is_none() {
+                warn!(id = %meta.id, "queue record missing for spooled message; recreated");
+                store.queue_put(&queue_entry(meta, false))?;
+            }
+        }
+        for entry in store.queue_all()? {
+            if !known.contains(&entry.id) {
+                warn!(id = %entry.id, "queue record without spool file dropped");
+                store.queue_remove(&entry.id)?;
+            }
+        }
+        store.flush()?;
+        let resolver = hickory_resolver::TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| warn!(error = %e, "no DNS resolver; MX lookups will fail"))
+            .ok();
+        let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+        info!(queued = recovered.messages.len(), "spool recovered");
+        Ok(Arc::new(Engine {
+            connections: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            config: RwLock::new(Arc::new(config)),
+            spool,
+            store,
+            commit,
+            tls,
+            connector: tls::connector(),
+            stamp,
+            queue_tx,
+            queue_rx: std::sync::Mutex::new(Some(queue_rx)),
+            resolver,
+            pool: queue::Pool::default(),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new, already validated config; live sessions keep the one they began with.
+    pub fn reload(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stamp(&self) -> &str {
+        &self.stamp
+    }
+
+    fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    fn session_config(&self, c: &Config) -> SessionConfig {
+        SessionConfig {
+            hostname: c.hostname.0.clone(),
+            max_message_size: c.smtp.max_message_size,
+            max_recipients: c.smtp.max_recipients,
+            max_command_line: c.smtp.max_command_line,
+            max_data_line: c.smtp.max_data_line,
+            max_errors: c.smtp.max_errors,
+            idle_timeout: Duration::from_secs(c.smtp.idle_timeout_secs),
+            min_data_rate: c.smtp.min_data_rate,
+            tls_available: self.tls.is_some(),
+        }
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        let d = &self.config().delivery;
+        RetryPolicy {
+            first: Duration::from_secs(d.retry_first_secs),
+            max_interval: Duration::from_secs(d.retry_max_interval_secs),
+            max_lifetime: Duration::from_secs(d.max_lifetime_secs),
+        }
+    }
+
+    /// Answers the session's policy questions.
+    fn decide(&self, q: &Question, _client: IpAddr) -> Decision {
+        let config = self.config();
+        match q {
+            Question::Connect | Question::Helo { .. } => Decision::Accept,
+            Question::MailFrom { .. } => match self.spool.free_bytes() {
+                Ok(free) if free >= config.smtp.min_free_bytes => Decision::Accept,
+                Ok(free) => {
+                    warn!(free, "spool nearly full: refusing new mail for now");
+                    Decision::Reject(Reply::with(
+                        452,
+                        3,
+                        1,
+                        "insufficient system storage, try again later",
+                    ))
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot check free space");
+                    Decision::Reject(Reply::with(451, 3, 0, "local error, try again later"))
+                }
+            },
+            Question::RcptTo { to } => match config.domain(to.domain()) {
+                None => Decision::Reject(Reply::with(550, 7, 1, "relay access denied")),
+                Some(d) if !d.ready() => Decision::Reject(Reply::with(
+                    451,
+                    3,
+                    0,
+                    "this domain is not set up yet, try again later",
+                )),
+                Some(_) => Decision::Accept,
+            },
+        }
+    }
+
+    /// Writes a received message durably and queues it for delivery. Returns only
+    /// once the message is safe (the 250) or known not to be (4xx).
+    async fn accept_message(self: &Arc<Self>, incoming: Incoming) -> StoreOutcome {
+        let Incoming { envelope, data } = incoming;
+        self.enqueue(envelope, data, Action::Accept, 0.0, Vec::new()).await
+    }
+
+    /// The one path into the queue, for received mail and for mail Levee writes itself.
+    async fn enqueue(
+        self: &Arc<Self>,
+        envelope: Envelope,
+        data: Vec<u8>,
+        action: Action,
+        score: f64,
+        findings: Vec<(levee_types::Finding, f64)>,
+    ) -> StoreOutcome {
+        let now = now_unix();
+        let meta = SpoolMeta {
+            id: self.spool.new_id(SystemTime::now()),
+            envelope,
+            received_at: now,
+            action,
+            score,
+            findings,
+        };
+        let size = data.len() as u64;
+        let engine = self.clone();
+        let id = meta.id.clone();
+        let result = tokio::task::spawn_blocking(move || engine.write_durably(&meta, &data)).await;
+        match result {
+            Ok(Ok(meta)) => {
+                info!(
+                    id = %id,
+                    client = %meta.envelope.client_ip,
+                    from = %meta.envelope.mail_from_path(),
+                    to = %meta.envelope.rcpt_to.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                    size,
+                    verdict = %meta.action,
+                    "accepted"
+                );
+                let _ = self.queue_tx.send(id.clone());
+                StoreOutcome::Queued(Reply::with(250, 0, 0, format!("Ok: queued as {id}")))
+            }
+            Ok(Err(e)) => {
+                error!(id = %id, error = %e, "message not stored");
+                StoreOutcome::Refused(Reply::with(
+                    451,
+                    3,
+                    0,
+                    "local error in processing, try again later",
+                ))
+            }
+            Err(e) => {
+                error!(id = %id, error = %e, "store task failed");
+                StoreOutcome::Refused(Reply::with(
+                    451,
+                    3,
+                    0,
+                    "local error in processing, try again later",
+                ))
+            }
+        }
+    }
+
+    /// Blocking: spool file (fsynced, renamed), index and log records, then one shared
+    /// directory fsync + index flush. Undoes what it can on failure.
+    fn write_durably(&self, meta: &SpoolMeta, data: &[u8]) -> Result<SpoolMeta, RelayError> {
+        let result = (|| {
+            self.spool.write(meta, data)?;
+            self.store.queue_put(&queue_entry(meta, false))?;
+            self.store.log_put(&log_entry(meta, data.len() as u64))?;
+            self.commit.commit()?;
+            Ok::<_, RelayError>(())
+        })();
+        if let Err(e) = result {
+            let _ = self.spool.remove(&meta.id);
+            let _ = self.store.queue_remove(&meta.id);
+            return Err(e);
+        }
+        Ok(meta.clone())
+    }
+
+    /// Serves SMTP on every listener and runs delivery until `shutdown` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        listeners: Vec<TcpListener>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), RelayError> {
+        let rx = self.queue_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let delivery = rx.map(|rx| tokio::spawn(queue::run(self.clone(), rx, shutdown.clone())));
+        let mut servers = Vec::new();
+        for l in listeners {
+            if let Ok(addr) = l.local_addr() {
+                info!(%addr, "SMTP listening");
+            }
+            servers.push(tokio::spawn(inbound::serve(self.clone(), l, shutdown.clone())));
+        }
+        for s in servers {
+            let _ = s.await;
+        }
+        if let Some(d) = delivery {
+            let _ = d.await;
+        }
+        info!("relay stopped");
+        Ok(())
+    }
+
+    /// Asks the delivery scheduler to try a queued message now.
+    pub fn retry_now(&self, id: QueueId) {
+        let _ = self.queue_tx.send(id);
+    }
+}
+
+/// Binds every configured SMTP address.
+pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RelayError> {
+    let mut out = Vec::new();
+    for addr in config.smtp_listen() {
+        out.push(TcpListener::bind(addr).await.map_err(|e| RelayError::Listen(addr, e))?);
+    }
+    Ok(out)
+}
+
+fn queue_entry(meta: &SpoolMeta, held: bool) -> QueueEntry {
+    QueueEntry {
+        id: meta.id.clone(),
+        received_at: meta.received_at,
+        attempts: 0,
+        next_attempt: meta.received_at,
+        recipients: meta
+            .envelope
+            .rcpt_to
+            .iter()
+            .map(|r| RcptState {
+                rcpt: r.to_string(),
+                status: RcptStatus::Pending,
+                last_reply: None,
+            })
+            .collect(),
+        held,
+    }
+}
+
+fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
+    let env = &meta.envelope;
+    LogEntry {
+        id: meta.id.clone(),
+        received_at: meta.received_at,
+        client_ip: env.client_ip.to_string(),
+        helo: env.helo.clone(),
+        mail_from: env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+        rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
+        size,
+        action: meta.action.to_string(),
+        score: meta.score,
+        findings: meta
+            .findings
+            .iter()
+            .map(|(f, w)| (f.symbol.clone(), f.detail.clone(), *w))
+            .collect(),
+        deliveries: Vec::new(),
+    }
+}

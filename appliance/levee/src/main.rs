@@ -1,1 +1,121 @@
-fn main() {}
+//! `levee`: the appliance binary. `anyhow` lives here and nowhere else.
+
+mod logging;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use levee_config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "levee", version, about = "Levee spam-filtering mail gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the engine (relay and delivery) in the foreground, logging to stderr.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits non-zero and names the line at fault.
+    CheckConfig { file: PathBuf },
+    /// Show the delivery queue.
+    Queue {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("ok");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        Command::Queue { config } => queue(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("levee: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(path: &PathBuf) -> Result<()> {
+    logging::init(false);
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listeners = levee_relay::bind(&config).await?;
+        let engine = levee_relay::Engine::open(config)?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
+        wait_for_stop(path, &engine).await?;
+        let _ = stop_tx.send(true);
+        relay.await.context("relay task")??;
+        Ok(())
+    })
+}
+
+/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP (the old one stays
+/// if the new one is invalid).
+async fn wait_for_stop(path: &PathBuf, engine: &levee_relay::Engine) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match Config::load(path) {
+                Ok(c) => {
+                    engine.reload(c);
+                    tracing::info!("config reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "config reload refused; keeping the old one"),
+            },
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+fn queue(path: &PathBuf) -> Result<()> {
+    let config = Config::load(path)?;
+    let store = levee_store::Store::open(&config.db_dir())?;
+    let now = levee_relay::now_unix();
+    for e in store.queue_all()? {
+        let age = now.saturating_sub(e.received_at);
+        println!(
+            "{}  age {}s  attempts {}  next in {}s{}",
+            e.id,
+            age,
+            e.attempts,
+            e.next_attempt.saturating_sub(now),
+            if e.held { "  HELD" } else { "" }
+        );
+        for r in &e.recipients {
+            println!("    {}  {:?}  {}", r.rcpt, r.status, r.last_reply.as_deref().unwrap_or(""));
+        }
+    }
+    Ok(())
+}

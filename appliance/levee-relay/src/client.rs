@@ -1,0 +1,369 @@
+//! The outbound SMTP client: one connection to a downstream server, reusable for
+//! several transactions.
+
+use levee_config::TlsPolicy;
+use levee_smtp::ReplyParser;
+use levee_types::Reply;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Why a connection could not be used. Everything but `Rejected` with a 5xx is
+/// worth a retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("i/o with {0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("timeout talking to {0}")]
+    Timeout(SocketAddr),
+    #[error("{0} answered {1}")]
+    Rejected(SocketAddr, Reply),
+    #[error("{0} sent a malformed reply")]
+    Protocol(SocketAddr),
+    #[error("{0} does not offer STARTTLS and TLS is required")]
+    TlsRequired(SocketAddr),
+    #[error("TLS with {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
+}
+
+impl ClientError {
+    /// A reply to report in a DSN or the log.
+    pub fn reply(&self) -> Reply {
+        match self {
+            ClientError::Rejected(_, r) => r.clone(),
+            other => Reply::with(451, 4, 0, other.to_string()),
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ClientError::Rejected(_, r) if r.is_permanent())
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Default, Clone, Copy)]
+struct Caps {
+    pipelining: bool,
+    starttls: bool,
+    eight_bit: bool,
+    smtputf8: bool,
+    size: Option<u64>,
+}
+
+impl Caps {
+    fn from_ehlo(reply: &Reply) -> Caps {
+        let mut caps = Caps::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            match words.next().map(|w| w.to_ascii_uppercase()).as_deref() {
+                Some("PIPELINING") => caps.pipelining = true,
+                Some("STARTTLS") => caps.starttls = true,
+                Some("8BITMIME") => caps.eight_bit = true,
+                Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("SIZE") => caps.size = words.next().and_then(|n| n.parse().ok()),
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// Per-recipient outcome of one transaction.
+#[derive(Debug)]
+pub struct TxOutcome {
+    /// For each recipient, in order: `Ok(reply)` accepted end to end, `Err(reply)` refused.
+    pub rcpts: Vec<Result<Reply, Reply>>,
+}
+
+pub struct Client {
+    io: Box<dyn Io>,
+    peer: SocketAddr,
+    parser: ReplyParser,
+    caps: Caps,
+    pub tls: bool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("peer", &self.peer).field("tls", &self.tls).finish()
+    }
+}
+
+pub struct ConnectOptions<'a> {
+    pub source: Option<IpAddr>,
+    pub helo: &'a str,
+    pub tls: TlsPolicy,
+    pub tls_name: &'a str,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub connector: &'a tokio_rustls::TlsConnector,
+}
+
+impl std::fmt::Debug for ConnectOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions").field("helo", &self.helo).field("tls", &self.tls).finish()
+    }
+}
+
+impl Client {
+    /// Connects, reads the banner, says EHLO and, as the policy asks, upgrades to TLS.
+    pub async fn connect(
+        addr: SocketAddr,
+        opts: &ConnectOptions<'_>,
+    ) -> Result<Client, ClientError> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        if let Some(src) = opts.source {
+            socket.bind(SocketAddr::new(src, 0)).map_err(|e| ClientError::Connect(addr, e))?;
+        }
+        let stream: TcpStream = tokio::time::timeout(opts.connect_timeout, socket.connect(addr))
+            .await
+            .map_err(|_| ClientError::Timeout(addr))?
+            .map_err(|e| ClientError::Connect(addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let mut client = Client {
+            io: Box::new(stream),
+            peer: addr,
+            parser: ReplyParser::default(),
+            caps: Caps::default(),
+            tls: false,
+            timeout: opts.command_timeout,
+        };
+        client.expect(220).await?;
+        client.ehlo(opts.helo).await?;
+        if opts.tls != TlsPolicy::None && client.caps.starttls {
+            client.command(b"STARTTLS\r\n").await?;
+            client.expect(220).await?;
+            let name = ServerNameOwned::from(opts.tls_name);
+            // Any bytes the server sent after its 220 would be plaintext injection: drop them.
+            client.parser = ReplyParser::default();
+            let plain = std::mem::replace(&mut client.io, Box::new(tokio::io::duplex(1).0));
+            let tls =
+                tokio::time::timeout(opts.command_timeout, opts.connector.connect(name.0, plain))
+                    .await
+                    .map_err(|_| ClientError::Timeout(addr))?
+                    .map_err(|e| ClientError::Tls(addr, e))?;
+            client.io = Box::new(tls);
+            client.tls = true;
+            client.ehlo(opts.helo).await?;
+        } else if opts.tls == TlsPolicy::Required {
+            let _ = client.command(b"QUIT\r\n").await;
+            return Err(ClientError::TlsRequired(addr));
+        }
+        Ok(client)
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), ClientError> {
+        self.command(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let reply = self.read_reply().await?;
+        if reply.code == 250 {
+            self.caps = Caps::from_ehlo(&reply);
+            return Ok(());
+        }
+        // Ancient servers: fall back to HELO, with no extensions.
+        self.command(format!("HELO {helo}\r\n").as_bytes()).await?;
+        self.expect(250).await?;
+        self.caps = Caps::default();
+        Ok(())
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Result<(), ClientError> {
+        let peer = self.peer;
+        tokio::time::timeout(self.timeout, self.io.write_all(line))
+            .await
+            .map_err(|_| ClientError::Timeout(peer))?
+            .map_err(|e| ClientError::Io(peer, e))?;
+        tokio::time::timeout(self.timeout, self.io.flush())
+            .await
+            .map_err(|_| ClientError::Timeout(peer))?
+            .map_err(|e| ClientError::Io(peer, e))
+    }
+
+    async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let peer = self.peer;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.parser.next_reply() {
+                Ok(Some(reply)) => return Ok(reply),
+                Ok(None) => {}
+                Err(_) => return Err(ClientError::Protocol(peer)),
+            }
+            let n = tokio::time::timeout(self.timeout, self.io.read(&mut buf))
+                .await
+                .map_err(|_| ClientError::Timeout(peer))?
+                .map_err(|e| ClientError::Io(peer, e))?;
+            if n == 0 {
+                return Err(ClientError::Io(peer, std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.parser.feed(&buf[..n]);
+        }
+    }
+
+    async fn expect(&mut self, code: u16) -> Result<Reply, ClientError> {
+        let reply = self.read_reply().await?;
+        if reply.code == code {
+            Ok(reply)
+        } else {
+            Err(ClientError::Rejected(self.peer, reply))
+        }
+    }
+
+    /// Sends one message to `rcpts`. `headers` is prepended to `body`; `body` is the
+    /// stored message (canonical CRLF), dot-stuffed here.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        eight_bit: bool,
+        smtputf8: bool,
+        headers: &[u8],
+        body: &[u8],
+    ) -> Result<TxOutcome, ClientError> {
+        let size = (headers.len() + body.len()) as u64;
+        if let Some(max) = self.caps.size.filter(|m| *m > 0 && size > *m) {
+            let r =
+                Reply::with(552, 3, 4, format!("message size {size} exceeds the server's {max}"));
+            return Ok(TxOutcome { rcpts: rcpts.iter().map(|_| Err(r.clone())).collect() });
+        }
+        let mut mail = format!("MAIL FROM:<{from}>");
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        if eight_bit && self.caps.eight_bit {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if smtputf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        let rcpt_lines: Vec<String> = rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n")).collect();
+
+        // With PIPELINING, MAIL, every RCPT and DATA go in one write (RFC 2920).
+        let mut results = Vec::with_capacity(rcpts.len());
+        let mail_reply;
+        let data_reply;
+        if self.caps.pipelining {
+            let mut batch = mail.into_bytes();
+            for l in &rcpt_lines {
+                batch.extend_from_slice(l.as_bytes());
+            }
+            batch.extend_from_slice(b"DATA\r\n");
+            self.command(&batch).await?;
+            mail_reply = self.read_reply().await?;
+            for _ in rcpts {
+                results.push(self.read_reply().await?);
+            }
+            data_reply = self.read_reply().await?;
+        } else {
+            self.command(mail.as_bytes()).await?;
+            mail_reply = self.read_reply().await?;
+            if mail_reply.code != 250 {
+                return self.abort_all(rcpts, mail_reply).await;
+            }
+            for l in &rcpt_lines {
+                self.command(l.as_bytes()).await?;
+                results.push(self.read_reply().await?);
+            }
+            if results.iter().all(|r| r.code != 250 && r.code != 251) {
+                let _ = self.reset().await;
+                return Ok(TxOutcome { rcpts: results.into_iter().map(Err).collect() });
+            }
+            self.command(b"DATA\r\n").await?;
+            data_reply = self.read_reply().await?;
+        }
+        if mail_reply.code != 250 {
+            if data_reply.code == 354 {
+                // The server accepted DATA after refusing MAIL: end the empty message.
+                self.command(b".\r\n").await?;
+                let _ = self.read_reply().await?;
+            }
+            return self.abort_all(rcpts, mail_reply).await;
+        }
+        let accepted = results.iter().any(|r| r.code == 250 || r.code == 251);
+        if data_reply.code != 354 {
+            let _ = self.reset().await;
+            let out =
+                results
+                    .into_iter()
+                    .map(|r| {
+                        if r.code == 250 || r.code == 251 {
+                            Err(data_reply.clone())
+                        } else {
+                            Err(r)
+                        }
+                    })
+                    .collect();
+            return Ok(TxOutcome { rcpts: out });
+        }
+        if !accepted {
+            // Pipelined DATA was accepted though no recipient was: send nothing.
+            self.command(b".\r\n").await?;
+            let _ = self.read_reply().await?;
+            return Ok(TxOutcome { rcpts: results.into_iter().map(Err).collect() });
+        }
+        let mut payload = Vec::with_capacity(headers.len() + body.len() + 64);
+        payload.extend_from_slice(headers);
+        payload.extend_from_slice(body);
+        let wire = levee_smtp::dot_stuff(&payload);
+        let peer = self.peer;
+        tokio::time::timeout(self.timeout, self.io.write_all(&wire))
+            .await
+            .map_err(|_| ClientError::Timeout(peer))?
+            .map_err(|e| ClientError::Io(peer, e))?;
+        self.io.flush().await.map_err(|e| ClientError::Io(peer, e))?;
+        let final_reply = self.read_reply().await?;
+        let out = results
+            .into_iter()
+            .map(|r| {
+                if r.code != 250 && r.code != 251 {
+                    Err(r)
+                } else if final_reply.code == 250 {
+                    Ok(final_reply.clone())
+                } else {
+                    Err(final_reply.clone())
+                }
+            })
+            .collect();
+        Ok(TxOutcome { rcpts: out })
+    }
+
+    async fn abort_all(
+        &mut self,
+        rcpts: &[String],
+        reply: Reply,
+    ) -> Result<TxOutcome, ClientError> {
+        let _ = self.reset().await;
+        Ok(TxOutcome { rcpts: rcpts.iter().map(|_| Err(reply.clone())).collect() })
+    }
+
+    /// RSET, so the connection can carry another transaction.
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.command(b"RSET\r\n").await?;
+        self.expect(250).await.map(|_| ())
+    }
+
+    pub async fn quit(mut self) {
+        if self.command(b"QUIT\r\n").await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.read_reply()).await;
+        }
+    }
+}
+
+/// A rustls server name that owns its text.
+struct ServerNameOwned(rustls::pki_types::ServerName<'static>);
+
+impl From<&str> for ServerNameOwned {
+    fn from(s: &str) -> Self {
+        let name = rustls::pki_types::ServerName::try_from(s.to_string()).unwrap_or_else(|_| {
+            rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
+        });
+        ServerNameOwned(name)
+    }
+}

@@ -1,0 +1,111 @@
+//! Trace headers Levee prepends when it relays a message, and RFC 5322 dates.
+
+use levee_spool::SpoolMeta;
+
+/// `Sun, 22 Nov 2026 23:02:46 +0000` for a unix time (UTC).
+pub fn rfc5322_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let days = unix / 86_400;
+    let secs = unix % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { era * 400 + yoe + 1 } else { era * 400 + yoe }, m, d)
+}
+
+/// Strips characters that could end a header line or smuggle a new one.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// The block of headers prepended to a relayed message, CRLF-terminated.
+pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option<&str>) -> String {
+    let env = &meta.envelope;
+    let client = match &env.client_name {
+        Some(name) => format!("{} [{}]", clean(name), env.client_ip),
+        None => format!("[{}]", env.client_ip),
+    };
+    let with = if env.tls { "ESMTPS" } else { "ESMTP" };
+    let for_part = rcpt.map(|r| format!("\r\n\tfor <{}>", clean(r))).unwrap_or_default();
+    let mut h = format!(
+        "Received: from {} ({})\r\n\tby {} (Levee) with {} id {}{};\r\n\t{}\r\n",
+        clean(&env.helo),
+        client,
+        hostname,
+        with,
+        meta.id,
+        for_part,
+        rfc5322_date(meta.received_at)
+    );
+    h.push_str(&format!("X-Levee-Verdict: {}\r\n", meta.action));
+    h.push_str(&format!("X-Levee-Score: {:.2}\r\n", meta.score));
+    if !meta.findings.is_empty() {
+        let list: Vec<String> =
+            meta.findings.iter().map(|(f, w)| format!("{}({:.2})", clean(&f.symbol), w)).collect();
+        h.push_str(&format!("X-Levee-Findings: {}\r\n", fold(&list.join(" "))));
+    }
+    h.push_str(&format!("X-Levee-Stamp: {stamp}\r\n"));
+    h
+}
+
+/// Folds a long header value at spaces so no line exceeds ~78 characters.
+fn fold(value: &str) -> String {
+    let mut out = String::new();
+    let mut len = 20;
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if len + word.len() + 1 > 76 {
+                out.push_str("\r\n\t");
+                len = 8;
+            } else {
+                out.push(' ');
+                len += 1;
+            }
+        }
+        out.push_str(word);
+        len += word.len();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc5322() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_388_566), "Sun, 22 Nov 2026 23:02:46 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn folding_keeps_lines_short() {
+        let long = vec!["SYMBOL_NAME(1.00)"; 20].join(" ");
+        for line in fold(&long).split("\r\n") {
+            assert!(line.len() <= 78, "{line}");
+        }
+    }
+}

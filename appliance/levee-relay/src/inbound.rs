@@ -1,0 +1,199 @@
+//! The inbound listener: accepts connections within the limits and drives one
+//! sans-IO `levee_smtp::Session` per connection.
+
+use crate::{Engine, StoreOutcome};
+use levee_smtp::{Action, Decision, PeerInfo, Question, Session};
+use levee_types::Reply;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Counts live connections per client address.
+#[derive(Debug, Default)]
+pub struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// Holds one slot of the per-IP count; frees it when dropped.
+struct IpSlot {
+    map: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { map: self.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true; each connection runs in its own task.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let per_ip = Arc::new(PerIp::default());
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let config = engine.config();
+        let total = engine.connections.clone().try_acquire_owned();
+        let slot = per_ip.enter(peer.ip(), config.smtp.max_connections_per_ip);
+        let (Ok(permit), Some(slot)) = (total, slot) else {
+            info!(client = %peer, "connection refused: too many connections");
+            sessions.spawn(refuse(stream));
+            continue;
+        };
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            handle(engine, stream, peer, shutdown).await;
+            drop((permit, slot));
+        });
+        // Reap finished tasks so the set does not grow without bound.
+        while sessions.try_join_next().is_some() {}
+    }
+    // Live sessions see the same shutdown signal, answer 421 and end.
+    while sessions.join_next().await.is_some() {}
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let reply = Reply::with(421, 7, 0, "too many connections, try again later");
+    let _ = stream.write_all(&reply.to_wire()).await;
+    let _ = stream.shutdown().await;
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn handle(
+    engine: Arc<Engine>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = engine.config();
+    let mut session = Session::new(
+        engine.session_config(&config),
+        PeerInfo { ip: peer.ip(), port: peer.port() },
+        Instant::now().into_std(),
+    );
+    let mut io: Box<dyn Io> = Box::new(stream);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut shutting_down = false;
+    debug!(client = %peer, "connected");
+    loop {
+        while let Some(action) = session.poll_action() {
+            match action {
+                Action::Send(bytes) => out.extend_from_slice(&bytes),
+                Action::Ask(question) => {
+                    let decision = engine.decide(&question, peer.ip());
+                    if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
+                        info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
+                    }
+                    session.answer(decision, Instant::now().into_std());
+                }
+                Action::Store(incoming) => {
+                    // Replies queued before the message (pipelined) go out first.
+                    if flush(&mut io, &mut out).await.is_err() {
+                        return;
+                    }
+                    let reply = match engine.accept_message(incoming).await {
+                        StoreOutcome::Queued(reply) | StoreOutcome::Refused(reply) => reply,
+                    };
+                    session.stored(reply, Instant::now().into_std());
+                }
+                Action::StartTls => {
+                    if flush(&mut io, &mut out).await.is_err() {
+                        return;
+                    }
+                    let Some(acceptor) = engine.tls_acceptor() else { return };
+                    match acceptor.accept(io).await {
+                        Ok(tls) => io = Box::new(tls),
+                        Err(e) => {
+                            debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    }
+                    session.tls_up(Instant::now().into_std());
+                }
+                Action::Close => {
+                    let _ = flush(&mut io, &mut out).await;
+                    let _ = io.shutdown().await;
+                    debug!(client = %peer, "closed");
+                    return;
+                }
+            }
+        }
+        if flush(&mut io, &mut out).await.is_err() {
+            return;
+        }
+        if !session.wants_input() {
+            // Nothing to read and nothing to do: the session has ended.
+            return;
+        }
+        let deadline = session.poll_timeout().map(Instant::from_std);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = io.read(&mut buf) => match r {
+                Ok(0) | Err(_) => session.handle_eof(Instant::now().into_std()),
+                Ok(n) => session.handle_input(&buf[..n], Instant::now().into_std()),
+            },
+            _ = sleep => session.handle_timeout(Instant::now().into_std()),
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                session.shutdown(Instant::now().into_std());
+            }
+        }
+    }
+}
+
+async fn flush(io: &mut Box<dyn Io>, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    io.write_all(out).await?;
+    io.flush().await?;
+    out.clear();
+    Ok(())
+}
