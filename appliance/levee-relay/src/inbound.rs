@@ -116,7 +116,46 @@ async fn handle(
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut shutting_down = false;
+    let mut relay_denied = 0u32;
     debug!(client = %peer, "connected");
+    let result = drive(
+        &engine,
+        &mut session,
+        &mut io,
+        &mut out,
+        &mut buf,
+        peer,
+        &mut shutdown,
+        &mut shutting_down,
+        &mut relay_denied,
+    )
+    .await;
+    let _ = result;
+    // Abusers are dropped in the kernel next time, before they cost a session.
+    if session.pregreeted() {
+        engine.ban(peer.ip(), "pregreet");
+    } else if session.error_count() >= config.smtp.max_errors {
+        engine.ban(peer.ip(), "too many errors");
+    } else if relay_denied >= RELAY_PROBE_LIMIT {
+        engine.ban(peer.ip(), "relay probing");
+    }
+}
+
+/// Refused relay attempts in one connection that mark it as an open-relay probe.
+const RELAY_PROBE_LIMIT: u32 = 3;
+
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    engine: &Arc<Engine>,
+    session: &mut Session,
+    io: &mut Box<dyn Io>,
+    out: &mut Vec<u8>,
+    buf: &mut [u8],
+    peer: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+    shutting_down: &mut bool,
+    relay_denied: &mut u32,
+) {
     loop {
         while let Some(action) = session.poll_action() {
             match action {
@@ -125,12 +164,15 @@ async fn handle(
                     let decision = engine.decide(&question, peer.ip());
                     if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
                         info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
+                        if r.code == 550 {
+                            *relay_denied += 1;
+                        }
                     }
                     session.answer(decision, Instant::now().into_std());
                 }
                 Action::Store(incoming) => {
                     // Replies queued before the message (pipelined) go out first.
-                    if flush(&mut io, &mut out).await.is_err() {
+                    if flush(io, out).await.is_err() {
                         return;
                     }
                     let reply = match engine.accept_message(incoming).await {
@@ -139,12 +181,13 @@ async fn handle(
                     session.stored(reply, Instant::now().into_std());
                 }
                 Action::StartTls => {
-                    if flush(&mut io, &mut out).await.is_err() {
+                    if flush(io, out).await.is_err() {
                         return;
                     }
                     let Some(acceptor) = engine.tls_acceptor() else { return };
-                    match acceptor.accept(io).await {
-                        Ok(tls) => io = Box::new(tls),
+                    let plain = std::mem::replace(io, Box::new(tokio::io::duplex(1).0));
+                    match acceptor.accept(plain).await {
+                        Ok(tls) => *io = Box::new(tls),
                         Err(e) => {
                             debug!(client = %peer, error = %e, "TLS handshake failed");
                             return;
@@ -153,14 +196,14 @@ async fn handle(
                     session.tls_up(Instant::now().into_std());
                 }
                 Action::Close => {
-                    let _ = flush(&mut io, &mut out).await;
+                    let _ = flush(io, out).await;
                     let _ = io.shutdown().await;
                     debug!(client = %peer, "closed");
                     return;
                 }
             }
         }
-        if flush(&mut io, &mut out).await.is_err() {
+        if flush(io, out).await.is_err() {
             return;
         }
         if !session.wants_input() {
@@ -175,13 +218,13 @@ async fn handle(
             }
         };
         tokio::select! {
-            r = io.read(&mut buf) => match r {
+            r = io.read(buf) => match r {
                 Ok(0) | Err(_) => session.handle_eof(Instant::now().into_std()),
                 Ok(n) => session.handle_input(&buf[..n], Instant::now().into_std()),
             },
             _ = sleep => session.handle_timeout(Instant::now().into_std()),
-            _ = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
+            _ = shutdown.changed(), if !*shutting_down => {
+                *shutting_down = true;
                 session.shutdown(Instant::now().into_std());
             }
         }

@@ -67,7 +67,12 @@ pub struct Engine {
     queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<QueueId>>>,
     resolver: Option<hickory_resolver::TokioResolver>,
     pool: queue::Pool,
+    ban_hook: std::sync::OnceLock<BanHook>,
 }
+
+/// Called with a client address and the reason when a client earns a ban in the
+/// kernel gate; the supervisor owns the gate, so the engine only asks.
+pub type BanHook = Box<dyn Fn(IpAddr, &'static str) + Send + Sync>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +145,7 @@ impl Engine {
             queue_rx: std::sync::Mutex::new(Some(queue_rx)),
             resolver,
             pool: queue::Pool::default(),
+            ban_hook: std::sync::OnceLock::new(),
         }))
     }
 
@@ -326,6 +332,18 @@ impl Engine {
         }
         info!("relay stopped");
         Ok(())
+    }
+
+    /// Installs the function that asks for a ban (once; later calls are ignored).
+    pub fn set_ban_hook(&self, hook: BanHook) {
+        let _ = self.ban_hook.set(hook);
+    }
+
+    fn ban(&self, ip: IpAddr, reason: &'static str) {
+        warn!(client = %ip, reason, "ban requested");
+        if let Some(hook) = self.ban_hook.get() {
+            hook(ip, reason);
+        }
     }
 
     /// Asks the delivery scheduler to try a queued message now.
