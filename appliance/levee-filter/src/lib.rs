@@ -1,1 +1,53 @@
-//! checks that emit findings, and the pure scorer
+//! Levee's content filter: checks that emit findings, and the pure scorer.
+//!
+//! Checks name what they saw ([`Finding`]: a symbol and a detail, never a score). One table of
+//! weights and three thresholds ([`score::Policy`]) and one pure function ([`score::verdict`])
+//! turn findings into a [`levee_types::Verdict`]. The content checks here are:
+//!
+//! - [`bayes`]: a trainable token classifier (Robinson f(w) smoothing, Fisher chi-square
+//!   combining) whose probability is reported as a `BAYES_*` bucket;
+//! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...).
+//!
+//! [`eval`] trains and measures the filter on a labelled corpus; it is the only module that
+//! touches the file system.
+
+pub mod bayes;
+pub mod eval;
+mod html;
+pub mod rules;
+pub mod score;
+
+pub use levee_types::Finding;
+
+/// Errors of the filter crate.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// A stored Bayes model could not be decoded.
+    #[error("corrupt bayes model: {0}")]
+    CorruptModel(String),
+    /// A corpus manifest line could not be understood.
+    #[error("manifest {path} line {line}: {reason}")]
+    Manifest { path: String, line: usize, reason: String },
+    /// Reading a corpus file or directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FilterError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        FilterError::Io { path: path.display().to_string(), source }
+    }
+}
+
+/// Every content finding for one message: the rules plus the Bayes bucket.
+/// Pure: no network, no clock; the relay adds its own findings (DNSBL, SPF...) beside these.
+pub fn content_findings(model: &bayes::Model, message: &[u8]) -> Vec<Finding> {
+    let mut findings = rules::check(message);
+    let tokens = bayes::tokenize(message);
+    findings.extend(bayes::findings(model, &tokens));
+    findings
+}

@@ -1,0 +1,379 @@
+//! Training and measuring the content filter on a labelled corpus. The only module here that
+//! reads files (and the clock, to time classification).
+//!
+//! Manifest format (tab-separated, optional header line starting with `path`):
+//! `path  label  source  [sha256]`, with `path` relative to the manifest's folder and `label`
+//! `spam` or `ham`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use levee_types::Action;
+
+use crate::bayes::{self, Model};
+use crate::score::{self, Policy};
+use crate::{rules, FilterError};
+
+/// One labelled message of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// Resolved against the manifest's folder.
+    pub path: PathBuf,
+    pub spam: bool,
+    pub source: String,
+}
+
+/// Reads a `.tsv` manifest.
+pub fn read_manifest(manifest: &Path) -> Result<Vec<ManifestEntry>, FilterError> {
+    let text = std::fs::read_to_string(manifest).map_err(|e| FilterError::io(manifest, e))?;
+    parse_manifest(&text, manifest.parent().unwrap_or(Path::new(".")), manifest)
+}
+
+/// Parses manifest text; `base` is the folder paths are relative to.
+pub fn parse_manifest(
+    text: &str,
+    base: &Path,
+    name: &Path,
+) -> Result<Vec<ManifestEntry>, FilterError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let err = |reason: &str| FilterError::Manifest {
+            path: name.display().to_string(),
+            line: i + 1,
+            reason: reason.to_owned(),
+        };
+        if line.trim().is_empty() || (i == 0 && line.starts_with("path\t")) {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 3 {
+            return Err(err("expected path, label and source separated by tabs"));
+        }
+        let spam = match fields[1] {
+            "spam" => true,
+            "ham" => false,
+            other => return Err(err(&format!("label must be spam or ham, not {other:?}"))),
+        };
+        if fields[0].is_empty() || Path::new(fields[0]).is_absolute() {
+            return Err(err("path must be relative to the manifest"));
+        }
+        out.push(ManifestEntry { path: base.join(fields[0]), spam, source: fields[2].to_owned() });
+    }
+    Ok(out)
+}
+
+/// Trains on every entry of a manifest; returns (spam, ham) learned.
+pub fn train_manifest(model: &mut Model, manifest: &Path) -> Result<(usize, usize), FilterError> {
+    let mut n = (0, 0);
+    for e in read_manifest(manifest)? {
+        let bytes = std::fs::read(&e.path).map_err(|err| FilterError::io(&e.path, err))?;
+        model.train(&bayes::tokenize(&bytes), e.spam);
+        if e.spam {
+            n.0 += 1;
+        } else {
+            n.1 += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Trains on every regular file under `spam` and `ham` (recursively, in name order);
+/// returns (spam, ham) learned.
+pub fn train_dirs(
+    model: &mut Model,
+    spam: &Path,
+    ham: &Path,
+) -> Result<(usize, usize), FilterError> {
+    let mut counts = [0usize; 2];
+    for (dir, is_spam, slot) in [(spam, true, 0), (ham, false, 1)] {
+        let mut files = Vec::new();
+        walk(dir, &mut files)?;
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(|e| FilterError::io(&f, e))?;
+            model.train(&bayes::tokenize(&bytes), is_spam);
+            counts[slot] += 1;
+        }
+    }
+    Ok((counts[0], counts[1]))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilterError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| FilterError::io(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| FilterError::io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let ft = e.file_type().map_err(|err| FilterError::io(&e.path(), err))?;
+        if ft.is_dir() {
+            walk(&e.path(), out)?;
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Spam caught and ham misfiled, for one source or pooled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub spam: usize,
+    /// Spam quarantined or worse.
+    pub caught: usize,
+    pub ham: usize,
+    /// Ham quarantined or worse.
+    pub false_positives: usize,
+    /// Ham tagged (delivered, but marked).
+    pub ham_tagged: usize,
+}
+
+impl Tally {
+    fn add(&mut self, spam: bool, action: Action) {
+        let held = action >= Action::Quarantine;
+        if spam {
+            self.spam += 1;
+            self.caught += usize::from(held);
+        } else {
+            self.ham += 1;
+            self.false_positives += usize::from(held);
+            self.ham_tagged += usize::from(action == Action::Tag);
+        }
+    }
+    pub fn caught_pct(&self) -> f64 {
+        pct(self.caught, self.spam)
+    }
+    pub fn fp_pct(&self) -> f64 {
+        pct(self.false_positives, self.ham)
+    }
+}
+
+fn pct(n: usize, d: usize) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        100.0 * n as f64 / d as f64
+    }
+}
+
+/// How one message was classified.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub path: PathBuf,
+    pub spam: bool,
+    pub source: String,
+    pub score: f64,
+    pub action: Action,
+    /// `SYMBOL(weight) ...`
+    pub summary: String,
+    pub micros: u64,
+}
+
+/// One point of the ROC curve: what a quarantine threshold of `threshold` would give.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RocPoint {
+    pub threshold: f64,
+    pub caught_pct: f64,
+    pub fp_pct: f64,
+}
+
+/// The result of [`evaluate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub pooled: Tally,
+    pub by_source: BTreeMap<String, Tally>,
+    pub roc: Vec<RocPoint>,
+    /// Per-message filter time (rules + tokenize + Bayes + scorer), in microseconds.
+    pub p50_micros: u64,
+    pub p99_micros: u64,
+    pub max_micros: u64,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    /// False positives and missed spam, worst first, for diagnosis.
+    pub fn errors(&self) -> impl Iterator<Item = &Outcome> {
+        self.outcomes.iter().filter(|o| (o.action >= Action::Quarantine) != o.spam)
+    }
+}
+
+/// Classifies every message of a manifest with the rules and the Bayes model (no network).
+pub fn evaluate(model: &Model, policy: &Policy, manifest: &Path) -> Result<Report, FilterError> {
+    let entries = read_manifest(manifest)?;
+    let mut outcomes = Vec::with_capacity(entries.len());
+    for e in entries {
+        let bytes = std::fs::read(&e.path).map_err(|err| FilterError::io(&e.path, err))?;
+        let start = Instant::now();
+        let mut findings = rules::check(&bytes);
+        findings.extend(bayes::findings(model, &bayes::tokenize(&bytes)));
+        let v = score::verdict(policy, &findings, false);
+        let micros = start.elapsed().as_micros() as u64;
+        outcomes.push(Outcome {
+            path: e.path,
+            spam: e.spam,
+            source: e.source,
+            score: v.score,
+            action: v.action,
+            summary: v.findings_summary(),
+            micros,
+        });
+    }
+    Ok(report(outcomes))
+}
+
+/// Builds a report from classified messages.
+pub fn report(outcomes: Vec<Outcome>) -> Report {
+    let mut pooled = Tally::default();
+    let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
+    for o in &outcomes {
+        pooled.add(o.spam, o.action);
+        by_source.entry(o.source.clone()).or_default().add(o.spam, o.action);
+    }
+    let mut thresholds: Vec<f64> = outcomes.iter().map(|o| o.score).collect();
+    thresholds.sort_by(f64::total_cmp);
+    thresholds.dedup();
+    let roc = thresholds
+        .iter()
+        .map(|&t| {
+            let (mut caught, mut fp) = (0, 0);
+            for o in &outcomes {
+                if o.score >= t {
+                    if o.spam {
+                        caught += 1;
+                    } else {
+                        fp += 1;
+                    }
+                }
+            }
+            RocPoint {
+                threshold: t,
+                caught_pct: pct(caught, pooled.spam),
+                fp_pct: pct(fp, pooled.ham),
+            }
+        })
+        .collect();
+    let mut times: Vec<u64> = outcomes.iter().map(|o| o.micros).collect();
+    times.sort_unstable();
+    let at =
+        |q: f64| times.get(((times.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0);
+    Report {
+        pooled,
+        by_source,
+        roc,
+        p50_micros: at(0.5),
+        p99_micros: at(0.99),
+        max_micros: times.last().copied().unwrap_or(0),
+        outcomes,
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<14} {:>6} {:>8} {:>6} {:>6} {:>5} {:>6}",
+            "source", "spam", "caught%", "ham", "fp%", "fp", "tag"
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, t: &Tally| {
+            writeln!(
+                f,
+                "{:<14} {:>6} {:>8.2} {:>6} {:>6.2} {:>5} {:>6}",
+                name,
+                t.spam,
+                t.caught_pct(),
+                t.ham,
+                t.fp_pct(),
+                t.false_positives,
+                t.ham_tagged
+            )
+        };
+        for (source, t) in &self.by_source {
+            row(f, source, t)?;
+        }
+        row(f, "POOLED", &self.pooled)?;
+        writeln!(f, "ROC (quarantine threshold -> caught% / fp%):")?;
+        // The curve has a point per distinct score; show the informative ones.
+        let mut last: Option<(f64, f64)> = None;
+        for p in self.roc.iter().filter(|p| p.fp_pct <= 5.0 && p.caught_pct >= 90.0) {
+            if last != Some((p.caught_pct, p.fp_pct)) {
+                writeln!(f, "  >= {:>7.2}: {:>6.2} / {:.2}", p.threshold, p.caught_pct, p.fp_pct)?;
+                last = Some((p.caught_pct, p.fp_pct));
+            }
+        }
+        writeln!(
+            f,
+            "time per message: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            self.p50_micros as f64 / 1000.0,
+            self.p99_micros as f64 / 1000.0,
+            self.max_micros as f64 / 1000.0
+        )?;
+        write!(
+            f,
+            "caught={:.2} fp={:.2} spam={} ham={}",
+            self.pooled.caught_pct(),
+            self.pooled.fp_pct(),
+            self.pooled.spam,
+            self.pooled.ham
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_parsing() {
+        let text =
+            "path\tlabel\tsource\tsha256\ntrain/a.eml\tspam\tx\tabc\n\ntrain/b.eml\tham\ty\n";
+        let m = parse_manifest(text, Path::new("/c"), Path::new("m.tsv")).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[0],
+            ManifestEntry { path: "/c/train/a.eml".into(), spam: true, source: "x".into() }
+        );
+        assert!(!m[1].spam);
+        let e = parse_manifest("a\tmaybe\tx\n", Path::new("/"), Path::new("m.tsv")).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        assert!(parse_manifest("a spam x\n", Path::new("/"), Path::new("m")).is_err());
+        assert!(parse_manifest("/etc/passwd\tspam\tx\n", Path::new("/"), Path::new("m")).is_err());
+    }
+
+    fn outcome(spam: bool, source: &str, score: f64, action: Action) -> Outcome {
+        Outcome {
+            path: "x".into(),
+            spam,
+            source: source.into(),
+            score,
+            action,
+            summary: String::new(),
+            micros: 10,
+        }
+    }
+
+    #[test]
+    fn report_counts_and_last_line() {
+        let r = report(vec![
+            outcome(true, "a", 9.0, Action::Quarantine),
+            outcome(true, "a", 16.0, Action::Reject),
+            outcome(true, "b", 1.0, Action::Accept),
+            outcome(false, "b", 7.0, Action::Quarantine),
+            outcome(false, "b", 4.5, Action::Tag),
+            outcome(false, "c", -3.0, Action::Accept),
+        ]);
+        assert_eq!(
+            r.pooled,
+            Tally { spam: 3, caught: 2, ham: 3, false_positives: 1, ham_tagged: 1 }
+        );
+        assert_eq!(r.by_source["a"].caught, 2);
+        assert_eq!(r.by_source["b"].false_positives, 1);
+        assert_eq!(r.errors().count(), 2);
+        let text = r.to_string();
+        assert_eq!(text.lines().last().unwrap(), "caught=66.67 fp=33.33 spam=3 ham=3");
+        // Threshold at the lowest score catches everything.
+        assert_eq!(r.roc[0], RocPoint { threshold: -3.0, caught_pct: 100.0, fp_pct: 100.0 });
+        let last = r.roc.last().unwrap();
+        assert_eq!((last.caught_pct, last.fp_pct), (100.0 / 3.0, 0.0));
+    }
+}

@@ -1,0 +1,283 @@
+//! A small HTML-to-text pass for the tokenizer and the rules.
+//!
+//! Not a full HTML parser on purpose: mail HTML is often broken, and all we need is the visible
+//! text, the link targets and a few structural facts, in one linear scan with bounded output.
+
+/// What a scan of an HTML body found.
+#[derive(Debug, Default)]
+pub(crate) struct HtmlText {
+    /// The visible text (tags removed, entities decoded, script/style dropped).
+    pub text: String,
+    /// Structure markers worth learning from, e.g. `img`, `form`, `a`, `hidden`.
+    pub marks: Vec<&'static str>,
+    /// `href`/`src`/`action` attribute values.
+    pub urls: Vec<String>,
+    pub images: usize,
+}
+
+/// Tags whose presence says something about the message's construction.
+const MARKED_TAGS: &[&str] = &[
+    "a",
+    "img",
+    "table",
+    "font",
+    "form",
+    "input",
+    "script",
+    "iframe",
+    "style",
+    "center",
+    "b",
+    "map",
+    "area",
+    "object",
+    "embed",
+    "base",
+    "meta",
+    "title",
+    "button",
+    "svg",
+    "blockquote",
+    "pre",
+    "code",
+];
+
+/// Tags that end a visual line: they become whitespace so words do not run together.
+const BLOCK_TAGS: &[&str] = &[
+    "br",
+    "p",
+    "div",
+    "td",
+    "th",
+    "tr",
+    "li",
+    "ul",
+    "ol",
+    "table",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "title",
+    "blockquote",
+    "pre",
+    "center",
+    "body",
+    "head",
+    "html",
+    "span",
+    "option",
+];
+
+const MAX_URLS: usize = 200;
+
+pub(crate) fn strip(html: &str) -> HtmlText {
+    let mut out = HtmlText { text: String::with_capacity(html.len() / 2), ..Default::default() };
+    let bytes = html.as_bytes();
+    let mut i = 0;
+    let mut text_start = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' => {
+                push_text(&mut out.text, &html[text_start..i]);
+                i = scan_tag(html, i, &mut out);
+                text_start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    push_text(&mut out.text, &html[text_start..]);
+    out.marks.sort_unstable();
+    out.marks.dedup();
+    out
+}
+
+/// Scans the markup starting at `start` (a `<`) and returns where text resumes.
+fn scan_tag(html: &str, start: usize, out: &mut HtmlText) -> usize {
+    let rest = &html[start..];
+    let next = rest.as_bytes().get(1).copied().unwrap_or(b' ');
+    if !(next.is_ascii_alphabetic() || next == b'/' || next == b'!') {
+        // A '<' in text ("1 < 2"), not markup.
+        out.text.push('<');
+        return start + 1;
+    }
+    if rest.starts_with("<!--") {
+        out.marks.push("comment");
+        return match rest.find("-->") {
+            Some(e) => start + e + 3,
+            None => html.len(),
+        };
+    }
+    let end = match rest.find('>') {
+        Some(e) => start + e + 1,
+        None => return html.len(),
+    };
+    let inner = &html[start + 1..end - 1];
+    let closing = inner.starts_with('/');
+    let inner = inner.trim_start_matches('/');
+    let name_len = inner
+        .find(|c: char| c.is_ascii_whitespace() || c == '/' || c == '>')
+        .unwrap_or(inner.len());
+    let name = inner[..name_len].to_ascii_lowercase();
+    if name.is_empty() || !name.as_bytes()[0].is_ascii_alphabetic() {
+        if name.is_empty() && !closing && !inner.starts_with('!') {
+            // A lone '<' in text: keep it as text.
+            out.text.push('<');
+            return start + 1;
+        }
+        return end;
+    }
+    if let Some(&mark) = MARKED_TAGS.iter().find(|t| **t == name) {
+        out.marks.push(mark);
+    }
+    if BLOCK_TAGS.contains(&name.as_str()) {
+        out.text.push(' ');
+    }
+    if !closing {
+        let attrs = &inner[name_len..];
+        for key in ["href", "src", "action"] {
+            if let Some(v) = attr(attrs, key) {
+                if out.urls.len() < MAX_URLS {
+                    out.urls.push(decode_entities(v));
+                }
+            }
+        }
+        if name == "img" {
+            out.images += 1;
+        }
+        let lower = attrs.to_ascii_lowercase();
+        if lower.contains("display:none") || lower.contains("visibility:hidden") {
+            out.marks.push("hidden");
+        }
+        if lower.contains("font-size:0") || lower.contains("font-size: 0") {
+            out.marks.push("tiny_font");
+        }
+        if name == "script" || name == "style" {
+            // Their content is code, not text: skip to the closing tag.
+            let close = format!("</{name}");
+            let after = &html[end..];
+            return match find_ci(after, &close) {
+                Some(p) => end + p,
+                None => html.len(),
+            };
+        }
+    }
+    end
+}
+
+/// The value of attribute `key` in a tag's attribute text, quoted or not.
+fn attr<'a>(attrs: &'a str, key: &str) -> Option<&'a str> {
+    let lower = attrs.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(p) = lower[from..].find(key) {
+        let at = from + p;
+        from = at + key.len();
+        let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
+        let rest = lower[from..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let vstart = attrs.len() - rest.len() + 1;
+        let v = attrs[vstart..].trim_start();
+        return Some(match v.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let v = &v[1..];
+                &v[..v.find(q).unwrap_or(v.len())]
+            }
+            _ => &v[..v.find(|c: char| c.is_ascii_whitespace()).unwrap_or(v.len())],
+        });
+    }
+    None
+}
+
+fn find_ci(hay: &str, needle: &str) -> Option<usize> {
+    let n = needle.len();
+    hay.as_bytes().windows(n).position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+fn push_text(out: &mut String, raw: &str) {
+    if raw.contains('&') {
+        out.push_str(&decode_entities(raw));
+    } else {
+        out.push_str(raw);
+    }
+}
+
+/// Decodes the common named entities and numeric references; unknown ones stay as written.
+pub(crate) fn decode_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(p) = rest.find('&') {
+        out.push_str(&rest[..p]);
+        rest = &rest[p..];
+        let semi = rest.as_bytes().iter().take(12).position(|b| *b == b';');
+        let decoded = semi.and_then(|e| {
+            let ent = &rest[1..e];
+            let c = match ent {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" => Some('\''),
+                "nbsp" => Some(' '),
+                _ if ent.starts_with("#x") || ent.starts_with("#X") => {
+                    u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32)
+                }
+                _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
+                _ => None,
+            };
+            c.map(|c| (c, e + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &rest[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_tags_scripts_and_comments() {
+        let h = strip(
+            "<html><head><style>p{color:red}</style><script>var x=1;</script></head>\
+             <body><p>Hello&nbsp;<b>wor</b>ld</p><!-- hidden --><a href=\"http://evil.example/x\">click</a>\
+             <img src='http://img.example/a.png'></body></html>",
+        );
+        let words: Vec<&str> = h.text.split_whitespace().collect();
+        assert_eq!(words, ["Hello", "world", "click"]);
+        assert!(h.marks.contains(&"a") && h.marks.contains(&"img") && h.marks.contains(&"comment"));
+        assert_eq!(h.urls, ["http://evil.example/x", "http://img.example/a.png"]);
+        assert_eq!(h.images, 1);
+    }
+
+    #[test]
+    fn entities() {
+        assert_eq!(decode_entities("a &amp; b &#65;&#x42; &bogus; &"), "a & b AB &bogus; &");
+        assert_eq!(
+            decode_entities("&gt;\u{a0}\u{a0}\u{a0}\u{a0}\u{a0} x;"),
+            ">\u{a0}\u{a0}\u{a0}\u{a0}\u{a0} x;"
+        );
+    }
+
+    #[test]
+    fn broken_markup_does_not_panic() {
+        for s in ["<", "<a href=", "<!--", "<script>", "a < b", "<a href='x", "&#xffffffff;"] {
+            let _ = strip(s);
+        }
+        assert!(strip("1 < 2").text.contains('<'));
+    }
+}

@@ -1,0 +1,178 @@
+//! Structural content rules. Each rule names what it saw; the weights live in
+//! [`crate::score::Policy`].
+//!
+//! | symbol | fires when |
+//! |---|---|
+//! | `GTUBE` | the GTUBE test string is in the message |
+//! | `MISSING_DATE` / `MISSING_MESSAGE_ID` / `MISSING_FROM` | the header is absent |
+//! | `HTML_ONLY_LITTLE_TEXT` | HTML without a text alternative and under 80 visible characters |
+//! | `FROM_DISPLAY_ADDR_MISMATCH` | the From display name holds an address in another domain |
+//! | `REPLYTO_DIFFERENT_DOMAIN` | Reply-To's domain differs from From's (list rewrites excepted) |
+//! | `DANGEROUS_ATTACHMENT` | an executable, script, disk image or macro document is attached |
+//! | `SUBJECT_ALL_CAPS` | the subject has 10+ letters, all capitals |
+//! | `UNPARSABLE_MESSAGE` | the message has no header section at all |
+
+use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+
+use crate::{bayes::registrable, html, Finding};
+
+/// The Generic Test for Unsolicited Bulk Email, the industry's agreed test string.
+pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+
+/// Extensions that run code when opened (or mount something that does).
+const DANGEROUS_EXT: &[&str] = &[
+    "exe", "scr", "js", "jse", "vbs", "vbe", "bat", "cmd", "com", "pif", "jar", "iso", "img",
+    "lnk", "hta", "msi", "ps1", "wsf", "cpl", "reg", "docm", "xlsm", "pptm", "dotm", "xlam", "vhd",
+    "vhdx",
+];
+/// Extensions a user trusts; `invoice.pdf.exe` hides a dangerous one behind them.
+const DECOY_EXT: &[&str] =
+    &["pdf", "doc", "docx", "xls", "xlsx", "jpg", "jpeg", "png", "txt", "zip"];
+
+const LITTLE_TEXT_CHARS: usize = 80;
+
+/// Runs every rule on a raw message.
+pub fn check(message: &[u8]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let gtube_raw = find(message, GTUBE.as_bytes());
+    let parsed = MessageParser::default().parse(message).filter(|m| !m.headers().is_empty());
+    let Some(msg) = parsed else {
+        if gtube_raw {
+            out.push(Finding::new("GTUBE", "GTUBE test string in the raw message"));
+        }
+        out.push(Finding::new("UNPARSABLE_MESSAGE", "no header section could be parsed"));
+        return out;
+    };
+    if gtube_raw || decoded_texts(&msg).any(|t| t.contains(GTUBE)) {
+        out.push(Finding::new("GTUBE", "GTUBE test string in the body"));
+    }
+    if msg.header_raw("Date").is_none() {
+        out.push(Finding::new("MISSING_DATE", "no Date header"));
+    }
+    if msg.header_raw("Message-ID").is_none() {
+        out.push(Finding::new("MISSING_MESSAGE_ID", "no Message-ID header"));
+    }
+    if msg.header_raw("From").is_none() {
+        out.push(Finding::new("MISSING_FROM", "no From header"));
+    }
+    html_only(&msg, &mut out);
+    from_checks(&msg, &mut out);
+    attachments(&msg, &mut out);
+    subject_caps(&msg, &mut out);
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn decoded_texts<'a>(msg: &'a Message<'a>) -> impl Iterator<Item = &'a str> {
+    msg.parts.iter().filter_map(|p| match &p.body {
+        PartType::Text(t) | PartType::Html(t) => Some(t.as_ref()),
+        _ => None,
+    })
+}
+
+fn html_only(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    let has_text = msg
+        .parts
+        .iter()
+        .any(|p| matches!(p.body, PartType::Text(_)) && p.attachment_name().is_none());
+    if has_text {
+        return;
+    }
+    let Some(markup) = msg.parts.iter().find_map(|p| match &p.body {
+        PartType::Html(h) => Some(h),
+        _ => None,
+    }) else {
+        return;
+    };
+    let stripped = html::strip(markup);
+    let visible = stripped.text.chars().filter(|c| !c.is_whitespace()).count();
+    if visible < LITTLE_TEXT_CHARS {
+        out.push(Finding::new(
+            "HTML_ONLY_LITTLE_TEXT",
+            format!("HTML only, {visible} visible characters, {} images", stripped.images),
+        ));
+    }
+}
+
+fn domain_of(addr: &str) -> Option<String> {
+    let (_, d) = addr.rsplit_once('@')?;
+    let d = d.trim().trim_end_matches('>').trim_end_matches('.').to_ascii_lowercase();
+    (!d.is_empty()).then_some(d)
+}
+
+fn from_checks(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    let Some(from) = msg.from().and_then(|a| a.first()) else { return };
+    let from_domain = from.address().and_then(domain_of);
+    let name = from.name().unwrap_or("");
+    // Lists that rewrite From for DMARC ("Alice via List") set Reply-To to the author on purpose.
+    let list_rewrite = name.contains(" via ");
+    if let Some(fd) = &from_domain {
+        let in_name = name
+            .split(|c: char| {
+                c.is_whitespace() || matches!(c, '<' | '>' | '(' | ')' | '"' | '\'' | ',')
+            })
+            .filter(|w| w.contains('@'))
+            .find_map(domain_of);
+        if let Some(nd) = in_name {
+            if registrable(&nd) != registrable(fd) {
+                out.push(Finding::new(
+                    "FROM_DISPLAY_ADDR_MISMATCH",
+                    format!("display name shows {nd}, address is in {fd}"),
+                ));
+            }
+        }
+        if !list_rewrite {
+            let reply = msg
+                .reply_to()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .and_then(domain_of);
+            if let Some(rd) = reply {
+                if registrable(&rd) != registrable(fd) {
+                    out.push(Finding::new(
+                        "REPLYTO_DIFFERENT_DOMAIN",
+                        format!("Reply-To domain {rd}, From domain {fd}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn attachments(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    let mut seen = Vec::new();
+    for part in &msg.parts {
+        let Some(name) = part.attachment_name() else { continue };
+        let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        let mut exts = lower.rsplit('.');
+        let last = exts.next().unwrap_or("");
+        let (name_has_dot, prev) = (lower.contains('.'), exts.next());
+        if !name_has_dot || !DANGEROUS_EXT.contains(&last) {
+            continue;
+        }
+        let detail = match prev.filter(|p| DECOY_EXT.contains(p)) {
+            Some(decoy) => format!("{name} (.{last} disguised as .{decoy})"),
+            None => format!("{name} (.{last})"),
+        };
+        if !seen.contains(&detail) {
+            seen.push(detail);
+        }
+    }
+    if !seen.is_empty() {
+        out.push(Finding::new("DANGEROUS_ATTACHMENT", seen.join(", ")));
+    }
+}
+
+fn subject_caps(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    let Some(subject) = msg.subject() else { return };
+    let letters: Vec<char> = subject.chars().filter(|c| c.is_alphabetic()).collect();
+    if letters.len() >= 10 && letters.iter().all(|c| c.is_uppercase()) {
+        out.push(Finding::new(
+            "SUBJECT_ALL_CAPS",
+            format!("subject: {}", subject.chars().take(60).collect::<String>()),
+        ));
+    }
+}

@@ -1,0 +1,193 @@
+//! The one place where findings become a decision.
+//!
+//! A [`Policy`] is a weight per symbol (negative = trust) and three thresholds. [`verdict`] is
+//! pure: the same findings and policy always give the same verdict, and every finding is kept in
+//! the verdict with the weight it got, so a decision can always be explained.
+//!
+//! Conventions for symbols:
+//! - a symbol ending in `_FAILED` or `_TIMEOUT` (a check that could not run) weighs 0 unless the
+//!   policy names it: a broken resolver must be visible, never a silent pass or a silent hit;
+//! - a symbol starting with `TEMPFAIL_` asks for a temporary failure (the message should be
+//!   retried later because a check it needs is unavailable); it is honoured unless the score is
+//!   already at the reject threshold, since retrying cannot change that outcome.
+
+use std::collections::HashMap;
+
+use levee_types::{Action, Finding, Verdict};
+
+/// Weights and thresholds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub weights: HashMap<String, f64>,
+    /// The weight of a symbol the table does not name.
+    pub default_weight: f64,
+    pub tag_at: f64,
+    pub quarantine_at: f64,
+    pub reject_at: f64,
+}
+
+/// The default weights of every symbol this crate emits.
+pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
+    ("GTUBE", 1000.0),
+    // Bayes: one bucket fires per message. Chi-square combining is decisive, so the extreme
+    // buckets carry most of the verdict and the middle is left to the other checks.
+    ("BAYES_00", -4.0),
+    ("BAYES_05", -2.0),
+    ("BAYES_20", -1.0),
+    ("BAYES_50", 0.0),
+    ("BAYES_80", 3.0),
+    ("BAYES_95", 5.0),
+    ("BAYES_99", 6.0),
+    ("BAYES_999", 7.0),
+    ("BAYES_UNTRAINED", 0.0),
+    ("MISSING_DATE", 1.0),
+    ("MISSING_MESSAGE_ID", 0.5),
+    ("MISSING_FROM", 2.0),
+    ("UNPARSABLE_MESSAGE", 2.0),
+    ("HTML_ONLY_LITTLE_TEXT", 1.0),
+    ("FROM_DISPLAY_ADDR_MISMATCH", 2.0),
+    ("REPLYTO_DIFFERENT_DOMAIN", 0.5),
+    ("DANGEROUS_ATTACHMENT", 4.0),
+    ("SUBJECT_ALL_CAPS", 0.5),
+];
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            weights: DEFAULT_WEIGHTS.iter().map(|(s, w)| ((*s).to_owned(), *w)).collect(),
+            default_weight: 0.0,
+            tag_at: 4.0,
+            quarantine_at: 6.0,
+            reject_at: 15.0,
+        }
+    }
+}
+
+impl Policy {
+    /// The weight a finding with this symbol gets.
+    pub fn weight(&self, symbol: &str) -> f64 {
+        match self.weights.get(symbol) {
+            Some(w) => *w,
+            None if symbol.ends_with("_FAILED") || symbol.ends_with("_TIMEOUT") => 0.0,
+            None => self.default_weight,
+        }
+    }
+
+    /// The action a total score earns, ignoring allow lists and tempfail requests.
+    pub fn action_for(&self, score: f64) -> Action {
+        if score >= self.reject_at {
+            Action::Reject
+        } else if score >= self.quarantine_at {
+            Action::Quarantine
+        } else if score >= self.tag_at {
+            Action::Tag
+        } else {
+            Action::Accept
+        }
+    }
+}
+
+/// Findings + policy -> verdict. `allow_listed` forces Accept but keeps the findings and score.
+pub fn verdict(policy: &Policy, findings: &[Finding], allow_listed: bool) -> Verdict {
+    let weighted: Vec<(Finding, f64)> =
+        findings.iter().map(|f| (f.clone(), policy.weight(&f.symbol))).collect();
+    let score: f64 = weighted.iter().map(|(_, w)| w).sum();
+    let by_score = policy.action_for(score);
+    let action = if allow_listed {
+        Action::Accept
+    } else if by_score != Action::Reject
+        && findings.iter().any(|f| f.symbol.starts_with("TEMPFAIL_"))
+    {
+        Action::Tempfail
+    } else {
+        by_score
+    };
+    Verdict { action, score, findings: weighted }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> Finding {
+        Finding::new(s, "test")
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            weights: [("A", 3.0), ("B", 2.5), ("TRUST", -10.0), ("DNSBL_FAILED", 7.0)]
+                .into_iter()
+                .map(|(s, w)| (s.to_owned(), w))
+                .collect(),
+            default_weight: 0.25,
+            tag_at: 4.0,
+            quarantine_at: 6.0,
+            reject_at: 15.0,
+        }
+    }
+
+    #[test]
+    fn weights_sum_and_thresholds() {
+        let p = policy();
+        let v = verdict(&p, &[], false);
+        assert_eq!((v.action, v.score), (Action::Accept, 0.0));
+        let v = verdict(&p, &[f("A")], false);
+        assert_eq!((v.action, v.score), (Action::Accept, 3.0));
+        let v = verdict(&p, &[f("A"), f("A"), f("UNKNOWN"), f("UNKNOWN")], false);
+        assert_eq!((v.action, v.score), (Action::Quarantine, 6.5));
+        let v = verdict(&p, &[f("A"), f("UNKNOWN"), f("UNKNOWN"), f("UNKNOWN")], false);
+        assert_eq!((v.action, v.score), (Action::Accept, 3.75));
+        let v = verdict(&p, &[f("A"), f("B")], false);
+        assert_eq!((v.action, v.score), (Action::Tag, 5.5));
+        let v = verdict(&p, &[f("A"), f("A"), f("A"), f("A"), f("A")], false);
+        assert_eq!((v.action, v.score), (Action::Reject, 15.0));
+        let v = verdict(&p, &[f("A"), f("A"), f("TRUST")], false);
+        assert_eq!((v.action, v.score), (Action::Accept, -4.0));
+        // Every finding is kept with its weight, in order.
+        let v = verdict(&p, &[f("B"), f("A")], false);
+        assert_eq!(v.findings, vec![(f("B"), 2.5), (f("A"), 3.0)]);
+        assert_eq!(v.findings_summary(), "B(2.50) A(3.00)");
+    }
+
+    #[test]
+    fn allow_list_accepts_but_explains() {
+        let p = policy();
+        let v = verdict(&p, &[f("A"), f("A"), f("A"), f("A"), f("A"), f("TEMPFAIL_DNS")], true);
+        assert_eq!(v.action, Action::Accept);
+        assert_eq!(v.score, 15.25);
+        assert_eq!(v.findings.len(), 6);
+    }
+
+    #[test]
+    fn failed_and_timed_out_checks_weigh_nothing_unless_configured() {
+        let mut p = policy();
+        p.default_weight = 5.0;
+        let v = verdict(&p, &[f("URIBL_FAILED"), f("SPF_TIMEOUT")], false);
+        assert_eq!((v.action, v.score), (Action::Accept, 0.0));
+        assert_eq!(v.findings.len(), 2, "failed checks stay visible");
+        // Configured explicitly: the table wins.
+        let v = verdict(&p, &[f("DNSBL_FAILED")], false);
+        assert_eq!(v.score, 7.0);
+    }
+
+    #[test]
+    fn tempfail_convention() {
+        let p = policy();
+        let v = verdict(&p, &[f("TEMPFAIL_STORE")], false);
+        assert_eq!(v.action, Action::Tempfail);
+        let v = verdict(&p, &[f("A"), f("A"), f("A"), f("A"), f("A"), f("TEMPFAIL_STORE")], false);
+        assert_eq!(v.action, Action::Reject, "retrying cannot change a reject");
+    }
+
+    #[test]
+    fn default_policy_covers_every_emitted_symbol() {
+        let p = Policy::default();
+        assert!(p.tag_at < p.quarantine_at && p.quarantine_at < p.reject_at);
+        assert!(p.weight("GTUBE") >= p.reject_at);
+        assert!(p.weight("BAYES_00") < 0.0 && p.weight("BAYES_999") > p.weight("BAYES_99"));
+        assert!(p.weight("BAYES_999") >= p.quarantine_at);
+        for b in [0.0, 0.02, 0.1, 0.5, 0.9, 0.97, 0.995, 0.9999] {
+            assert!(p.weights.contains_key(crate::bayes::bucket(b)));
+        }
+    }
+}
