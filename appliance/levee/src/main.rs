@@ -18,9 +18,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the engine (relay and delivery) in the foreground, logging to stderr.
+    /// Without --config, runs on the embedded development defaults: SMTP on
+    /// 127.0.0.1:2525, data in ./.levee-dev, example.test delivered to 127.0.0.1:2626.
     Run {
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Validate a config file; exits non-zero and names the line at fault.
     CheckConfig { file: PathBuf },
@@ -34,7 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("ok");
@@ -56,9 +58,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf) -> Result<()> {
+/// The configuration `levee run` uses when given none.
+const DEV_CONFIG: &str = include_str!("../samples/dev.toml");
+
+fn run(path: Option<&std::path::Path>) -> Result<()> {
     logging::init(false);
-    let config = Config::load(path)?;
+    let config = match path {
+        Some(p) => Config::load(p)?,
+        None => {
+            tracing::info!("no --config: using the embedded development defaults");
+            Config::parse(DEV_CONFIG, "embedded dev.toml")?
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +88,7 @@ fn run(path: &PathBuf) -> Result<()> {
 
 /// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP (the old one stays
 /// if the new one is invalid).
-async fn wait_for_stop(path: &PathBuf, engine: &levee_relay::Engine) -> Result<()> {
+async fn wait_for_stop(path: Option<&std::path::Path>, engine: &levee_relay::Engine) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -86,7 +97,7 @@ async fn wait_for_stop(path: &PathBuf, engine: &levee_relay::Engine) -> Result<(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match Config::load(path) {
+            _ = hup.recv() => match path.map(Config::load).unwrap_or_else(|| Config::parse(DEV_CONFIG, "embedded")) {
                 Ok(c) => {
                     engine.reload(c);
                     tracing::info!("config reloaded");
