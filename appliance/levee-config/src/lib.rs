@@ -39,6 +39,8 @@ pub struct Config {
     pub console: Option<Console>,
     #[serde(default)]
     pub gate: Gate,
+    #[serde(default)]
+    pub supervisor: Supervisor,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +204,34 @@ impl Default for Gate {
     }
 }
 
+/// How `levee supervise` runs the engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Supervisor {
+    /// The unprivileged user the engine runs as; it owns `data_dir`.
+    #[serde(default = "defaults::supervisor_user")]
+    pub user: String,
+    #[serde(default = "defaults::supervisor_group")]
+    pub group: String,
+    /// The longest pause between engine restarts (the pause doubles from one second).
+    #[serde(default = "defaults::restart_max_secs")]
+    pub restart_max_secs: u64,
+    /// How long a stopping engine may take to finish its sessions before it is killed.
+    #[serde(default = "defaults::stop_timeout_secs")]
+    pub stop_timeout_secs: u64,
+}
+
+impl Default for Supervisor {
+    fn default() -> Self {
+        Supervisor {
+            user: defaults::supervisor_user(),
+            group: defaults::supervisor_group(),
+            restart_max_secs: defaults::restart_max_secs(),
+            stop_timeout_secs: defaults::stop_timeout_secs(),
+        }
+    }
+}
+
 mod defaults {
     use super::Listen;
     pub fn yes() -> bool {
@@ -275,6 +305,18 @@ mod defaults {
     pub fn icmp_rate_per_second() -> u32 {
         10
     }
+    pub fn supervisor_user() -> String {
+        "levee".into()
+    }
+    pub fn supervisor_group() -> String {
+        "levee".into()
+    }
+    pub fn restart_max_secs() -> u64 {
+        60
+    }
+    pub fn stop_timeout_secs() -> u64 {
+        30
+    }
 }
 
 impl Config {
@@ -318,6 +360,13 @@ impl Config {
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));
+        }
+        let sv = &self.supervisor;
+        if sv.user.is_empty() || sv.group.is_empty() {
+            return Err((0, "supervisor.user and supervisor.group must not be empty".into()));
+        }
+        if sv.restart_max_secs == 0 || sv.stop_timeout_secs == 0 {
+            return Err((0, "supervisor timings must be at least one second".into()));
         }
         Ok(())
     }

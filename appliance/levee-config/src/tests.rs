@@ -99,3 +99,17 @@ fn every_sample_config_in_the_repo_parses() {
     }
     assert!(n > 0, "no sample configs found");
 }
+
+#[test]
+fn supervisor_section_has_defaults_and_refuses_unknown_keys() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!((c.supervisor.user.as_str(), c.supervisor.group.as_str()), ("levee", "levee"));
+    assert_eq!(c.supervisor.restart_max_secs, 60);
+    let text = format!("{MINIMAL}[supervisor]\nuser = \"nobody\"\ngroup = \"nogroup\"\n");
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!((c.supervisor.user.as_str(), c.supervisor.group.as_str()), ("nobody", "nogroup"));
+    let (line, msg) = err(&format!("{MINIMAL}[supervisor]\nuid = 0\n"));
+    assert_eq!(line, 9, "{msg}");
+    let (_, msg) = err(&format!("{MINIMAL}[supervisor]\nuser = \"\"\n"));
+    assert!(msg.contains("supervisor"), "{msg}");
+}
