@@ -47,7 +47,10 @@ pub fn build(
             .map(|e| e.to_string())
             .unwrap_or_else(|| format!("{}.0.0", reply.code / 100));
         // A status of class 4 here means "gave up after retrying": report it as failed (5).
-        let status = if status.starts_with('4') { format!("5{}", &status[1..]) } else { status };
+        let status = match status.strip_prefix('4') {
+            Some(rest) => format!("5{rest}"),
+            None => status,
+        };
         m.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {rcpt}\r\nAction: failed\r\nStatus: {status}\r\n"
         ));

@@ -118,7 +118,7 @@ async fn handle(
     let mut shutting_down = false;
     let mut relay_denied = 0u32;
     debug!(client = %peer, "connected");
-    let result = drive(
+    drive(
         &engine,
         &mut session,
         &mut io,
@@ -130,7 +130,6 @@ async fn handle(
         &mut relay_denied,
     )
     .await;
-    let _ = result;
     // Abusers are dropped in the kernel next time, before they cost a session.
     if session.pregreeted() {
         engine.ban(peer.ip(), "pregreet");

@@ -373,9 +373,10 @@ async fn deliver_to_first(
 
 /// Idle outbound connections kept for reuse, per next hop.
 #[derive(Debug, Default)]
-pub struct Pool(
-    std::sync::Mutex<HashMap<(SocketAddr, TlsPolicy), Vec<(Client, tokio::time::Instant)>>>,
-);
+pub struct Pool(std::sync::Mutex<HashMap<(SocketAddr, TlsPolicy), Vec<Idle>>>);
+
+/// A pooled connection and when it went idle.
+type Idle = (Client, tokio::time::Instant);
 
 /// How long an idle downstream connection is kept; servers drop idle clients after
 /// a few minutes, so stay well below that.

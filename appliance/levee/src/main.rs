@@ -110,7 +110,7 @@ async fn wait_for_stop(path: Option<&std::path::Path>, engine: &levee_relay::Eng
     Ok(())
 }
 
-fn queue(path: &PathBuf) -> Result<()> {
+fn queue(path: &std::path::Path) -> Result<()> {
     let config = Config::load(path)?;
     let store = levee_store::Store::open(&config.db_dir())?;
     let now = levee_relay::now_unix();
