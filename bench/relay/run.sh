@@ -11,6 +11,7 @@ SIZE=${SIZE:-4096}                        # payload bytes per message (smtp-sour
 DELIVERY_TIMEOUT=${DELIVERY_TIMEOUT:-60}  # seconds to wait for the sink to count N, per row
 SETTLE_MS=${SETTLE_MS:-500}               # after N arrived: wait this long, then recount (dups)
 LEVEE_RUST_LOG=${LEVEE_RUST_LOG:-}        # optional RUST_LOG for levee (empty: its default)
+KEEP=${KEEP:-0}                           # 1: keep the temp dir (logs, configs) for inspection
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -60,7 +61,11 @@ cleanup() {
     stop_pid "$LEVEE_PID"
     stop_postfix
     stop_pid "$SINK_PID"
-    rm -rf "$WORK"
+    if [[ $KEEP == 1 ]]; then
+        echo "kept $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
