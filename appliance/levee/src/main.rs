@@ -1,6 +1,9 @@
 //! `levee`: the appliance binary. `anyhow` lives here and nowhere else.
 
+mod gate;
 mod logging;
+mod notify;
+mod supervise;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -31,6 +34,23 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// As root: apply the gate, bind the ports and run the engine unprivileged, restarting it
+    /// if it dies. SIGHUP reloads the config, SIGTERM stops gracefully.
+    Supervise {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The engine as started by `supervise` (inherits its sockets; not for direct use).
+    #[command(hide = true)]
+    Engine {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The appliance firewall and the downstream server's rules.
+    Gate {
+        #[command(subcommand)]
+        command: gate::GateCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +68,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Queue { config } => queue(&config),
+        Command::Supervise { config } => supervise::supervise(&config),
+        Command::Engine { config } => supervise::engine(&config),
+        Command::Gate { command } => gate::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
