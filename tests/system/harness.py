@@ -177,6 +177,7 @@ class Sink:
         self.proc: subprocess.Popen | None = None
         self.runs: list[tuple[Path, str]] = []
         self.log = self.root / "smtp-sink.log"
+        self._cache: dict[Path, tuple[int, int, SinkMessage | None]] = {}
 
     def start(self, mode: str = "ok"):
         self.stop()
@@ -215,10 +216,46 @@ class Sink:
                 continue
             for p in sorted(run_dir.rglob("*")):
                 if p.is_file():
-                    m = parse_sink_dump(p)
+                    m = self._parse_cached(p)
                     if m is not None:
                         out.append(m)
         return out
+
+    def _parse_cached(self, p: Path) -> SinkMessage | None:
+        st = p.stat()
+        hit = self._cache.get(p)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        m = parse_sink_dump(p)
+        self._cache[p] = (st.st_size, st.st_mtime_ns, m)
+        return m
+
+    def token_counts(self, tokens) -> dict[str, int]:
+        """How many accepted messages contain each token."""
+        counts = {t: 0 for t in tokens}
+        pat = re.compile("|".join(re.escape(t) for t in tokens)) if tokens else None
+        for m in self.messages():
+            for t in set(pat.findall(m.text)) if pat else ():
+                counts[t] += 1
+        return counts
+
+    def wait_tokens(self, tokens, timeout: float = DELIVERY_TIMEOUT) -> dict[str, int]:
+        """Wait until every token has arrived in at least one message; return the counts."""
+        tokens = list(tokens)
+        last = {}
+
+        def done():
+            nonlocal last
+            last = self.token_counts(tokens)
+            return all(last.values())
+
+        try:
+            wait_until(done, timeout, interval=0.5, what="all tokens at smtp-sink")
+        except TimeoutError:
+            missing = [t for t, n in last.items() if n == 0]
+            raise AssertionError(f"{len(missing)} of {len(tokens)} accepted messages never arrived "
+                                 f"within {timeout}s, e.g. {missing[:5]}")
+        return last
 
     def messages(self) -> list[SinkMessage]:
         """Transactions the sink accepted (only runs in an accepting mode)."""

@@ -110,10 +110,11 @@ def test_disabled_domain_451(levee_factory, sink):
     assert c.cmd("RCPT TO:<user@example.test>").code == 250, "\n".join(c.transcript)
 
 
-def nmap_open_relay(port: int) -> str:
-    # "+" runs the script even though the port is not 25 and no service scan ran.
+def nmap_open_relay(port: int, domain: str) -> str:
+    # nmap's `domain` is the FOREIGN domain it tries to relay to (relaytest@DOMAIN, relaytest%DOMAIN@[ip],
+    # ...), so it must not be one Levee serves. "+" runs the script although the port is not 25.
     argv = [NMAP, "-Pn", "-n", "-p", str(port), "--script", "+smtp-open-relay", "--script-args",
-            "smtp-open-relay.domain=example.test,smtp-open-relay.ip=127.0.0.1", "127.0.0.1"]
+            f"smtp-open-relay.domain={domain},smtp-open-relay.ip=127.0.0.1", "127.0.0.1"]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -121,12 +122,14 @@ def nmap_open_relay(port: int) -> str:
 
 def test_nmap_detects_open_relay_control(sink):
     """Control: the same nmap invocation flags smtp-sink (which accepts anything) as an open relay."""
-    out = nmap_open_relay(sink.port)
+    out = nmap_open_relay(sink.port, "example.test")
     assert "Server is an open relay" in out, out
 
 
-def test_nmap_smtp_open_relay(levee, sink):
-    out = nmap_open_relay(levee.port)
+@pytest.mark.parametrize("served,foreign", [("served.test", "example.test"), ("example.test", "other.test")])
+def test_nmap_smtp_open_relay(levee_factory, sink, served, foreign):
+    lv = levee_factory([{"name": served, "downstream": f"127.0.0.1:{sink.port}"}])
+    out = nmap_open_relay(lv.port, foreign)
     assert "smtp-open-relay" in out, f"the script did not run:\n{out}"
     assert "Server is an open relay" not in out, out
     assert "Server doesn't seem to be an open relay" in out, out
