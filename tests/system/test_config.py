@@ -45,8 +45,8 @@ enabled = true
 [[domain]]
 name = "pending.test"
 [[domain]]
-name = "mx.test"
-downstream = "mx:"
+name = "named.test"
+downstream = "mail.named.test"
 tls = "required"
 enabled = false
 """
@@ -67,6 +67,12 @@ def test_minimal_ok(tmp_path):
 
 def test_full_ok(tmp_path):
     _, r = check(tmp_path, FULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mx_prefix_downstream_ok(tmp_path):
+    """cli.md: a downstream with the "mx:" prefix means an MX lookup."""
+    _, r = check(tmp_path, MINIMAL.replace('downstream = "127.0.0.1:2626"', 'downstream = "mx:example.net"'))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
