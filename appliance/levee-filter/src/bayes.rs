@@ -332,6 +332,23 @@ fn header_tokens(msg: &Message<'_>, sink: &mut Sink) {
             sink.push(token.into());
         }
     }
+    // The shape of the recipient list, never the addresses.
+    match msg.header_raw("To") {
+        None => sink.push("hdr:no_to".into()),
+        Some(to) if to.to_ascii_lowercase().contains("undisclosed") => {
+            sink.push("hdr:to_undisclosed".into())
+        }
+        Some(to) => {
+            let n = to.matches('@').count();
+            let shape = match n {
+                0 => "hdr:to_none",
+                1 => "hdr:to_one",
+                2..=5 => "hdr:to_few",
+                _ => "hdr:to_many",
+            };
+            sink.push(shape.into());
+        }
+    }
     if msg.date().is_none() {
         sink.push("hdr:no_date".into());
     }
@@ -413,6 +430,9 @@ fn body_tokens(msg: &Message<'_>, sink: &mut Sink, depth: usize) {
                 if stripped.images > 0 && stripped.text.trim().len() < 200 {
                     sink.push("html:mostly_images".into());
                 }
+                if stripped.anchors.iter().any(|(h, t)| html::link_text_mismatch(h, t).is_some()) {
+                    sink.push("html:link_mismatch".into());
+                }
                 for url in &stripped.urls {
                     if let Some(u) = find_url(url) {
                         sink.url(u);
@@ -440,26 +460,52 @@ fn budget<'a>(sink: &mut Sink, text: &'a str) -> &'a str {
     &text[..cut]
 }
 
-/// Removes a mailing-list footer (Mailman's `____` rule followed by "... mailing list" or
-/// unsubscribe text): it names the list, and would teach the model the list instead of content.
+/// Removes mailing-list footers: a separator line (a run of `_` or `-`, or the `-- ` signature
+/// mark) followed by a short tail that talks about the list (Mailman's "... mailing list",
+/// "listinfo", unsubscribe text). A footer names the list, not the content, and would teach the
+/// model which list a message came through.
 pub(crate) fn strip_list_footer(text: &str) -> &str {
-    let Some(end) = text.rfind("__________") else { return text };
-    // rfind lands at the end of the underscore run; the rule starts where the run starts.
-    let p = text[..end].trim_end_matches('_').len();
-    let line_start = text[..p].rfind('\n').map_or(0, |n| n + 1);
-    if !text[line_start..p].trim().is_empty() {
-        return text;
+    let mut text = text;
+    // A message can carry several footers (a digest, a list that forwards another list).
+    for _ in 0..3 {
+        match footer_start(text) {
+            Some(cut) => text = &text[..cut],
+            None => break,
+        }
     }
-    let tail = text[p..].to_ascii_lowercase();
-    let is_footer = tail.len() < 1500
-        && (tail.contains("mailing list")
-            || tail.contains("listinfo")
-            || tail.contains("unsubscribe"));
-    if is_footer {
-        &text[..line_start]
-    } else {
-        text
+    text
+}
+
+fn footer_start(text: &str) -> Option<usize> {
+    const TAIL_MAX: usize = 1500;
+    let window_start = text.len().saturating_sub(TAIL_MAX);
+    let mut line_start = text.len();
+    // Walk lines backwards through the last TAIL_MAX bytes, looking for a separator.
+    while line_start > window_start {
+        let before = &text[..line_start];
+        let before = before.strip_suffix('\n').unwrap_or(before);
+        let prev = before.rfind('\n').map_or(0, |n| n + 1);
+        let line = text[prev..line_start].trim_end_matches(['\r', '\n']);
+        let trimmed = line.trim();
+        let separator = line == "-- "
+            || line == "--"
+            || (trimmed.len() >= 10 && trimmed.bytes().all(|b| b == b'_' || b == b'-'));
+        if separator {
+            let tail = text[prev..].to_ascii_lowercase();
+            let about_list =
+                ["mailing list", "listinfo", "unsubscribe", "(un)subscription", "list maintainer"]
+                    .iter()
+                    .any(|m| tail.contains(m));
+            if about_list {
+                return Some(prev);
+            }
+        }
+        if prev == 0 {
+            break;
+        }
+        line_start = prev;
     }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,6 +871,18 @@ mod tests {
         ] {
             assert!(has(&t, w), "{w} missing from {t:?}");
         }
+    }
+
+    #[test]
+    fn list_footers_are_stripped() {
+        let mailman = "Body text.\n\n_______________________________________________\nUsers mailing list\nusers@lists.example.org\n";
+        assert_eq!(strip_list_footer(mailman).trim_end(), "Body text.");
+        let sig = "Body.\n-- \nIrish Linux Users' Group: ilug@example.ie\nhttp://www.example.ie/mailman/listinfo/ilug for (un)subscription information.\n";
+        assert_eq!(strip_list_footer(sig).trim_end(), "Body.");
+        let personal = "Body.\n-- \nBob, radio engineer\n";
+        assert_eq!(strip_list_footer(personal), personal);
+        let both = format!("{}\n{}", sig.trim_end(), &mailman[10..]);
+        assert_eq!(strip_list_footer(&both).trim_end(), "Body.");
     }
 
     #[test]

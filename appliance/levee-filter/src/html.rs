@@ -13,6 +13,10 @@ pub(crate) struct HtmlText {
     /// `href`/`src`/`action` attribute values.
     pub urls: Vec<String>,
     pub images: usize,
+    /// Links as (href, visible text), for link/text mismatch checks.
+    pub anchors: Vec<(String, String)>,
+    /// The link being read: its href and where its text starts in `text`.
+    open_anchor: Option<(String, usize)>,
 }
 
 /// Tags whose presence says something about the message's construction.
@@ -136,6 +140,19 @@ fn scan_tag(html: &str, start: usize, out: &mut HtmlText) -> usize {
     if BLOCK_TAGS.contains(&name.as_str()) {
         out.text.push(' ');
     }
+    if name == "a" {
+        if let Some((href, from)) = out.open_anchor.take() {
+            if out.anchors.len() < MAX_URLS {
+                let text = out.text.get(from..).unwrap_or("").trim().to_owned();
+                out.anchors.push((href, text));
+            }
+        }
+        if !closing {
+            if let Some(href) = attr(&inner[name_len..], "href") {
+                out.open_anchor = Some((decode_entities(href), out.text.len()));
+            }
+        }
+    }
     if !closing {
         let attrs = &inner[name_len..];
         for key in ["href", "src", "action"] {
@@ -166,6 +183,29 @@ fn scan_tag(html: &str, start: usize, out: &mut HtmlText) -> usize {
         }
     }
     end
+}
+
+/// The host of a URL-like string (`https://a.example/x`, `www.a.example`), lowercased.
+pub(crate) fn url_host(s: &str) -> Option<String> {
+    let s = s.trim().to_ascii_lowercase();
+    let rest = match s.split_once("://") {
+        Some((scheme, rest)) if scheme == "http" || scheme == "https" => rest,
+        Some(_) => return None,
+        None if s.starts_with("www.") => s.as_str(),
+        None => return None,
+    };
+    let end = rest.find(['/', '?', '#', ':', ' ']).unwrap_or(rest.len());
+    let host = rest[..end].rsplit('@').next().unwrap_or("").trim_end_matches('.');
+    (host.contains('.') && !host.is_empty()).then(|| host.to_owned())
+}
+
+/// If a link's visible text is itself a web address whose registrable domain differs from the
+/// link target's, returns (shown host, target host): the classic phishing disguise.
+pub(crate) fn link_text_mismatch(href: &str, text: &str) -> Option<(String, String)> {
+    let shown = url_host(text)?;
+    let target = url_host(href)?;
+    let reg = crate::bayes::registrable;
+    (reg(&shown) != reg(&target)).then_some((shown, target))
 }
 
 /// The value of attribute `key` in a tag's attribute text, quoted or not.
@@ -262,6 +302,17 @@ mod tests {
         assert!(h.marks.contains(&"a") && h.marks.contains(&"img") && h.marks.contains(&"comment"));
         assert_eq!(h.urls, ["http://evil.example/x", "http://img.example/a.png"]);
         assert_eq!(h.images, 1);
+        assert_eq!(h.anchors, [("http://evil.example/x".to_owned(), "click".to_owned())]);
+    }
+
+    #[test]
+    fn link_mismatch() {
+        let m = |h: &str, t: &str| link_text_mismatch(h, t).is_some();
+        assert!(m("http://evil.test/login", "https://www.paypal.com/signin"));
+        assert!(m("https://x.evil.test", "www.bank.example"));
+        assert!(!m("https://login.bank.example/a", "https://www.bank.example"));
+        assert!(!m("http://evil.test/", "Click here"));
+        assert!(!m("mailto:a@b.example", "www.b.example"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GTUBE` | the GTUBE test string is in the message |
 //! | `MISSING_DATE` / `MISSING_MESSAGE_ID` / `MISSING_FROM` | the header is absent |
+//! | `HTML_LINK_TEXT_MISMATCH` | a link's visible text is a web address in another domain than its target |
 //! | `HTML_ONLY_LITTLE_TEXT` | HTML without a text alternative and under 80 visible characters |
 //! | `FROM_DISPLAY_ADDR_MISMATCH` | the From display name holds an address in another domain |
 //! | `REPLYTO_DIFFERENT_DOMAIN` | Reply-To's domain differs from From's (list rewrites excepted) |
@@ -56,6 +57,7 @@ pub fn check(message: &[u8]) -> Vec<Finding> {
         out.push(Finding::new("MISSING_FROM", "no From header"));
     }
     html_only(&msg, &mut out);
+    link_mismatch(&msg, &mut out);
     from_checks(&msg, &mut out);
     attachments(&msg, &mut out);
     subject_caps(&msg, &mut out);
@@ -94,6 +96,21 @@ fn html_only(msg: &Message<'_>, out: &mut Vec<Finding>) {
             "HTML_ONLY_LITTLE_TEXT",
             format!("HTML only, {visible} visible characters, {} images", stripped.images),
         ));
+    }
+}
+
+fn link_mismatch(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    for part in &msg.parts {
+        let PartType::Html(markup) = &part.body else { continue };
+        for (href, text) in html::strip(markup).anchors {
+            if let Some((shown, target)) = html::link_text_mismatch(&href, &text) {
+                out.push(Finding::new(
+                    "HTML_LINK_TEXT_MISMATCH",
+                    format!("link text shows {shown}, target is {target}"),
+                ));
+                return;
+            }
+        }
     }
 }
 

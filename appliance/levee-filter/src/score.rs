@@ -29,22 +29,24 @@ pub struct Policy {
 /// The default weights of every symbol this crate emits.
 pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("GTUBE", 1000.0),
-    // Bayes: one bucket fires per message. Chi-square combining is decisive, so the extreme
-    // buckets carry most of the verdict and the middle is left to the other checks.
+    // Bayes: one bucket fires per message. Chi-square combining is decisive, so p >= 0.95 alone
+    // quarantines, 0.8..0.95 tags and needs one more spam sign to quarantine, and the unsure
+    // middle is left to the other checks.
     ("BAYES_00", -4.0),
     ("BAYES_05", -2.0),
     ("BAYES_20", -1.0),
     ("BAYES_50", 0.0),
-    ("BAYES_80", 3.0),
-    ("BAYES_95", 5.0),
-    ("BAYES_99", 6.0),
-    ("BAYES_999", 7.0),
+    ("BAYES_80", 4.0),
+    ("BAYES_95", 6.0),
+    ("BAYES_99", 7.0),
+    ("BAYES_999", 8.0),
     ("BAYES_UNTRAINED", 0.0),
     ("MISSING_DATE", 1.0),
     ("MISSING_MESSAGE_ID", 0.5),
     ("MISSING_FROM", 2.0),
     ("UNPARSABLE_MESSAGE", 2.0),
     ("HTML_ONLY_LITTLE_TEXT", 1.0),
+    ("HTML_LINK_TEXT_MISMATCH", 2.5),
     ("FROM_DISPLAY_ADDR_MISMATCH", 2.0),
     ("REPLYTO_DIFFERENT_DOMAIN", 0.5),
     ("DANGEROUS_ATTACHMENT", 4.0),

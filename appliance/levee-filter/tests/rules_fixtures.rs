@@ -64,6 +64,7 @@ fn rule_fixtures() {
         "MISSING_MESSAGE_ID",
         "MISSING_FROM",
         "HTML_ONLY_LITTLE_TEXT",
+        "HTML_LINK_TEXT_MISMATCH",
         "FROM_DISPLAY_ADDR_MISMATCH",
         "REPLYTO_DIFFERENT_DOMAIN",
         "DANGEROUS_ATTACHMENT",
