@@ -292,6 +292,11 @@ fn drop_privileges(
         if libc::setuid(0) == 0 {
             return Err(Error::from_raw_os_error(libc::EPERM));
         }
+        // An ignored signal stays ignored across exec: a SIGHUP forwarded before the engine
+        // has its handler would otherwise kill it. Its handler replaces this.
+        if libc::signal(libc::SIGHUP, libc::SIG_IGN) == libc::SIG_ERR {
+            return Err(Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -329,6 +334,46 @@ pub fn supervise(path: &Path) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("levee supervise must run as root (levee run runs the engine unprivileged)");
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        // First, so that a SIGTERM during start-up is a clean stop rather than a kill.
+        let signals = Signals::new()?;
+        start(path)?.run(signals).await
+    })
+}
+
+/// The signals the supervisor acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Whether a stop was asked for already; does not wait.
+    async fn stop_pending(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.term.recv() => true,
+            _ = self.int.recv() => true,
+            _ = std::future::ready(()) => false,
+        }
+    }
+}
+
+/// Loads the config, prepares the data directory, applies the gate and binds the listeners.
+fn start(path: &Path) -> Result<Supervisor> {
     // The engine starts with the same path from another user; make it absolute.
     let path = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
     let config = Config::load(&path)?;
@@ -351,11 +396,7 @@ pub fn supervise(path: &Path) -> Result<()> {
         info!(%addr, "bound");
         sup.listeners.push(l);
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(sup.run())
+    Ok(sup)
 }
 
 #[derive(Debug)]
@@ -377,16 +418,16 @@ enum Ended {
 }
 
 impl Supervisor {
-    async fn run(mut self) -> Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    async fn run(mut self, mut sig: Signals) -> Result<()> {
         let watchdog = notify::watchdog_interval();
         let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut backoff =
             Backoff::new(Duration::from_secs(self.config.supervisor.restart_max_secs));
         let mut ready = false;
         loop {
+            if sig.stop_pending().await {
+                return self.stopped();
+            }
             let started = Instant::now();
             let ended = match self.spawn() {
                 Ok((mut child, link)) => {
@@ -399,9 +440,9 @@ impl Supervisor {
                     let ended = loop {
                         tokio::select! {
                             status = child.wait() => break Ended::Exited(status?),
-                            _ = term.recv() => break Ended::Stop,
-                            _ = int.recv() => break Ended::Stop,
-                            _ = hup.recv() => {
+                            _ = sig.term.recv() => break Ended::Stop,
+                            _ = sig.int.recv() => break Ended::Stop,
+                            _ = sig.hup.recv() => {
                                 self.notifier.reloading();
                                 self.reload("SIGHUP");
                                 if let Some(pid) = child.id() {
@@ -446,9 +487,9 @@ impl Supervisor {
             loop {
                 tokio::select! {
                     _ = &mut sleep => break,
-                    _ = term.recv() => return self.stopped(),
-                    _ = int.recv() => return self.stopped(),
-                    _ = hup.recv() => self.reload("SIGHUP"),
+                    _ = sig.term.recv() => return self.stopped(),
+                    _ = sig.int.recv() => return self.stopped(),
+                    _ = sig.hup.recv() => self.reload("SIGHUP"),
                     _ = tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
                 }
             }
