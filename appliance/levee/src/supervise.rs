@@ -305,6 +305,11 @@ fn drop_privileges(
 /// `levee run` as root may have left root-owned files there). Symlinks are not followed.
 fn prepare_data_dir(dir: &Path, creds: Credentials) -> Result<()> {
     use std::os::unix::fs::{lchown, DirBuilderExt, MetadataExt};
+    // A typo such as data_dir = "/var" must not hand a system directory to the engine.
+    let depth = dir.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+    if !dir.is_absolute() || depth < 2 {
+        bail!("data_dir {} must be an absolute path at least two levels deep", dir.display());
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
@@ -886,6 +891,14 @@ mod tests {
             ..Default::default()
         };
         assert!(Credentials::resolve(&s).is_err());
+    }
+
+    #[test]
+    fn a_shallow_data_dir_is_never_chowned() {
+        let c = Credentials { uid: 65534, gid: 65534 };
+        for bad in ["/", "/var", "/tmp/", "relative/dir"] {
+            assert!(prepare_data_dir(Path::new(bad), c).is_err(), "{bad}");
+        }
     }
 
     #[test]
