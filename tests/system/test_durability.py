@@ -103,6 +103,7 @@ def test_full_disk_tempfails_and_loses_nothing(levee_factory, sink_factory, smal
         else:
             transcripts.append("\n".join(c.transcript))
             refused.append((tok, "DATA", r))
+    print(f"accepted {len(accepted)}; refused {len(refused)}, first: {[(s, str(r)) for _, s, r in refused[:2]]}")
     assert lv.alive(), f"levee died on a full disk:\n{lv.log_tail()}"
     assert accepted, "not even one message fit"
     assert refused, f"{len(accepted)} messages accepted on an 8 MiB disk with min_free_bytes=3MiB"
@@ -153,6 +154,7 @@ def test_sigterm_under_load_loses_nothing(levee_factory, sink_factory):
         before = len(accepted)
     assert before > 0, f"nothing accepted under load: {errors[:5]}\n{lv.log_tail()}"
     rc = lv.terminate(timeout=30)
+    print(f"accepted before SIGTERM: {before}; errors so far: {errors[:3]}")
     stop.set()
     for t in threads:
         t.join(timeout=20)
