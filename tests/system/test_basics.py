@@ -250,3 +250,32 @@ def test_helo_then_mail(levee, sink):
         assert code == 250
         s.sendmail("alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nhelo\r\n")
     sink.wait_messages(1, pred=lambda m: tok in m.text)
+
+
+def test_starttls_discards_pipelined_plaintext(levee):
+    """Commands sent in plaintext after STARTTLS (same packet) must not run inside TLS (CVE-2011-0411)."""
+    c = RawSMTP(levee.port)
+    c.ehlo()
+    c.send("STARTTLS\r\nMAIL FROM:<injected@sender.test>\r\n")
+    r = c.reply()
+    if r is None or r.code != 220:
+        print(f"pipelined STARTTLS refused: {r}")
+        return  # refusing pipelined STARTTLS outright is also safe
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(c.sock, server_hostname="mx.example.test")
+    tls.settimeout(10)
+    tls.sendall(b"EHLO client.test\r\n")
+    data = b""
+    while not re.search(rb"(^|\r\n)250 [^\r\n]*\r\n", data):
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"250-") or data.startswith(b"250 "), data
+    assert b"2.1.0" not in data, f"the injected MAIL FROM was executed inside TLS: {data!r}"
+    tls.sendall(b"MAIL FROM:<alice@sender.test>\r\n")
+    more = tls.recv(4096)
+    assert more.startswith(b"250"), f"a fresh MAIL after EHLO inside TLS must work (no transaction leaked): {more!r}"
+    tls.close()

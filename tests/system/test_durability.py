@@ -1,6 +1,7 @@
 """A 250 means the message survives anything: kill -9, a full disk, SIGTERM under load."""
 
 import os
+import signal
 import smtplib
 import threading
 import time
@@ -167,3 +168,18 @@ def test_sigterm_under_load_loses_nothing(levee_factory, sink_factory):
     time.sleep(3)
     counts = sink.token_counts(toks)
     assert {t: n for t, n in counts.items() if n != 1} == {}, "delivered more than once"
+
+
+def test_sigterm_answers_live_sessions_421(levee_factory, sink):
+    lv = levee_factory(domains_to(sink))
+    idle = RawSMTP(lv.port)
+    idle.ehlo()
+    mid = RawSMTP(lv.port)
+    mid.ehlo()
+    assert mid.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    lv.proc.send_signal(signal.SIGTERM)
+    for c in (idle, mid):
+        r = c.reply()
+        assert r is not None and r.code == 421, "\n".join(c.transcript)
+        assert c.closed()
+    assert lv.proc.wait(timeout=30) == 0, lv.log_tail()

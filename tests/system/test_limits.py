@@ -111,3 +111,31 @@ def test_huge_line_without_newline_does_not_kill_server(limited):
     assert c2.banner.code == 220
     c2.ehlo()
     assert limited.alive(), limited.log_tail()
+
+
+def test_idle_timeout_421(levee_factory, sink):
+    lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
+                       smtp={"idle_timeout_secs": 2})
+    c = RawSMTP(lv.port)
+    c.ehlo()
+    t0 = time.monotonic()
+    r = c.reply()  # nothing sent: the next thing from the server is the timeout
+    waited = time.monotonic() - t0
+    assert r is not None and r.code == 421, "\n".join(c.transcript)
+    assert 1.5 <= waited <= 10, f"421 after {waited:.1f}s with idle_timeout_secs=2"
+    assert c.closed()
+
+
+def test_max_connections_per_ip(levee_factory, sink):
+    lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
+                       smtp={"max_connections_per_ip": 2})
+    a, b = RawSMTP(lv.port), RawSMTP(lv.port)
+    assert a.banner.code == 220 and b.banner.code == 220
+    c = RawSMTP(lv.port)
+    assert c.banner is not None and c.banner.code == 421, "\n".join(c.transcript)
+    assert c.closed()
+    a.cmd("QUIT")
+    a.close()
+    time.sleep(0.5)
+    d = RawSMTP(lv.port)
+    assert d.banner.code == 220, "a slot frees when a session ends:\n" + "\n".join(d.transcript)
