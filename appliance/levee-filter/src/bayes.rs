@@ -132,6 +132,15 @@ impl Sink {
             if n < 3 {
                 continue;
             }
+            if n == 4
+                && (lower.starts_with("19") || lower.starts_with("20"))
+                && lower.bytes().all(|b| b.is_ascii_digit())
+            {
+                // Years date a message, which in any corpus says more about its source's era
+                // than about spam.
+                self.push(format!("{prefix}num:year"));
+                continue;
+            }
             if n > MAX_WORD_CHARS {
                 let first = lower.chars().next().unwrap_or('?');
                 self.push(format!("{prefix}skip:{first} {}", n / 10 * 10));
@@ -184,7 +193,15 @@ impl Sink {
         if host.is_empty() {
             return;
         }
-        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        if self.recipients.iter().any(|r| {
+            r.rsplit_once('@').is_some_and(|(_, d)| {
+                host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.'))
+            })
+        }) {
+            // A link into the recipient's own domain (a list's archive, a site's own pages)
+            // names the site, not the sender.
+            self.push("url:rcpt_domain".into());
+        } else if host.parse::<std::net::Ipv4Addr>().is_ok() {
             self.push("url:ip".into());
         } else {
             let reg = registrable(host);
@@ -854,7 +871,7 @@ mod tests {
     fn source_identifying_headers_are_not_tokens() {
         let m = msg(
             "Received: from mx.honeypot.example by relay\nList-Id: <users.lists.example.org>\nTo: victim@honeypot.example\nDelivered-To: victim@honeypot.example\nFrom: Alice via Users <users@lists.example.org>\nSubject: [Users] Re: radio question\nMessage-ID: <123@lists.example.org>\nX-Mailman-Version: 2.1",
-            "Dear victim, write to victim@honeypot.example please\n\n_______________________________________________\nUsers mailing list\nusers@lists.example.org\nhttp://lists.example.org/mailman/listinfo/users\n",
+            "Dear victim, write to victim@honeypot.example please, see http://www.honeypot.example/x in 2024\n\n_______________________________________________\nUsers mailing list\nusers@lists.example.org\nhttp://lists.example.org/mailman/listinfo/users\n",
         );
         let t = tokenize(&m);
         for bad in ["honeypot", "lists", "users", "mailman", "victim", "listinfo", "via"] {
@@ -868,6 +885,8 @@ mod tests {
             "body:rcpt_name",
             "body:rcpt_addr",
             "write",
+            "url:rcpt_domain",
+            "num:year",
         ] {
             assert!(has(&t, w), "{w} missing from {t:?}");
         }
