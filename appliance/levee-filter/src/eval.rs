@@ -340,6 +340,28 @@ mod tests {
         assert!(parse_manifest("/etc/passwd\tspam\tx\n", Path::new("/"), Path::new("m")).is_err());
     }
 
+    #[test]
+    fn train_dirs_walks_recursively() {
+        let root =
+            std::env::temp_dir().join(format!("levee-filter-train-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (spam, ham) = (root.join("spam"), root.join("ham"));
+        std::fs::create_dir_all(spam.join("nested")).unwrap();
+        std::fs::create_dir_all(&ham).unwrap();
+        std::fs::write(spam.join("1.eml"), "Subject: cheap pills\r\n\r\nbuy cheap pills now\r\n")
+            .unwrap();
+        std::fs::write(spam.join("nested/2.eml"), "Subject: pills\r\n\r\ncheap pills\r\n").unwrap();
+        std::fs::write(ham.join("3.eml"), "Subject: agenda\r\n\r\nmeeting agenda attached\r\n")
+            .unwrap();
+        let mut model = Model::new();
+        let counts = train_dirs(&mut model, &spam, &ham);
+        let missing = train_dirs(&mut Model::new(), &root.join("nope"), &ham);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(counts.unwrap(), (2, 1));
+        assert_eq!(model.counts(), (2, 1));
+        assert!(matches!(missing, Err(FilterError::Io { .. })));
+    }
+
     fn outcome(spam: bool, source: &str, score: f64, action: Action) -> Outcome {
         Outcome {
             path: "x".into(),

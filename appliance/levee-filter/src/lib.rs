@@ -43,6 +43,17 @@ impl FilterError {
     }
 }
 
+/// Content findings scored by `policy`: the whole content filter for one message, as the relay
+/// calls it when it has no findings of its own to add.
+pub fn classify(
+    model: &bayes::Model,
+    policy: &score::Policy,
+    message: &[u8],
+    allow_listed: bool,
+) -> levee_types::Verdict {
+    score::verdict(policy, &content_findings(model, message), allow_listed)
+}
+
 /// Every content finding for one message: the rules plus the Bayes bucket.
 /// Pure: no network, no clock; the relay adds its own findings (DNSBL, SPF...) beside these.
 pub fn content_findings(model: &bayes::Model, message: &[u8]) -> Vec<Finding> {
