@@ -21,6 +21,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod lists;
+mod quarantine;
+
+pub use lists::StoredListEntry;
+pub use quarantine::{QuarantineEntry, QuarantineQuery};
+
 const SCHEMA_VERSION: &[u8] = b"1";
 const KEY_SCHEMA: &[u8] = b"schema";
 const KEY_SECRET: &[u8] = b"install_secret";
@@ -156,6 +162,9 @@ pub struct Store {
     db: sled::Db,
     queue: sled::Tree,
     log: sled::Tree,
+    quarantine: sled::Tree,
+    lists: sled::Tree,
+    blobs: sled::Tree,
     secret: [u8; 32],
 }
 
@@ -197,6 +206,9 @@ impl Store {
         let queue = db.open_tree("queue").map_err(db_err("open tree queue"))?;
         let log = db.open_tree("log").map_err(db_err("open tree log"))?;
         let meta = db.open_tree("meta").map_err(db_err("open tree meta"))?;
+        let quarantine = db.open_tree("quarantine").map_err(db_err("open tree quarantine"))?;
+        let lists = db.open_tree("lists").map_err(db_err("open tree lists"))?;
+        let blobs = db.open_tree("blobs").map_err(db_err("open tree blobs"))?;
 
         match meta.get(KEY_SCHEMA).map_err(db_err("read schema"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
@@ -207,7 +219,7 @@ impl Store {
         }
         let secret = Self::load_or_create_secret(&meta)?;
         db.flush().map_err(db_err("flush"))?;
-        Ok(Store { db, queue, log, secret })
+        Ok(Store { db, queue, log, quarantine, lists, blobs, secret })
     }
 
     fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {
