@@ -41,6 +41,38 @@ pub struct Config {
     pub gate: Gate,
     #[serde(default)]
     pub supervisor: Supervisor,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// How findings become verdicts. Weights override the built-in table symbol by
+/// symbol; thresholds are scores at or above which the action applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default = "defaults::tag_at")]
+    pub tag_at: f64,
+    #[serde(default = "defaults::quarantine_at")]
+    pub quarantine_at: f64,
+    #[serde(default = "defaults::reject_at")]
+    pub reject_at: f64,
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, f64>,
+    /// Days a quarantined message is kept before it expires.
+    #[serde(default = "defaults::quarantine_days")]
+    pub quarantine_days: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            tag_at: defaults::tag_at(),
+            quarantine_at: defaults::quarantine_at(),
+            reject_at: defaults::reject_at(),
+            weights: Default::default(),
+            quarantine_days: defaults::quarantine_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +266,18 @@ impl Default for Supervisor {
 
 mod defaults {
     use super::Listen;
+    pub fn tag_at() -> f64 {
+        4.0
+    }
+    pub fn quarantine_at() -> f64 {
+        6.0
+    }
+    pub fn reject_at() -> f64 {
+        15.0
+    }
+    pub fn quarantine_days() -> u64 {
+        30
+    }
     pub fn yes() -> bool {
         true
     }
@@ -357,6 +401,13 @@ impl Config {
                     format!("domain {} is listed twice", d.domain()),
                 ));
             }
+        }
+        let p = &self.policy;
+        if !(p.tag_at <= p.quarantine_at && p.quarantine_at <= p.reject_at) {
+            return Err((0, "policy thresholds must satisfy tag_at <= quarantine_at <= reject_at".into()));
+        }
+        if p.weights.values().any(|w| !w.is_finite()) {
+            return Err((0, "policy weights must be finite numbers".into()));
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));

@@ -113,3 +113,14 @@ fn supervisor_section_has_defaults_and_refuses_unknown_keys() {
     let (_, msg) = err(&format!("{MINIMAL}[supervisor]\nuser = \"\"\n"));
     assert!(msg.contains("supervisor"), "{msg}");
 }
+
+#[test]
+fn policy_weights_and_thresholds() {
+    let text = format!("{MINIMAL}[policy]\nquarantine_at = 5.5\n[policy.weights]\nBAYES_99 = 9.0\n");
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!(c.policy.quarantine_at, 5.5);
+    assert_eq!(c.policy.weights["BAYES_99"], 9.0);
+    assert_eq!(c.policy.quarantine_days, 30);
+    let text = format!("{MINIMAL}[policy]\ntag_at = 9.0\nquarantine_at = 5.0\n");
+    assert!(Config::parse(&text, "t").is_err());
+}
