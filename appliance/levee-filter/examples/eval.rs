@@ -12,6 +12,25 @@ fn main() -> ExitCode {
         eprintln!("usage: eval TRAIN.tsv DEV.tsv [--errors] [--save MODEL]");
         return ExitCode::from(2);
     }
+    // --rule-stats: how often each rule fires on spam and ham of the first manifest.
+    if args.iter().any(|a| a == "--rule-stats") {
+        let mut hits: std::collections::BTreeMap<String, [usize; 2]> = Default::default();
+        let mut totals = [0usize; 2];
+        for e in eval::read_manifest(Path::new(&args[0])).unwrap_or_default() {
+            let bytes = std::fs::read(&e.path).unwrap_or_default();
+            let slot = usize::from(!e.spam);
+            totals[slot] += 1;
+            for f in levee_filter::rules::check(&bytes) {
+                hits.entry(f.symbol).or_default()[slot] += 1;
+            }
+        }
+        for (symbol, [s, h]) in hits {
+            let (sp, hp) =
+                (100.0 * s as f64 / totals[0] as f64, 100.0 * h as f64 / totals[1] as f64);
+            println!("{symbol:<28} spam {sp:6.2}%  ham {hp:6.2}%");
+        }
+        return ExitCode::SUCCESS;
+    }
     let mut model = Model::new();
     let t = std::time::Instant::now();
     match eval::train_manifest(&mut model, Path::new(&args[0])) {

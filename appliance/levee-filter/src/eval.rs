@@ -295,7 +295,7 @@ impl fmt::Display for Report {
         writeln!(f, "ROC (quarantine threshold -> caught% / fp%):")?;
         // The curve has a point per distinct score; show the informative ones.
         let mut last: Option<(f64, f64)> = None;
-        for p in self.roc.iter().filter(|p| p.fp_pct <= 5.0 && p.caught_pct >= 90.0) {
+        for p in self.roc.iter().filter(|p| p.fp_pct <= 2.0 && p.caught_pct >= 50.0) {
             if last != Some((p.caught_pct, p.fp_pct)) {
                 writeln!(f, "  >= {:>7.2}: {:>6.2} / {:.2}", p.threshold, p.caught_pct, p.fp_pct)?;
                 last = Some((p.caught_pct, p.fp_pct));

@@ -6,6 +6,8 @@
 //! | `GTUBE` | the GTUBE test string is in the message |
 //! | `MISSING_DATE` / `MISSING_MESSAGE_ID` / `MISSING_FROM` | the header is absent |
 //! | `HTML_LINK_TEXT_MISMATCH` | a link's visible text is a web address in another domain than its target |
+//! | `URL_NUMERIC_IP` | an HTML link points at a bare IPv4 address |
+//! | `FREEMAIL_REPLYTO` | replies go to a freemail mailbox while From is elsewhere |
 //! | `HTML_ONLY_LITTLE_TEXT` | HTML without a text alternative and under 80 visible characters |
 //! | `FROM_DISPLAY_ADDR_MISMATCH` | the From display name holds an address in another domain |
 //! | `REPLYTO_DIFFERENT_DOMAIN` | Reply-To's domain differs from From's (list rewrites excepted) |
@@ -58,6 +60,7 @@ pub fn check(message: &[u8]) -> Vec<Finding> {
     }
     html_only(&msg, &mut out);
     link_mismatch(&msg, &mut out);
+    numeric_links(&msg, &mut out);
     from_checks(&msg, &mut out);
     attachments(&msg, &mut out);
     subject_caps(&msg, &mut out);
@@ -96,6 +99,50 @@ fn html_only(msg: &Message<'_>, out: &mut Vec<Finding>) {
             "HTML_ONLY_LITTLE_TEXT",
             format!("HTML only, {visible} visible characters, {} images", stripped.images),
         ));
+    }
+}
+
+/// Freemail providers: a reply path there from a sender elsewhere is the 419/phishing pattern.
+const FREEMAIL: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "aol.com",
+    "mail.ru",
+    "yandex.ru",
+    "yandex.com",
+    "gmx.com",
+    "gmx.net",
+    "gmx.de",
+    "protonmail.com",
+    "proton.me",
+    "icloud.com",
+    "msn.com",
+    "zoho.com",
+    "qq.com",
+    "163.com",
+    "126.com",
+    "rediffmail.com",
+];
+
+fn numeric_links(msg: &Message<'_>, out: &mut Vec<Finding>) {
+    let mut numeric = None;
+    for part in &msg.parts {
+        let PartType::Html(markup) = &part.body else { continue };
+        let h = html::strip(markup);
+        if numeric.is_none() {
+            numeric = h
+                .urls
+                .iter()
+                .filter_map(|u| html::url_host(u))
+                .find(|host| host.parse::<std::net::Ipv4Addr>().is_ok());
+        }
+    }
+    if let Some(host) = numeric {
+        out.push(Finding::new("URL_NUMERIC_IP", format!("link to {host}")));
     }
 }
 
@@ -138,6 +185,17 @@ fn from_checks(msg: &Message<'_>, out: &mut Vec<Finding>) {
                 out.push(Finding::new(
                     "FROM_DISPLAY_ADDR_MISMATCH",
                     format!("display name shows {nd}, address is in {fd}"),
+                ));
+            }
+        }
+        let reply =
+            msg.reply_to().and_then(|a| a.first()).and_then(|a| a.address()).and_then(domain_of);
+        if let Some(rd) = &reply {
+            if FREEMAIL.contains(&rd.as_str()) && !FREEMAIL.contains(&fd.as_str()) && !list_rewrite
+            {
+                out.push(Finding::new(
+                    "FREEMAIL_REPLYTO",
+                    format!("Reply-To at {rd}, From at {fd}"),
                 ));
             }
         }

@@ -65,6 +65,8 @@ fn rule_fixtures() {
         "MISSING_FROM",
         "HTML_ONLY_LITTLE_TEXT",
         "HTML_LINK_TEXT_MISMATCH",
+        "URL_NUMERIC_IP",
+        "FREEMAIL_REPLYTO",
         "FROM_DISPLAY_ADDR_MISMATCH",
         "REPLYTO_DIFFERENT_DOMAIN",
         "DANGEROUS_ATTACHMENT",
