@@ -21,9 +21,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod console;
 mod lists;
 mod quarantine;
 
+pub use console::{ApiToken, Frequency, ReportSchedule, Role, Session, Throttle, User};
 pub use lists::StoredListEntry;
 pub use quarantine::{QuarantineEntry, QuarantineQuery};
 
@@ -165,6 +167,7 @@ pub struct Store {
     quarantine: sled::Tree,
     lists: sled::Tree,
     blobs: sled::Tree,
+    console: console::ConsoleTrees,
     secret: [u8; 32],
 }
 
@@ -209,6 +212,7 @@ impl Store {
         let quarantine = db.open_tree("quarantine").map_err(db_err("open tree quarantine"))?;
         let lists = db.open_tree("lists").map_err(db_err("open tree lists"))?;
         let blobs = db.open_tree("blobs").map_err(db_err("open tree blobs"))?;
+        let console = console::ConsoleTrees::open(&db)?;
 
         match meta.get(KEY_SCHEMA).map_err(db_err("read schema"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
@@ -219,7 +223,7 @@ impl Store {
         }
         let secret = Self::load_or_create_secret(&meta)?;
         db.flush().map_err(db_err("flush"))?;
-        Ok(Store { db, queue, log, quarantine, lists, blobs, secret })
+        Ok(Store { db, queue, log, quarantine, lists, blobs, console, secret })
     }
 
     fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {
