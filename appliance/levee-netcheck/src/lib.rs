@@ -1,0 +1,245 @@
+//! Levee's network-facing checks: DNS block/allow lists, forward-confirmed rDNS, GeoIP
+//! country, URI blocklists, and SPF/DKIM/DMARC/ARC.
+//!
+//! Every check looks things up only through an injected [`Dns`] handle (and [`GeoIp`]
+//! reader), so each is testable alone against a loopback DNS server. Checks emit
+//! [`Finding`]s and never scores; the scorer in levee-filter weighs them. A check that
+//! cannot finish says so with a `<CHECK>_TIMEOUT` or `<CHECK>_FAILED` finding, never by
+//! silence, and a list's "you are blocked" answer is `<LIST>_BLOCKED` plus a
+//! [`HealthWarning`], never a listing.
+//!
+//! [`NetChecks`] bundles them by SMTP stage, each stage under one deadline:
+//! [`NetChecks::connect_stage`] (DNSBL, rDNS, country), [`NetChecks::mail_stage`] (SPF),
+//! [`NetChecks::content_stage`] (DKIM, DMARC, ARC, URI lists, and the
+//! Authentication-Results header).
+
+mod error;
+
+pub mod auth;
+pub mod dns;
+pub mod dnsbl;
+pub mod geoip;
+pub mod rdns;
+pub mod uribl;
+pub mod urls;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+pub use levee_types::Finding;
+use tokio::time::{timeout_at, Instant};
+
+pub use auth::{Auth, AuthReport};
+pub use dns::{Dns, Upstream};
+pub use dnsbl::{DnsList, HealthWarning};
+pub use error::NetCheckError;
+pub use geoip::GeoIp;
+pub use urls::UriHost;
+
+/// What the network checks are told (the config crate maps TOML onto this).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// This gateway's name: the authserv-id of Authentication-Results, and SPF's `%{r}`.
+    pub hostname: String,
+    /// IP lists queried at connect (block lists and allow lists alike).
+    pub dnsbl: Vec<DnsList>,
+    /// Domain lists queried for link hosts in the body.
+    pub uribl: Vec<DnsList>,
+    /// Distinct link hosts looked up per message; the rest are ignored.
+    pub max_uri_hosts: usize,
+    /// Whether to check forward-confirmed reverse DNS at connect.
+    pub rdns: bool,
+    pub connect_timeout: Duration,
+    pub mail_timeout: Duration,
+    pub content_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            hostname: "localhost".into(),
+            dnsbl: Vec::new(),
+            uribl: Vec::new(),
+            max_uri_hosts: 20,
+            rdns: true,
+            connect_timeout: Duration::from_secs(8),
+            mail_timeout: Duration::from_secs(10),
+            content_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the connect-time checks saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectReport {
+    pub findings: Vec<Finding>,
+    pub warnings: Vec<HealthWarning>,
+    /// The forward-confirmed PTR name of the client, for the Received header.
+    pub confirmed_name: Option<String>,
+}
+
+/// What the content-time checks saw.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContentReport {
+    pub findings: Vec<Finding>,
+    pub warnings: Vec<HealthWarning>,
+    /// The Authentication-Results header value (see [`AuthReport::authentication_results`]).
+    pub authentication_results: String,
+}
+
+/// All network checks, configured once and shared by every session.
+#[derive(Debug)]
+pub struct NetChecks {
+    dns: Dns,
+    config: NetConfig,
+    geoip: Option<GeoIp>,
+    auth: Auth,
+}
+
+impl NetChecks {
+    pub fn new(dns: Dns, config: NetConfig, geoip: Option<GeoIp>) -> Self {
+        let auth = Auth::new(&dns, &config.hostname);
+        NetChecks { dns, config, geoip, auth }
+    }
+
+    pub fn dns(&self) -> &Dns {
+        &self.dns
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// DNSBL/DNSWL, FCrDNS and country of the connecting `ip`, concurrently, within
+    /// `connect_timeout`. Whether to run it for trusted networks is the caller's choice.
+    pub async fn connect_stage(&self, ip: IpAddr) -> ConnectReport {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        let lists =
+            per_list(&self.config.dnsbl, deadline, |list| dnsbl::check_ip(&self.dns, ip, list));
+        let rdns = async {
+            if self.config.rdns {
+                Some(timeout_at(deadline, rdns::check(&self.dns, ip)).await)
+            } else {
+                None
+            }
+        };
+        let ((mut findings, warnings), rdns) = tokio::join!(lists, rdns);
+        let mut confirmed_name = None;
+        match rdns {
+            Some(Ok((rdns_findings, name))) => {
+                findings.extend(rdns_findings);
+                confirmed_name = name;
+            }
+            Some(Err(_)) => {
+                findings.push(Finding::new("RDNS_TIMEOUT", "connect stage deadline passed"))
+            }
+            None => {}
+        }
+        if let Some(geoip) = &self.geoip {
+            findings.extend(geoip.check(ip));
+        }
+        ConnectReport { findings, warnings, confirmed_name }
+    }
+
+    /// SPF at MAIL FROM (`mail_from` without angle brackets; empty for the null sender),
+    /// within `mail_timeout`.
+    pub async fn mail_stage(&self, ip: IpAddr, helo: &str, mail_from: &str) -> Vec<Finding> {
+        let deadline = Instant::now() + self.config.mail_timeout;
+        match timeout_at(deadline, self.auth.spf(ip, helo, mail_from)).await {
+            Ok(spf) => auth::spf_findings(&spf),
+            Err(_) => vec![Finding::new("SPF_TIMEOUT", "mail stage deadline passed")],
+        }
+    }
+
+    /// DKIM, SPF, DMARC, ARC and URI lists for the whole `message`, within `content_timeout`.
+    pub async fn content_stage(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        message: &[u8],
+    ) -> ContentReport {
+        let deadline = Instant::now() + self.config.content_timeout;
+        let hosts = if self.config.uribl.is_empty() {
+            Vec::new()
+        } else {
+            urls::extract(message, self.config.max_uri_hosts)
+        };
+        let uri = per_list(&self.config.uribl, deadline, |list| {
+            uribl::check_hosts(&self.dns, &hosts, list)
+        });
+        let auth = self.auth.verify(ip, helo, mail_from, message, deadline);
+        let ((uri_findings, warnings), auth) = tokio::join!(uri, auth);
+        let mut findings = auth.findings;
+        findings.extend(uri_findings);
+        ContentReport { findings, warnings, authentication_results: auth.authentication_results }
+    }
+}
+
+/// Runs `check` for each list on its own under `deadline`, so one slow list costs only
+/// its own `<LIST>_TIMEOUT` and the others' answers are kept.
+async fn per_list<'a, F, Fut>(
+    lists: &'a [DnsList],
+    deadline: Instant,
+    check: F,
+) -> (Vec<Finding>, Vec<HealthWarning>)
+where
+    F: Fn(&'a [DnsList]) -> Fut,
+    Fut: std::future::Future<Output = (Vec<Finding>, Vec<HealthWarning>)>,
+{
+    let runs = lists.iter().enumerate().map(|(i, list)| {
+        let one = &lists[i..=i];
+        let fut = check(one);
+        async move { (list, timeout_at(deadline, fut).await) }
+    });
+    let mut findings = Vec::new();
+    let mut warnings = Vec::new();
+    for (list, result) in join_all(runs).await {
+        match result {
+            Ok((f, w)) => {
+                findings.extend(f);
+                warnings.extend(w);
+            }
+            Err(_) => findings.push(Finding::new(
+                format!("{}_TIMEOUT", list.symbol),
+                format!("{}: stage deadline passed", list.zone),
+            )),
+        }
+    }
+    (findings, warnings)
+}
+
+/// One finding per symbol, distinct details joined with "; ": the scorer adds every
+/// finding, and one cause seen many times must weigh once.
+pub(crate) fn merge_by_symbol(findings: Vec<Finding>) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::with_capacity(findings.len());
+    for f in findings {
+        match out.iter_mut().find(|o| o.symbol == f.symbol) {
+            Some(o) => {
+                if !o.detail.split("; ").any(|d| d == f.detail) {
+                    o.detail.push_str("; ");
+                    o.detail.push_str(&f.detail);
+                }
+            }
+            None => out.push(f),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_keeps_order_and_distinct_details() {
+        let merged = merge_by_symbol(vec![
+            Finding::new("A", "x"),
+            Finding::new("B", "y"),
+            Finding::new("A", "z"),
+            Finding::new("A", "x"),
+        ]);
+        assert_eq!(merged, vec![Finding::new("A", "x; z"), Finding::new("B", "y")]);
+    }
+}
