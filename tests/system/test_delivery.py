@@ -162,3 +162,34 @@ def test_smtp_source_load_all_arrive(levee_factory, sink):
     time.sleep(3)
     got = [m for m in sink.messages() if m.rcpts == ["<to@example.test>"]]
     assert len(got) == 50, f"expected 50 at the sink, got {len(got)}"
+
+
+def test_recipients_at_two_domains_each_get_one_copy(levee_factory, pysink_factory, sink):
+    ps = pysink_factory()
+    lv = levee_factory(routes(ps.port, sink.port))
+    tok = unique_token("split")
+    r, c = send_raw_message(lv.port, "carol@elsewhere.test", ["a@example.test", "b@sender.test", "c@example.test"],
+                            f"Subject: {tok}\r\n\r\nsplit\r\n".encode())
+    assert r.code == 250, "\n".join(c.transcript)
+    [tx] = ps.wait_delivered(1)
+    assert sorted(tx.rcpts) == ["a@example.test", "c@example.test"], tx
+    [m] = sink.wait_messages(1, pred=lambda m: tok in m.text)
+    assert m.rcpts == ["<b@sender.test>"]
+    time.sleep(3)
+    assert len(ps.delivered()) == 1 and len([m for m in sink.messages() if tok in m.text]) == 1
+
+
+def test_dsn_that_bounces_is_not_bounced_again(levee_factory, pysink_factory):
+    """The sender's own domain rejects too: the DSN (from <>) fails and nothing more is sent."""
+    down = pysink_factory(lambda addr, n: "550 5.1.1 nobody here")
+    lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{down.port}"}])
+    tok = unique_token("loop")
+    r, c = send_raw_message(lv.port, "alice@example.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
+    assert r.code == 250, "\n".join(c.transcript)
+    from harness import wait_until
+    wait_until(lambda: down.rcpt_counts.get("alice@example.test"), 30, what="the DSN delivery attempt")
+    time.sleep(6)
+    assert down.rcpt_counts == {"bob@example.test": 1, "alice@example.test": 1}, down.rcpt_counts
+    dsn_tx = [t for t in down.transactions if "alice@example.test" in t.rejected]
+    assert dsn_tx and all(t.mail_from == "" for t in dsn_tx), "a DSN is sent from <>"
+    assert lv.alive()

@@ -139,3 +139,22 @@ def test_max_connections_per_ip(levee_factory, sink):
     time.sleep(0.5)
     d = RawSMTP(lv.port)
     assert d.banner.code == 220, "a slot frees when a session ends:\n" + "\n".join(d.transcript)
+
+
+def test_bdat_over_size_552(limited, sink):
+    tok = unique_token("bigbdat")
+    c = RawSMTP(limited.port)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    assert c.cmd("RCPT TO:<bob@example.test>").code == 250
+    chunk = f"Subject: {tok}\r\n\r\n".encode() + (b"q" * 98 + b"\r\n") * 150  # 15 KB
+    c.send(b"BDAT %d\r\n" % len(chunk) + chunk)
+    r1 = c.reply()
+    replies = [r1]
+    if r1 is not None and r1.code == 250:
+        c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)  # 30 KB in all > 20000
+        replies.append(c.reply())
+    assert replies[-1] is not None and replies[-1].code == 552, "\n".join(t[:120] for t in c.transcript)
+    c.close()
+    time.sleep(2)
+    assert [m for m in sink.messages() if tok in m.text] == []

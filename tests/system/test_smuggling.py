@@ -81,3 +81,36 @@ def test_smuggling_via_bdat_then_data(levee, sink):
     time.sleep(2)
     assert all("victim" not in " ".join(x.rcpts) for x in sink.messages())
     assert m.rcpts == ["<rcpt@example.test>"]
+
+
+@pytest.mark.parametrize("fake_end", FAKE_ENDS, ids=[repr(x)[2:-1] for x in FAKE_ENDS])
+def test_bdat_content_cannot_smuggle_downstream(levee, sink, fake_end):
+    """BDAT carries any bytes, bare LF included; relayed with DATA to a downstream that (like
+    smtp-sink and many real servers) ends DATA at a bare-LF dot, those bytes must not become a
+    second transaction there."""
+    tok = unique_token("bdatdown")
+    evil = unique_token("SMUGGLED")
+    chunk = (f"Subject: {tok}\r\nFrom: alice@sender.test\r\n\r\nhello".encode() + fake_end
+             + b"MAIL FROM:<admin@sender.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
+             + f"From: admin@sender.test\r\nSubject: {evil}\r\n\r\nsmuggled body\r\n".encode()
+             + b"\r\n.\r\nQUIT\r\n")
+    c = RawSMTP(levee.port)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
+    assert c.cmd("RCPT TO:<rcpt@example.test>").code == 250
+    c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+    replies = c.replies_until_quiet(quiet=2.5)
+    transcript = "\n".join(c.transcript)
+    assert len(replies) == 1, transcript
+    [r] = replies
+    assert r.code == 250 or (r.code == 550 and "5.6.11" in r.text), transcript
+    c.close()
+    if r.code == 250:
+        sink.wait_messages(1, pred=lambda m: tok in m.text)
+    time.sleep(3)
+    msgs = sink.messages()
+    assert all("victim" not in " ".join(m.rcpts) for m in msgs), f"smuggled envelope reached the sink: {msgs}"
+    mine = [m for m in msgs if tok in m.text or evil in m.text]
+    assert len(mine) == (1 if r.code == 250 else 0), f"transactions at the sink: {[m.text for m in mine]}"
+    for m in mine:
+        assert [v for k, v in m.headers() if k.lower() == "subject"] == [tok], m.text
