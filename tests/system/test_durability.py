@@ -6,6 +6,8 @@ import smtplib
 import threading
 import time
 
+import pytest
+
 from harness import QUEUED_RE, RawSMTP, send_raw_message, unique_token
 
 
@@ -183,3 +185,52 @@ def test_sigterm_answers_live_sessions_421(levee_factory, sink):
         assert r is not None and r.code == 421, "\n".join(c.transcript)
         assert c.closed()
     assert lv.proc.wait(timeout=30) == 0, lv.log_tail()
+
+
+def queue_one_then_kill(lv, tok):
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"],
+                            f"Subject: {tok}\r\n\r\n".encode() + b"queued body line\r\n" * 100)
+    assert r.code == 250, "\n".join(c.transcript)
+    qid = QUEUED_RE.search(r.text).group(1)
+    lv.kill9()
+    return qid
+
+
+def test_queue_listing_shows_deferred_message(levee_factory, sink_factory):
+    import subprocess
+    from harness import LEVEE_BIN
+    sink = sink_factory(None)
+    lv = levee_factory(domains_to(sink))
+    qid = queue_one_then_kill(lv, unique_token("qlist"))
+    r = subprocess.run([LEVEE_BIN, "queue", "--config", str(lv.config_path)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert qid.lower() in r.stdout.lower() and "bob@example.test" in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_queue_file_is_set_aside(levee_factory, sink_factory, damage):
+    sink = sink_factory(None)
+    lv = levee_factory(domains_to(sink))
+    tok = unique_token("corrupt")
+    qid = queue_one_then_kill(lv, tok)
+    files = [p for p in lv.spool_dir("queue").iterdir() if p.is_file()]
+    assert len(files) == 1, files
+    raw = bytearray(files[0].read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        i = bytes(raw).index(b"queued body line") + 3
+        raw[i] ^= 0x20  # one changed byte inside the body: the checksum must catch it
+    files[0].write_bytes(bytes(raw))
+    sink.start("ok")
+    lv.start()
+    time.sleep(5)
+    assert lv.alive(), f"a corrupt queue file crashed the engine:\n{lv.log_tail()}"
+    assert count_tok(sink, tok) == 0, "a damaged message was delivered"
+    assert [p.name for p in lv.spool_dir("corrupt").iterdir()], "the damaged file was not moved to spool/corrupt"
+    assert not any(p.is_file() for p in lv.spool_dir("queue").iterdir())
+    tok2 = unique_token("fresh")
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok2}\r\n\r\nok\r\n".encode())
+    assert r.code == 250, "\n".join(c.transcript)
+    sink.wait_messages(1, pred=lambda m: tok2 in m.text)
