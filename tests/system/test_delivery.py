@@ -5,7 +5,7 @@ import email.policy
 import subprocess
 import time
 
-from harness import SMTP_SOURCE, send_raw_message, unique_token
+from harness import SMTP_SOURCE, send_raw_message, unique_token, wait_until
 
 
 def routes(example_port, sender_port):
@@ -75,7 +75,6 @@ def test_null_sender_5xx_no_dsn(levee_factory, pysink_factory, sink):
     r, c = send_raw_message(lv.port, "", ["bob@example.test"], f"Subject: {tok}\r\n\r\nbounce\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     # Proof that delivery was attempted (so "no DSN" is meaningful), then room for a DSN to appear.
-    from harness import wait_until
     wait_until(lambda: down.rcpt_counts.get("bob@example.test"), 20, what="a delivery attempt")
     time.sleep(5)
     assert sink.messages() == [], f"no DSN for a null sender, got: {[m.text for m in sink.messages()]}"
@@ -104,7 +103,6 @@ def test_4xx_at_end_of_data_retried_with_postfix_sink(levee_factory, sink_factor
     tok = unique_token("dot4")
     r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
-    from harness import wait_until
     wait_until(lambda: len([m for m in down.attempts() if tok in m.text]) >= 2, 30, what="two refused attempts")
     down.start("ok")
     down.wait_messages(1, pred=lambda m: tok in m.text)
@@ -186,7 +184,6 @@ def test_dsn_that_bounces_is_not_bounced_again(levee_factory, pysink_factory):
     tok = unique_token("loop")
     r, c = send_raw_message(lv.port, "alice@example.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
-    from harness import wait_until
     wait_until(lambda: down.rcpt_counts.get("alice@example.test"), 30, what="the DSN delivery attempt")
     time.sleep(6)
     assert down.rcpt_counts == {"bob@example.test": 1, "alice@example.test": 1}, down.rcpt_counts

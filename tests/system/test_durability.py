@@ -3,12 +3,13 @@
 import os
 import signal
 import smtplib
+import subprocess
 import threading
 import time
 
 import pytest
 
-from harness import QUEUED_RE, RawSMTP, send_raw_message, unique_token
+from harness import LEVEE_BIN, QUEUED_RE, RawSMTP, send_raw_message, unique_token
 
 
 def domains_to(sink):
@@ -197,8 +198,6 @@ def queue_one_then_kill(lv, tok):
 
 
 def test_queue_listing_shows_deferred_message(levee_factory, sink_factory):
-    import subprocess
-    from harness import LEVEE_BIN
     sink = sink_factory(None)
     lv = levee_factory(domains_to(sink))
     qid = queue_one_then_kill(lv, unique_token("qlist"))
@@ -213,7 +212,7 @@ def test_corrupt_queue_file_is_set_aside(levee_factory, sink_factory, damage):
     sink = sink_factory(None)
     lv = levee_factory(domains_to(sink))
     tok = unique_token("corrupt")
-    qid = queue_one_then_kill(lv, tok)
+    queue_one_then_kill(lv, tok)
     files = [p for p in lv.spool_dir("queue").iterdir() if p.is_file()]
     assert len(files) == 1, files
     raw = bytearray(files[0].read_bytes())

@@ -20,7 +20,7 @@ def test_other_domain_550_571(levee, sink):
     r, c = rcpt_reply(levee, "user@other.test")
     assert r.code == 550 and "5.7.1" in r.text, "\n".join(c.transcript)
     r = c.cmd("DATA")
-    assert r.code in (503, 554), f"DATA without any accepted recipient must fail:\n" + "\n".join(c.transcript)
+    assert r.code in (503, 554), "DATA without any accepted recipient must fail:\n" + "\n".join(c.transcript)
 
 
 @pytest.mark.parametrize("addr", [
