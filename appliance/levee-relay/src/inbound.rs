@@ -155,12 +155,17 @@ async fn drive(
     shutting_down: &mut bool,
     relay_denied: &mut u32,
 ) {
+    // The sender of the transaction under way, for list checks at RCPT.
+    let sender = &mut None::<String>;
     loop {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Send(bytes) => out.extend_from_slice(&bytes),
                 Action::Ask(question) => {
-                    let decision = engine.decide(&question, peer.ip());
+                    if let Question::MailFrom { from, .. } = &question {
+                        *sender = from.as_ref().map(|a| a.to_string());
+                    }
+                    let decision = engine.decide(&question, peer.ip(), sender.as_deref());
                     if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
                         info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
                         if r.code == 550 {

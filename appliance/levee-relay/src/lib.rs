@@ -8,11 +8,13 @@ mod client;
 mod dsn;
 mod headers;
 mod inbound;
+mod manage;
 mod queue;
 mod tls;
 
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
+pub use manage::BAYES_BLOB;
 
 use levee_config::Config;
 use levee_smtp::{Decision, Incoming, Question, SessionConfig};
@@ -38,6 +40,12 @@ pub enum RelayError {
     Store(#[from] levee_store::StoreError),
     #[error("listen on {0}: {1}")]
     Listen(SocketAddr, std::io::Error),
+    #[error("no message {0}")]
+    NotFound(QueueId),
+    #[error("{0}")]
+    Config(#[from] levee_config::ConfigError),
+    #[error("the engine was started without a config file")]
+    NoConfigFile,
 }
 
 /// What became of a message handed over at the end of DATA.
@@ -68,6 +76,9 @@ pub struct Engine {
     resolver: Option<hickory_resolver::TokioResolver>,
     pool: queue::Pool,
     ban_hook: std::sync::OnceLock<BanHook>,
+    bayes: RwLock<Arc<levee_filter::bayes::Model>>,
+    lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
+    config_path: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// Called with a client address and the reason when a client earns a ban in the
@@ -116,7 +127,8 @@ impl Engine {
             known.insert(meta.id.clone());
             if store.queue_get(&meta.id)?.is_none() {
                 warn!(id = %meta.id, "queue record missing for spooled message; recreated");
-                store.queue_put(&queue_entry(meta, false))?;
+                let held = meta.action == Action::Quarantine;
+                store.queue_put(&queue_entry(meta, held))?;
             }
         }
         for entry in store.queue_all()? {
@@ -130,6 +142,16 @@ impl Engine {
             .and_then(|b| b.build())
             .map_err(|e| warn!(error = %e, "no DNS resolver; MX lookups will fail"))
             .ok();
+        let bayes = match store.blob_get(manage::BAYES_BLOB)? {
+            Some(bytes) => levee_filter::bayes::Model::from_bytes(&bytes).unwrap_or_else(|e| {
+                error!(error = %e, "stored Bayes model unreadable; starting untrained");
+                levee_filter::bayes::Model::new()
+            }),
+            None => levee_filter::bayes::Model::new(),
+        };
+        let (nspam, nham) = bayes.counts();
+        info!(nspam, nham, "Bayes model loaded");
+        let lists = store.list_entries()?;
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -146,6 +168,9 @@ impl Engine {
             resolver,
             pool: queue::Pool::default(),
             ban_hook: std::sync::OnceLock::new(),
+            bayes: RwLock::new(Arc::new(bayes)),
+            lists: RwLock::new(Arc::new(lists)),
+            config_path: std::sync::OnceLock::new(),
         }))
     }
 
@@ -194,7 +219,7 @@ impl Engine {
     }
 
     /// Answers the session's policy questions.
-    fn decide(&self, q: &Question, _client: IpAddr) -> Decision {
+    fn decide(&self, q: &Question, client: IpAddr, sender: Option<&str>) -> Decision {
         let config = self.config();
         match q {
             Question::Connect | Question::Helo { .. } => Decision::Accept,
@@ -222,16 +247,125 @@ impl Engine {
                     0,
                     "this domain is not set up yet, try again later",
                 )),
-                Some(_) => Decision::Accept,
+                Some(_) => {
+                    let lists = self.lists();
+                    let subject = levee_types::list::ListSubject {
+                        sender,
+                        client_ip: client,
+                        country: None,
+                        recipient: &to.to_string(),
+                    };
+                    match levee_types::list::decide(&lists, &subject) {
+                        Some(e) if e.kind == levee_types::list::ListKind::Block => {
+                            info!(rcpt = %to, entry = %e, "blocked by list");
+                            Decision::Reject(Reply::with(
+                                550,
+                                7,
+                                1,
+                                "message refused by the recipient's block list",
+                            ))
+                        }
+                        _ => Decision::Accept,
+                    }
+                }
             },
         }
+    }
+
+    pub fn lists(&self) -> Arc<Vec<levee_types::list::ListEntry>> {
+        self.lists.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn bayes(&self) -> Arc<levee_filter::bayes::Model> {
+        self.bayes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn policy(&self) -> levee_filter::score::Policy {
+        let p = &self.config().policy;
+        let mut policy = levee_filter::score::Policy {
+            tag_at: p.tag_at,
+            quarantine_at: p.quarantine_at,
+            reject_at: p.reject_at,
+            ..Default::default()
+        };
+        for (symbol, weight) in &p.weights {
+            policy.weights.insert(symbol.clone(), *weight);
+        }
+        policy
+    }
+
+    /// Content filter and lists: the verdict for a received message.
+    async fn judge(&self, envelope: &Envelope, data: Arc<Vec<u8>>) -> levee_types::Verdict {
+        let model = self.bayes();
+        let policy = self.policy();
+        let lists = self.lists();
+        let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
+        // Allow-listed only when every recipient's lists allow the sender: one
+        // recipient's allow entry must not let spam through to the others.
+        let allowed = !envelope.rcpt_to.is_empty()
+            && envelope.rcpt_to.iter().all(|r| {
+                let subject = levee_types::list::ListSubject {
+                    sender: sender.as_deref(),
+                    client_ip: envelope.client_ip,
+                    country: None,
+                    recipient: &r.to_string(),
+                };
+                levee_types::list::decide(&lists, &subject)
+                    .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow)
+            });
+        let findings =
+            tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &data))
+                .await
+                .unwrap_or_else(|_| {
+                    vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
+                });
+        let mut findings = findings;
+        if allowed {
+            findings.push(levee_types::Finding::new("ALLOW_LISTED", "sender on the allow list"));
+        }
+        levee_filter::score::verdict(&policy, &findings, allowed)
     }
 
     /// Writes a received message durably and queues it for delivery. Returns only
     /// once the message is safe (the 250) or known not to be (4xx).
     async fn accept_message(self: &Arc<Self>, incoming: Incoming) -> StoreOutcome {
         let Incoming { envelope, data } = incoming;
-        self.enqueue(envelope, data, Action::Accept, 0.0, Vec::new()).await
+        let data = Arc::new(data);
+        let verdict = self.judge(&envelope, data.clone()).await;
+        let data = Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
+        let summary = verdict.findings_summary();
+        match verdict.action {
+            Action::Reject => {
+                self.log_refused(&envelope, data.len() as u64, &verdict);
+                info!(client = %envelope.client_ip, from = %envelope.mail_from_path(), score = verdict.score, findings = %summary, "rejected");
+                StoreOutcome::Refused(Reply::with(550, 7, 1, "message refused as spam"))
+            }
+            Action::Tempfail => {
+                self.log_refused(&envelope, data.len() as u64, &verdict);
+                StoreOutcome::Refused(Reply::with(
+                    451,
+                    7,
+                    1,
+                    "message could not be checked, try again later",
+                ))
+            }
+            action => self.enqueue(envelope, data, action, verdict.score, verdict.findings).await,
+        }
+    }
+
+    /// The message log keeps refused messages too, so the console can explain them.
+    fn log_refused(&self, envelope: &Envelope, size: u64, verdict: &levee_types::Verdict) {
+        let meta = SpoolMeta {
+            id: self.spool.new_id(SystemTime::now()),
+            envelope: envelope.clone(),
+            received_at: now_unix(),
+            action: verdict.action,
+            score: verdict.score,
+            findings: verdict.findings.clone(),
+        };
+        if let Err(e) = self.store.log_put(&log_entry(&meta, size)) {
+            warn!(error = %e, "cannot log a refused message");
+        }
     }
 
     /// The one path into the queue, for received mail and for mail Levee writes itself.
@@ -255,7 +389,13 @@ impl Engine {
         let size = data.len() as u64;
         let engine = self.clone();
         let id = meta.id.clone();
-        let result = tokio::task::spawn_blocking(move || engine.write_durably(&meta, &data)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let quarantine = (meta.action == Action::Quarantine).then(|| {
+                manage::quarantine_entry(&meta, &data, engine.config().policy.quarantine_days)
+            });
+            engine.write_durably(&meta, &data, quarantine)
+        })
+        .await;
         match result {
             Ok(Ok(meta)) => {
                 info!(
@@ -267,7 +407,9 @@ impl Engine {
                     verdict = %meta.action,
                     "accepted"
                 );
-                let _ = self.queue_tx.send(id.clone());
+                if meta.action != Action::Quarantine {
+                    let _ = self.queue_tx.send(id.clone());
+                }
                 StoreOutcome::Queued(Reply::with(250, 0, 0, format!("Ok: queued as {id}")))
             }
             Ok(Err(e)) => {
@@ -293,10 +435,18 @@ impl Engine {
 
     /// Blocking: spool file (fsynced, renamed), index and log records, then one shared
     /// directory fsync + index flush. Undoes what it can on failure.
-    fn write_durably(&self, meta: &SpoolMeta, data: &[u8]) -> Result<SpoolMeta, RelayError> {
+    fn write_durably(
+        &self,
+        meta: &SpoolMeta,
+        data: &[u8],
+        quarantine: Option<levee_store::QuarantineEntry>,
+    ) -> Result<SpoolMeta, RelayError> {
         let result = (|| {
             self.spool.write(meta, data)?;
-            self.store.queue_put(&queue_entry(meta, false))?;
+            self.store.queue_put(&queue_entry(meta, quarantine.is_some()))?;
+            if let Some(q) = &quarantine {
+                self.store.quarantine_put(q)?;
+            }
             self.store.log_put(&log_entry(meta, data.len() as u64))?;
             self.commit.commit()?;
             Ok::<_, RelayError>(())
@@ -304,6 +454,7 @@ impl Engine {
         if let Err(e) = result {
             let _ = self.spool.remove(&meta.id);
             let _ = self.store.queue_remove(&meta.id);
+            let _ = self.store.quarantine_remove(&meta.id);
             return Err(e);
         }
         Ok(meta.clone())
@@ -317,6 +468,7 @@ impl Engine {
     ) -> Result<(), RelayError> {
         let rx = self.queue_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let delivery = rx.map(|rx| tokio::spawn(queue::run(self.clone(), rx, shutdown.clone())));
+        let housekeeping = tokio::spawn(housekeeping(self.clone(), shutdown.clone()));
         let mut servers = Vec::new();
         for l in listeners {
             if let Ok(addr) = l.local_addr() {
@@ -330,6 +482,7 @@ impl Engine {
         if let Some(d) = delivery {
             let _ = d.await;
         }
+        let _ = housekeeping.await;
         info!("relay stopped");
         Ok(())
     }
@@ -349,6 +502,17 @@ impl Engine {
     /// Asks the delivery scheduler to try a queued message now.
     pub fn retry_now(&self, id: QueueId) {
         let _ = self.queue_tx.send(id);
+    }
+}
+
+/// Periodic chores: quarantine expiry, hourly and once at start.
+async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        engine.expire_quarantine().await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -20,6 +20,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train the Bayes classifier from folders of raw messages (one file each) into
+    /// the store under DATA (the engine must be stopped: the store is single-process).
+    Train {
+        /// The data directory (`data_dir` of the config).
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        spam: PathBuf,
+        #[arg(long)]
+        ham: PathBuf,
+    },
+    /// Classify every message of a manifest (`path label source` per line, paths
+    /// relative to the manifest) with the model under DATA, network checks off, and
+    /// print spam caught and false positives, pooled and per source.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+    },
     /// Run the engine (relay and delivery) in the foreground, logging to stderr.
     /// Without --config, runs on the embedded development defaults: SMTP on
     /// 127.0.0.1:2525, data in ./.levee-dev, example.test delivered to 127.0.0.1:2626.
@@ -71,6 +91,8 @@ fn main() -> ExitCode {
         Command::Supervise { config } => supervise::supervise(&config),
         Command::Engine { config } => supervise::engine(&config),
         Command::Gate { command } => gate::run(command),
+        Command::Train { data, spam, ham } => train(&data, &spam, &ham),
+        Command::Eval { data, manifest } => eval(&data, &manifest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,6 +122,9 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
     runtime.block_on(async move {
         let listeners = levee_relay::bind(&config).await?;
         let engine = levee_relay::Engine::open(config)?;
+        if let Some(p) = path {
+            engine.set_config_path(std::path::absolute(p)?);
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
         wait_for_stop(path, &engine).await?;
@@ -151,5 +176,34 @@ fn queue(path: &std::path::Path) -> Result<()> {
             println!("    {}  {:?}  {}", r.rcpt, r.status, r.last_reply.as_deref().unwrap_or(""));
         }
     }
+    Ok(())
+}
+
+fn open_model(data: &std::path::Path) -> Result<(levee_store::Store, levee_filter::bayes::Model)> {
+    let store = levee_store::Store::open(&data.join("db")).with_context(|| {
+        format!("opening the store in {} (is the engine running?)", data.display())
+    })?;
+    let model = match store.blob_get(levee_relay::BAYES_BLOB)? {
+        Some(bytes) => levee_filter::bayes::Model::from_bytes(&bytes)?,
+        None => levee_filter::bayes::Model::new(),
+    };
+    Ok((store, model))
+}
+
+fn train(data: &std::path::Path, spam: &std::path::Path, ham: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(data)?;
+    let (store, mut model) = open_model(data)?;
+    let (nspam, nham) = levee_filter::eval::train_dirs(&mut model, spam, ham)?;
+    store.blob_put(levee_relay::BAYES_BLOB, &model.to_bytes())?;
+    let (tspam, tham) = model.counts();
+    println!("trained on {nspam} spam and {nham} ham; the model now knows {tspam} spam, {tham} ham, {} tokens", model.len());
+    Ok(())
+}
+
+fn eval(data: &std::path::Path, manifest: &std::path::Path) -> Result<()> {
+    let (_store, model) = open_model(data)?;
+    let policy = levee_filter::score::Policy::default();
+    let report = levee_filter::eval::evaluate(&model, &policy, manifest)?;
+    print!("{report}");
     Ok(())
 }

@@ -730,6 +730,7 @@ pub fn engine(path: &Path) -> Result<()> {
             .map(tokio::net::TcpListener::from_std)
             .collect::<std::io::Result<Vec<_>>>()?;
         let engine = levee_relay::Engine::open(config)?;
+        engine.set_config_path(std::path::absolute(path)?);
         let client = LinkClient::start(link);
         engine.set_ban_hook(Box::new(move |ip, reason| {
             client.ask(Request::Ban { ip, reason: reason.to_string() })

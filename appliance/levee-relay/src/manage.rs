@@ -1,0 +1,261 @@
+//! What the console and the scheduler do to mail already held: release, delete and
+//! report quarantined messages, learn from them, write Levee's own mail, and change
+//! the configuration through the one validating path.
+
+use crate::{now_unix, Engine, RelayError, StoreOutcome};
+use levee_spool::SpoolMeta;
+use levee_store::QuarantineEntry;
+use levee_types::list::{ListEntry, ListKind, ListScope, Matcher};
+use levee_types::{Action, Address, Body, Envelope, QueueId};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// The store blob holding the Bayes model.
+pub const BAYES_BLOB: &str = "bayes";
+
+/// The quarantine index record of a message about to be held.
+pub fn quarantine_entry(meta: &SpoolMeta, data: &[u8], days: u64) -> QuarantineEntry {
+    let parsed = mail_parser::MessageParser::default().parse_headers(data);
+    let subject = parsed.as_ref().and_then(|m| m.subject()).unwrap_or("").to_string();
+    let from_header = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .and_then(|f| f.first())
+        .map(|a| match (a.name(), a.address()) {
+            (Some(n), Some(addr)) => format!("{n} <{addr}>"),
+            (None, Some(addr)) => addr.to_string(),
+            (Some(n), None) => n.to_string(),
+            (None, None) => String::new(),
+        })
+        .unwrap_or_default();
+    let env = &meta.envelope;
+    QuarantineEntry {
+        id: meta.id.clone(),
+        received_at: meta.received_at,
+        expires_at: meta.received_at + days * 86_400,
+        client_ip: env.client_ip.to_string(),
+        mail_from: env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+        rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
+        from_header,
+        subject,
+        size: data.len() as u64,
+        score: meta.score,
+        action: meta.action.to_string(),
+        findings: meta
+            .findings
+            .iter()
+            .map(|(f, w)| (f.symbol.clone(), f.detail.clone(), *w))
+            .collect(),
+    }
+}
+
+impl Engine {
+    /// The raw message as received (for the safe viewer and downloads).
+    pub async fn message_bytes(&self, id: &QueueId) -> Result<Vec<u8>, RelayError> {
+        let spool = self.spool.clone();
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || spool.read(&id).map(|(_, body)| body))
+            .await
+            .map_err(|e| RelayError::Io(std::io::Error::other(e)))?
+            .map_err(RelayError::from)
+    }
+
+    /// Lets a quarantined message go: it is learnt as ham, optionally its sender is
+    /// allow-listed for each of its recipients, and it is delivered through the
+    /// normal queue.
+    pub async fn quarantine_release(
+        &self,
+        id: &QueueId,
+        allow_sender: bool,
+        by: &str,
+    ) -> Result<(), RelayError> {
+        let Some(q) = self.store.quarantine_get(id)? else {
+            return Err(RelayError::NotFound(id.clone()));
+        };
+        let mut entry =
+            self.store.queue_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
+        let body = self.message_bytes(id).await?;
+        self.learn(&body, false).await?;
+        if allow_sender && !q.mail_from.is_empty() {
+            for rcpt in &q.rcpt_to {
+                let entry = ListEntry {
+                    kind: ListKind::Allow,
+                    matcher: Matcher::Sender(q.mail_from.to_ascii_lowercase()),
+                    scope: ListScope::Recipient(rcpt.to_ascii_lowercase()),
+                };
+                self.add_list_entry(&entry, "released from quarantine", by)?;
+            }
+        }
+        entry.held = false;
+        entry.next_attempt = now_unix();
+        self.store.queue_put(&entry)?;
+        self.store.quarantine_remove(id)?;
+        self.store.flush()?;
+        info!(%id, by, allow_sender, "released from quarantine");
+        self.retry_now(id.clone());
+        Ok(())
+    }
+
+    /// Deletes a held or queued message for good.
+    pub async fn quarantine_delete(&self, id: &QueueId, by: &str) -> Result<(), RelayError> {
+        if self.store.quarantine_get(id)?.is_none() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
+        self.remove_message(id).await?;
+        info!(%id, by, "deleted from quarantine");
+        Ok(())
+    }
+
+    /// Deletes a message from the delivery queue (it will not be delivered).
+    pub async fn queue_delete(&self, id: &QueueId) -> Result<(), RelayError> {
+        if self.store.queue_get(id)?.is_none() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
+        self.remove_message(id).await
+    }
+
+    async fn remove_message(&self, id: &QueueId) -> Result<(), RelayError> {
+        self.store.quarantine_remove(id)?;
+        self.store.queue_remove(id)?;
+        self.store.flush()?;
+        let spool = self.spool.clone();
+        let rid = id.clone();
+        match tokio::task::spawn_blocking(move || spool.remove(&rid)).await {
+            Ok(Ok(())) | Ok(Err(levee_spool::SpoolError::NotFound(_))) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(RelayError::Io(std::io::Error::other(e))),
+        }
+    }
+
+    /// "Report as spam": the held message is learnt as spam (it stays held).
+    pub async fn report_spam(&self, id: &QueueId) -> Result<(), RelayError> {
+        let body = self.message_bytes(id).await?;
+        self.learn(&body, true).await
+    }
+
+    /// Trains the Bayes model on one message and stores the model.
+    pub async fn learn(&self, message: &[u8], spam: bool) -> Result<(), RelayError> {
+        let tokens = levee_filter::bayes::tokenize(message);
+        let bytes = {
+            let mut guard = self.bayes.write().unwrap_or_else(|p| p.into_inner());
+            let mut model = (**guard).clone();
+            model.train(&tokens, spam);
+            let bytes = model.to_bytes();
+            *guard = Arc::new(model);
+            bytes
+        };
+        self.store.blob_put(BAYES_BLOB, &bytes)?;
+        Ok(())
+    }
+
+    /// Adds an allow/block entry and makes it effective at once.
+    pub fn add_list_entry(
+        &self,
+        entry: &ListEntry,
+        note: &str,
+        by: &str,
+    ) -> Result<u64, RelayError> {
+        let id = self.store.list_add(entry, note, by, now_unix())?;
+        self.reload_lists()?;
+        Ok(id)
+    }
+
+    pub fn remove_list_entry(&self, id: u64) -> Result<bool, RelayError> {
+        let removed = self.store.list_remove(id)?;
+        self.reload_lists()?;
+        Ok(removed)
+    }
+
+    /// Re-reads the lists from the store.
+    pub fn reload_lists(&self) -> Result<(), RelayError> {
+        let lists = self.store.list_entries()?;
+        *self.lists.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lists);
+        Ok(())
+    }
+
+    /// Queues mail Levee writes itself (reports, digests) from `from` (or `<>`).
+    pub async fn send_mail(
+        self: &Arc<Self>,
+        from: Option<Address>,
+        to: Vec<Address>,
+        data: Vec<u8>,
+    ) -> Result<QueueId, RelayError> {
+        let config = self.config();
+        let envelope = Envelope {
+            mail_from: from,
+            rcpt_to: to,
+            helo: config.hostname.0.clone(),
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            client_name: Some(config.hostname.0.clone()),
+            tls: false,
+            body: if data.iter().any(|b| *b >= 0x80) { Body::EightBitMime } else { Body::SevenBit },
+            smtputf8: false,
+            declared_size: None,
+        };
+        match self.enqueue(envelope, data, Action::Accept, 0.0, Vec::new()).await {
+            StoreOutcome::Queued(reply) => {
+                let id =
+                    reply.lines.first().and_then(|l| l.rsplit(' ').next()).and_then(QueueId::parse);
+                id.ok_or_else(|| RelayError::Io(std::io::Error::other("queued without an id")))
+            }
+            StoreOutcome::Refused(reply) => {
+                Err(RelayError::Io(std::io::Error::other(reply.to_string())))
+            }
+        }
+    }
+
+    /// Records where the config file lives, for [`Engine::update_config`].
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        let _ = self.config_path.set(path);
+    }
+
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.get().map(|p| p.as_path())
+    }
+
+    /// Validates new config text by the same path as start-up, writes it atomically
+    /// and switches to it. On any error the running config stays.
+    pub fn update_config(&self, text: &str) -> Result<(), RelayError> {
+        let path = self.config_path().ok_or(RelayError::NoConfigFile)?;
+        let config = levee_config::Config::parse(text, &path.display().to_string())?;
+        let tmp = path.with_extension("toml.new");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.reload(config);
+        info!(path = %path.display(), "config updated");
+        Ok(())
+    }
+
+    /// Deletes quarantined messages whose hold has expired.
+    pub async fn expire_quarantine(&self) -> usize {
+        let ids = match self.store.quarantine_expired(now_unix()) {
+            Ok(ids) => ids,
+            Err(e) => {
+                warn!(error = %e, "cannot scan the quarantine");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for id in ids {
+            match self.remove_message(&id).await {
+                Ok(()) => n += 1,
+                Err(e) => warn!(%id, error = %e, "cannot expire a quarantined message"),
+            }
+        }
+        if n > 0 {
+            info!(expired = n, "quarantine expired");
+        }
+        n
+    }
+}
