@@ -404,7 +404,10 @@ impl Config {
         }
         let p = &self.policy;
         if !(p.tag_at <= p.quarantine_at && p.quarantine_at <= p.reject_at) {
-            return Err((0, "policy thresholds must satisfy tag_at <= quarantine_at <= reject_at".into()));
+            return Err((
+                0,
+                "policy thresholds must satisfy tag_at <= quarantine_at <= reject_at".into(),
+            ));
         }
         if p.weights.values().any(|w| !w.is_finite()) {
             return Err((0, "policy weights must be finite numbers".into()));

@@ -116,7 +116,8 @@ fn supervisor_section_has_defaults_and_refuses_unknown_keys() {
 
 #[test]
 fn policy_weights_and_thresholds() {
-    let text = format!("{MINIMAL}[policy]\nquarantine_at = 5.5\n[policy.weights]\nBAYES_99 = 9.0\n");
+    let text =
+        format!("{MINIMAL}[policy]\nquarantine_at = 5.5\n[policy.weights]\nBAYES_99 = 9.0\n");
     let c = Config::parse(&text, "t").unwrap();
     assert_eq!(c.policy.quarantine_at, 5.5);
     assert_eq!(c.policy.weights["BAYES_99"], 9.0);
