@@ -2,10 +2,10 @@
 //! an IPv6 search tree (IPv4 networks live under ::/96, as in GeoLite2), 24-bit records,
 //! and `{country: {iso_code: "XX"}}` values.
 //!
-//! Layout (https://maxmind.github.io/MaxMind-DB/): the search tree (node_count nodes of two
-//! 3-byte big-endian records: < node_count = next node, == node_count = no data,
-//! > node_count = node_count + 16 + offset into the data section), 16 zero bytes, the data
-//! section, then "\xAB\xCD\xEFMaxMind.com" and the metadata map.
+//! Layout (<https://maxmind.github.io/MaxMind-DB/>): the search tree (node_count nodes of
+//! two 3-byte big-endian records; a record below node_count is the next node, equal to it
+//! means no data, above it is node_count + 16 + an offset into the data section), 16 zero
+//! bytes, the data section, then "\xAB\xCD\xEFMaxMind.com" and the metadata map.
 
 use std::net::IpAddr;
 
