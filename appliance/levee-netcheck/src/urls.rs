@@ -40,6 +40,14 @@ pub fn extract(message: &[u8], max: usize) -> Vec<UriHost> {
     hosts.list
 }
 
+/// Like [`extract`], for a message the caller has already parsed (the filter parses each
+/// message once).
+pub fn extract_parsed(message: &Message<'_>, max: usize) -> Vec<UriHost> {
+    let mut hosts = Hosts::new(max);
+    scan_message(message, &mut hosts, 0);
+    hosts.list
+}
+
 /// Distinct link hosts in one piece of text or HTML (already MIME-decoded).
 pub fn extract_from_text(text: &str, max: usize) -> Vec<UriHost> {
     let mut hosts = Hosts::new(max);

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::{BlackHole, Unbound};
-use levee_netcheck::{dnsbl, rdns, DnsList, GeoIp, NetChecks, NetConfig};
+use levee_netcheck::{
+    dnsbl, rdns, Dns, DnsList, GeoIp, NetCheckError, NetChecks, NetConfig, Upstream,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -114,9 +116,8 @@ async fn unanswered_queries_are_timeout_findings() {
 #[tokio::test]
 async fn connect_stage_combines_checks_with_country() {
     let server = Unbound::start("").await;
-    let dir = std::env::temp_dir().join(format!("levee-netcheck-connect-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("country.mmdb");
+    let dir = common::ScratchDir::new("connect");
+    let db = dir.0.join("country.mmdb");
     std::fs::write(&db, common::mmdb::country_db(&[("127.0.0.0/8", "ZZ"), ("192.0.2.0/24", "NL")]))
         .unwrap();
     let geoip = GeoIp::open(&db).unwrap();
@@ -139,7 +140,6 @@ async fn connect_stage_combines_checks_with_country() {
         ["RBL_TEST_SBL", "RDNS_NOT_CONFIRMED", "COUNTRY_ZZ"],
         "{report:?}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -160,4 +160,35 @@ async fn connect_stage_deadline_names_every_unfinished_check() {
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     assert_eq!(symbols(&report.findings), ["RBL_TEST_TIMEOUT", "RWL_TEST_TIMEOUT", "RDNS_TIMEOUT"]);
     assert_eq!(report.confirmed_name, None);
+}
+
+#[tokio::test]
+async fn dns_record_types_and_negative_answers() {
+    let server = Unbound::start("").await;
+    let dns = server.dns();
+    assert_eq!(
+        dns.a("mail.good.test").await.unwrap(),
+        ["192.0.2.10".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        dns.aaaa("mail6.good.test").await.unwrap(),
+        ["2001:db8::10".parse::<std::net::Ipv6Addr>().unwrap()]
+    );
+    assert_eq!(dns.ptr(ip("192.0.2.10")).await.unwrap(), ["mail.good.test"]);
+    assert_eq!(dns.txt("auth.test").await.unwrap(), ["v=spf1 ip4:192.0.2.10 -all"]);
+    assert_eq!(dns.mx("bare.test.").await.unwrap(), [(10, "mail.good.test".to_string())]);
+    // NXDOMAIN and NODATA alike are "not found".
+    assert!(matches!(dns.a("nothing.good.test").await, Err(NetCheckError::NotFound)));
+    assert!(matches!(dns.mx("auth.test").await, Err(NetCheckError::NotFound)));
+    // Garbage names fail without a query.
+    assert!(matches!(dns.a("bad..name").await, Err(NetCheckError::Lookup(_))));
+}
+
+#[test]
+fn system_resolver_builds_from_resolv_conf() {
+    // Only where the host has one; the point is that the system path constructs.
+    if std::path::Path::new("/etc/resolv.conf").exists() {
+        let dns = Dns::new(Upstream::System, Duration::from_secs(1));
+        assert!(dns.is_ok(), "{dns:?}");
+    }
 }

@@ -12,8 +12,8 @@ fn ip(s: &str) -> IpAddr {
 
 #[test]
 fn country_codes_from_a_generated_database() {
-    let dir = std::env::temp_dir().join(format!("levee-netcheck-geoip-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = common::ScratchDir::new("geoip");
+    let dir = &scratch.0;
     let path = dir.join("test.mmdb");
     let db = common::mmdb::country_db(&[
         ("192.0.2.0/24", "nl"),
@@ -42,5 +42,4 @@ fn country_codes_from_a_generated_database() {
     std::fs::write(&junk, b"not a maxmind database").unwrap();
     assert!(GeoIp::open(&junk).is_err());
     assert!(GeoIp::open(&dir.join("missing.mmdb")).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

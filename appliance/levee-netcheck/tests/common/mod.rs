@@ -118,6 +118,27 @@ impl Drop for Unbound {
     }
 }
 
+/// A scratch directory removed on drop, even when the test panics.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(name: &str) -> ScratchDir {
+        let dir = std::env::temp_dir().join(format!(
+            "levee-netcheck-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A loopback port whose sockets are bound and never read: queries to it time out
 /// (a closed port would answer at once with ICMP / RST instead).
 pub struct BlackHole {
