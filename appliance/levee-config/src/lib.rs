@@ -43,6 +43,83 @@ pub struct Config {
     pub supervisor: Supervisor,
     #[serde(default)]
     pub policy: Policy,
+    #[serde(default)]
+    pub checks: Checks,
+}
+
+/// The network checks: DNS lists, reverse DNS, SPF/DKIM/DMARC/ARC, country.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    /// The recursive resolver to ask; empty = the system's (/etc/resolv.conf).
+    /// Public DNS lists refuse queries from big public resolvers: use your own.
+    #[serde(default)]
+    pub dns_server: Option<SocketAddr>,
+    #[serde(default = "defaults::dns_timeout_ms")]
+    pub dns_timeout_ms: u64,
+    #[serde(default = "defaults::yes")]
+    pub rdns: bool,
+    /// SPF, DKIM, DMARC and ARC on every message, and an Authentication-Results header.
+    #[serde(default = "defaults::yes")]
+    pub auth: bool,
+    /// A MaxMind-format country database; findings `COUNTRY_XX` (weight them in
+    /// `[policy.weights]`, or block countries with list entries).
+    #[serde(default)]
+    pub geoip_db: Option<PathBuf>,
+    /// IP block and allow lists asked at connect.
+    #[serde(default)]
+    pub dnsbl: Vec<DnsListConfig>,
+    /// Domain lists asked for the links in a message.
+    #[serde(default)]
+    pub uribl: Vec<DnsListConfig>,
+    /// Connection-stage score at or above which a client is refused before the
+    /// banner (and banned in the gate).
+    #[serde(default = "defaults::connect_reject_at")]
+    pub connect_reject_at: f64,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Checks {
+            dns_server: None,
+            dns_timeout_ms: defaults::dns_timeout_ms(),
+            rdns: true,
+            auth: true,
+            geoip_db: None,
+            dnsbl: Vec::new(),
+            uribl: Vec::new(),
+            connect_reject_at: defaults::connect_reject_at(),
+        }
+    }
+}
+
+/// One DNS list: `zone`, the `symbol` its findings carry, and optionally a symbol
+/// suffix per return code (`codes = { "127.0.0.2" = "SBL" }`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsListConfig {
+    pub zone: HostName,
+    pub symbol: Symbol,
+    #[serde(default)]
+    pub codes: std::collections::BTreeMap<std::net::Ipv4Addr, Symbol>,
+}
+
+/// A finding symbol: upper-case letters, digits and `_`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Symbol(pub String);
+
+impl<'de> Deserialize<'de> for Symbol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty()
+            || !s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(serde::de::Error::custom(format!(
+                "bad symbol {s:?}: use upper-case letters, digits and '_'"
+            )));
+        }
+        Ok(Symbol(s))
+    }
 }
 
 /// How findings become verdicts. Weights override the built-in table symbol by
@@ -277,6 +354,12 @@ mod defaults {
     }
     pub fn quarantine_days() -> u64 {
         30
+    }
+    pub fn dns_timeout_ms() -> u64 {
+        2000
+    }
+    pub fn connect_reject_at() -> f64 {
+        10.0
     }
     pub fn yes() -> bool {
         true

@@ -125,3 +125,15 @@ fn policy_weights_and_thresholds() {
     let text = format!("{MINIMAL}[policy]\ntag_at = 9.0\nquarantine_at = 5.0\n");
     assert!(Config::parse(&text, "t").is_err());
 }
+
+#[test]
+fn dns_lists_parse_and_bad_symbols_name_their_line() {
+    let text = format!(
+        "{MINIMAL}[checks]\ndns_server = \"127.0.0.1:5353\"\n[[checks.dnsbl]]\nzone = \"zen.example.net\"\nsymbol = \"ZEN\"\ncodes = {{ \"127.0.0.2\" = \"SBL\" }}\n"
+    );
+    let c = Config::parse(&text, "t").unwrap();
+    assert_eq!(c.checks.dnsbl[0].symbol.0, "ZEN");
+    assert_eq!(c.checks.dnsbl[0].codes.len(), 1);
+    let (line, msg) = err(&text.replace("\"ZEN\"", "\"zen list\""));
+    assert_eq!(line, 12, "{msg}");
+}

@@ -155,17 +155,18 @@ async fn drive(
     shutting_down: &mut bool,
     relay_denied: &mut u32,
 ) {
-    // The sender of the transaction under way, for list checks at RCPT.
-    let sender = &mut None::<String>;
+    // What the connection checks found, and the sender of the transaction under
+    // way, for list checks at RCPT and for the verdict.
+    let conn = &mut crate::Conn::new(peer.ip());
     loop {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Send(bytes) => out.extend_from_slice(&bytes),
                 Action::Ask(question) => {
                     if let Question::MailFrom { from, .. } = &question {
-                        *sender = from.as_ref().map(|a| a.to_string());
+                        conn.sender = from.as_ref().map(|a| a.to_string());
                     }
-                    let decision = engine.decide(&question, peer.ip(), sender.as_deref());
+                    let decision = engine.decide(&question, conn).await;
                     if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
                         info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
                         if r.code == 550 {
@@ -179,7 +180,7 @@ async fn drive(
                     if flush(io, out).await.is_err() {
                         return;
                     }
-                    let reply = match engine.accept_message(incoming).await {
+                    let reply = match engine.accept_message(incoming, conn).await {
                         StoreOutcome::Queued(reply) | StoreOutcome::Refused(reply) => reply,
                     };
                     session.stored(reply, Instant::now().into_std());

@@ -79,6 +79,38 @@ pub struct Engine {
     bayes: RwLock<Arc<levee_filter::bayes::Model>>,
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
     config_path: std::sync::OnceLock<std::path::PathBuf>,
+    net: Option<levee_netcheck::NetChecks>,
+}
+
+/// What the driver knows about one connection beyond the SMTP session.
+#[derive(Debug)]
+pub struct Conn {
+    pub ip: IpAddr,
+    /// Loopback clients skip the network checks (they are this host).
+    pub trusted: bool,
+    pub findings: Vec<levee_types::Finding>,
+    pub country: Option<String>,
+    pub confirmed_name: Option<String>,
+    pub sender: Option<String>,
+}
+
+impl Conn {
+    pub fn new(ip: IpAddr) -> Conn {
+        let trusted = match ip {
+            IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+            IpAddr::V6(v6) => {
+                v6.is_loopback() || v6.to_ipv4_mapped() == Some(std::net::Ipv4Addr::LOCALHOST)
+            }
+        };
+        Conn {
+            ip,
+            trusted,
+            findings: Vec::new(),
+            country: None,
+            confirmed_name: None,
+            sender: None,
+        }
+    }
 }
 
 /// Called with a client address and the reason when a client earns a ban in the
@@ -152,6 +184,7 @@ impl Engine {
         let (nspam, nham) = bayes.counts();
         info!(nspam, nham, "Bayes model loaded");
         let lists = store.list_entries()?;
+        let net = net_checks(&config);
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -171,6 +204,7 @@ impl Engine {
             bayes: RwLock::new(Arc::new(bayes)),
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
+            net,
         }))
     }
 
@@ -219,10 +253,13 @@ impl Engine {
     }
 
     /// Answers the session's policy questions.
-    fn decide(&self, q: &Question, client: IpAddr, sender: Option<&str>) -> Decision {
+    async fn decide(&self, q: &Question, conn: &mut Conn) -> Decision {
         let config = self.config();
+        let client = conn.ip;
+        let sender = conn.sender.as_deref();
         match q {
-            Question::Connect | Question::Helo { .. } => Decision::Accept,
+            Question::Connect => self.connect_checks(conn).await,
+            Question::Helo { .. } => Decision::Accept,
             Question::MailFrom { .. } => match self.spool.free_bytes() {
                 Ok(free) if free >= config.smtp.min_free_bytes => Decision::Accept,
                 Ok(free) => {
@@ -252,7 +289,7 @@ impl Engine {
                     let subject = levee_types::list::ListSubject {
                         sender,
                         client_ip: client,
-                        country: None,
+                        country: conn.country.as_deref(),
                         recipient: &to.to_string(),
                     };
                     match levee_types::list::decide(&lists, &subject) {
@@ -270,6 +307,40 @@ impl Engine {
                 }
             },
         }
+    }
+
+    /// The connection stage: DNS lists, reverse DNS, country. A client whose
+    /// findings already score past `checks.connect_reject_at` is refused before the
+    /// banner and banned.
+    async fn connect_checks(&self, conn: &mut Conn) -> Decision {
+        let Some(net) = &self.net else { return Decision::Accept };
+        if conn.trusted {
+            return Decision::Accept;
+        }
+        let report = net.connect_stage(conn.ip).await;
+        for w in &report.warnings {
+            warn!(source = %w.source, message = %w.message, "check health");
+        }
+        conn.confirmed_name = report.confirmed_name;
+        conn.country = report
+            .findings
+            .iter()
+            .find_map(|f| f.symbol.strip_prefix("COUNTRY_").map(str::to_string));
+        conn.findings = report.findings;
+        let verdict = levee_filter::score::verdict(&self.policy(), &conn.findings, false);
+        if verdict.score >= self.config().checks.connect_reject_at {
+            info!(client = %conn.ip, score = verdict.score, findings = %verdict.findings_summary(), "refused at connect");
+            self.ban(conn.ip, "connection checks");
+            let why = verdict
+                .findings
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(f, _)| f.symbol.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Decision::Reject(Reply::with(554, 7, 1, format!("client refused: {why}")));
+        }
+        Decision::Accept
     }
 
     pub fn lists(&self) -> Arc<Vec<levee_types::list::ListEntry>> {
@@ -295,7 +366,13 @@ impl Engine {
     }
 
     /// Content filter and lists: the verdict for a received message.
-    async fn judge(&self, envelope: &Envelope, data: Arc<Vec<u8>>) -> levee_types::Verdict {
+    async fn judge(
+        &self,
+        envelope: &Envelope,
+        data: Arc<Vec<u8>>,
+        mut findings: Vec<levee_types::Finding>,
+        country: Option<&str>,
+    ) -> levee_types::Verdict {
         let model = self.bayes();
         let policy = self.policy();
         let lists = self.lists();
@@ -307,19 +384,19 @@ impl Engine {
                 let subject = levee_types::list::ListSubject {
                     sender: sender.as_deref(),
                     client_ip: envelope.client_ip,
-                    country: None,
+                    country,
                     recipient: &r.to_string(),
                 };
                 levee_types::list::decide(&lists, &subject)
                     .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow)
             });
-        let findings =
+        let content =
             tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &data))
                 .await
                 .unwrap_or_else(|_| {
                     vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
                 });
-        let mut findings = findings;
+        findings.extend(content);
         if allowed {
             findings.push(levee_types::Finding::new("ALLOW_LISTED", "sender on the allow list"));
         }
@@ -328,10 +405,28 @@ impl Engine {
 
     /// Writes a received message durably and queues it for delivery. Returns only
     /// once the message is safe (the 250) or known not to be (4xx).
-    async fn accept_message(self: &Arc<Self>, incoming: Incoming) -> StoreOutcome {
-        let Incoming { envelope, data } = incoming;
+    async fn accept_message(self: &Arc<Self>, incoming: Incoming, conn: &Conn) -> StoreOutcome {
+        let Incoming { mut envelope, mut data } = incoming;
+        envelope.client_name = conn.confirmed_name.clone();
+        let mut findings = conn.findings.clone();
+        if let (Some(net), false) = (&self.net, conn.trusted) {
+            let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            let report = net.content_stage(envelope.client_ip, &envelope.helo, &from, &data).await;
+            for w in &report.warnings {
+                warn!(source = %w.source, message = %w.message, "check health");
+            }
+            findings.extend(report.findings);
+            if self.config().checks.auth {
+                // Recorded with the message so it is delivered exactly as judged.
+                let mut with_ar =
+                    format!("Authentication-Results: {}\r\n", report.authentication_results)
+                        .into_bytes();
+                with_ar.extend_from_slice(&data);
+                data = with_ar;
+            }
+        }
         let data = Arc::new(data);
-        let verdict = self.judge(&envelope, data.clone()).await;
+        let verdict = self.judge(&envelope, data.clone(), findings, conn.country.as_deref()).await;
         let data = Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         let summary = verdict.findings_summary();
         match verdict.action {
@@ -503,6 +598,47 @@ impl Engine {
     pub fn retry_now(&self, id: QueueId) {
         let _ = self.queue_tx.send(id);
     }
+}
+
+/// Builds the network checks from `[checks]`; `None` when the resolver cannot be
+/// set up (logged), in which case only local checks run.
+fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
+    let c = &config.checks;
+    let upstream = match c.dns_server {
+        Some(addr) => levee_netcheck::Upstream::Server(addr),
+        None => levee_netcheck::Upstream::System,
+    };
+    let dns = match levee_netcheck::Dns::new(upstream, Duration::from_millis(c.dns_timeout_ms)) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(error = %e, "no DNS resolver: network checks are off");
+            return None;
+        }
+    };
+    let lists = |v: &[levee_config::DnsListConfig]| {
+        v.iter()
+            .map(|l| levee_netcheck::DnsList {
+                zone: l.zone.0.clone(),
+                symbol: l.symbol.0.clone(),
+                codes: l.codes.iter().map(|(ip, s)| (*ip, s.0.clone())).collect(),
+            })
+            .collect()
+    };
+    let geoip = c.geoip_db.as_ref().and_then(|p| match levee_netcheck::GeoIp::open(p) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            error!(path = %p.display(), error = %e, "GeoIP database unreadable: no country checks");
+            None
+        }
+    });
+    let net = levee_netcheck::NetConfig {
+        hostname: config.hostname.0.clone(),
+        dnsbl: lists(&c.dnsbl),
+        uribl: lists(&c.uribl),
+        rdns: c.rdns,
+        ..Default::default()
+    };
+    Some(levee_netcheck::NetChecks::new(dns, net, geoip))
 }
 
 /// Periodic chores: quarantine expiry, hourly and once at start.
