@@ -1,0 +1,1 @@
+//! Router tests: every permission rule and every security header, through `oneshot`.
