@@ -1,5 +1,12 @@
 //! Train on one manifest, evaluate on another:
-//! `cargo run --release -p levee-filter --example eval -- TRAIN.tsv DEV.tsv [--errors] [--save MODEL]`
+//! `cargo run --release -p levee-filter --example eval -- TRAIN.tsv DEV.tsv [OPTIONS]`
+//!
+//! - `--errors` / `--dump`: list misclassified (or all) messages with their findings on stderr
+//! - `--save MODEL`: write the trained model (`Model::to_bytes`)
+//! - `--min-of N`: classify N times, keep each message's fastest time (timing on a busy machine)
+//! - `--probs`: print label, source and Bayes probability per dev message
+//! - `--explain FILE...`: print the tokens and findings of single messages
+//! - `--rule-stats`: how often each rule fires on spam and ham of TRAIN.tsv
 
 use std::path::Path;
 use std::process::ExitCode;
