@@ -205,7 +205,9 @@ async fn list_add(
         v.require(Perm::Lists)?;
         let Json(n) = body.map_err(|e| AppError::BadRequest(e.body_text()))?;
         let entry: levee_types::list::ListEntry =
-            n.entry.parse().map_err(|e| AppError::BadRequest(format!("{e}")))?;
+            n.entry
+                .parse::<levee_types::list::ListEntry>()
+                .map_err(|e| AppError::BadRequest(e.to_string()))?;
         let id = st.engine().add_list_entry(&entry, &n.note, &v.user.name)?;
         Ok(json!({ "id": id }))
     })())

@@ -16,8 +16,17 @@ pub fn parse(text: &str) -> Result<DocumentMut, String> {
     text.parse::<DocumentMut>().map_err(|e| e.to_string())
 }
 
+/// Replaces a value, keeping the comment and spacing around the old one.
+fn set_keep(item: &mut Item, new: impl Into<toml_edit::Value>) {
+    let mut new: toml_edit::Value = new.into();
+    if let Some(old) = item.as_value() {
+        *new.decor_mut() = old.decor().clone();
+    }
+    *item = Item::Value(new);
+}
+
 pub fn set_hostname(doc: &mut DocumentMut, hostname: &str) {
-    doc["hostname"] = value(hostname);
+    set_keep(&mut doc["hostname"], hostname);
 }
 
 fn domains(doc: &mut DocumentMut) -> &mut ArrayOfTables {
@@ -69,10 +78,10 @@ fn policy(doc: &mut DocumentMut) -> &mut Table {
 
 pub fn set_thresholds(doc: &mut DocumentMut, tag: f64, quarantine: f64, reject: f64, days: i64) {
     let p = policy(doc);
-    p["tag_at"] = value(tag);
-    p["quarantine_at"] = value(quarantine);
-    p["reject_at"] = value(reject);
-    p["quarantine_days"] = value(days);
+    set_keep(&mut p["tag_at"], tag);
+    set_keep(&mut p["quarantine_at"], quarantine);
+    set_keep(&mut p["reject_at"], reject);
+    set_keep(&mut p["quarantine_days"], days);
 }
 
 /// Sets (or, with `None`, removes) one symbol's weight override.

@@ -631,18 +631,25 @@ async fn policy(
 
 #[derive(Deserialize)]
 struct PolicyForm {
-    tag_at: f64,
-    quarantine_at: f64,
-    reject_at: f64,
-    quarantine_days: i64,
+    tag_at: String,
+    quarantine_at: String,
+    reject_at: String,
+    quarantine_days: String,
 }
 
 async fn policy_save(State(st): State<AppState>, p: Post<PolicyForm>) -> AppResult<Response> {
     p.viewer.require(Perm::Settings)?;
     let f = p.form;
-    match edit_config(&st, |doc| {
-        config_edit::set_thresholds(doc, f.tag_at, f.quarantine_at, f.reject_at, f.quarantine_days)
-    }) {
+    let num = |s: &str| s.trim().parse::<f64>().ok().filter(|x| x.is_finite());
+    let (Some(tag), Some(q), Some(rej), Ok(days)) = (
+        num(&f.tag_at),
+        num(&f.quarantine_at),
+        num(&f.reject_at),
+        f.quarantine_days.trim().parse::<i64>(),
+    ) else {
+        return Ok(back("/policy", "Thresholds and days must be numbers."));
+    };
+    match edit_config(&st, |doc| config_edit::set_thresholds(doc, tag, q, rej, days)) {
         Ok(()) => Ok(back("/policy", "Saved.")),
         Err(AppError::BadRequest(m)) => Ok(back("/policy", &m)),
         Err(e) => Err(e),
@@ -1016,8 +1023,8 @@ pub(crate) fn allow_for(
     for r in e.rcpt_to.iter().filter(|r| addresses.iter().any(|a| a.eq_ignore_ascii_case(r))) {
         let entry: ListEntry =
             format!("allow sender {} for rcpt:{}", e.mail_from.to_lowercase(), r.to_lowercase())
-                .parse()
-                .map_err(|e| AppError::BadRequest(format!("{e}")))?;
+                .parse::<ListEntry>()
+                .map_err(|e| AppError::BadRequest(e.to_string()))?;
         st.engine().add_list_entry(&entry, "released from quarantine", by)?;
     }
     Ok(())

@@ -262,8 +262,8 @@ pub fn sanitize_html(input: &str) -> String {
         push_text(&mut out, &rest[..lt]);
         i += lt;
         let rest = &input[i..];
-        if rest.starts_with("<!--") {
-            i += rest[4..].find("-->").map(|p| p + 7).unwrap_or(rest.len());
+        if let Some(comment) = rest.strip_prefix("<!--") {
+            i += comment.find("-->").map(|p| p + 7).unwrap_or(rest.len());
             continue;
         }
         if rest.starts_with("<!") || rest.starts_with("<?") || rest.starts_with("</!") {

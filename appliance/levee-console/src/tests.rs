@@ -1,1 +1,847 @@
-//! Router tests: every permission rule and every security header, through `oneshot`.
+//! Router tests: every permission rule and every security header, through `oneshot`,
+//! against a real engine on a temporary data directory.
+
+use super::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use levee_store::{Frequency, QuarantineEntry, Role, User};
+use levee_types::{Address, QueueId};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tower::ServiceExt;
+
+struct Env {
+    dir: PathBuf,
+    state: AppState,
+    app: Router,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn env() -> Env {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "levee-console-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        "# test appliance\nhostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n[[domain]]\nname = \"example.test\"\ndownstream = \"127.0.0.1:9\"\n",
+        dir.join("data").display()
+    );
+    let path = dir.join("levee.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = levee_config::Config::parse(&text, "test").unwrap();
+    let engine = Engine::open(config).unwrap();
+    engine.set_config_path(path);
+    let state = AppState::new(engine).unwrap();
+    let app = router(state.clone());
+    Env { dir, state, app }
+}
+
+const PASSWORD: &str = "a long enough password";
+
+/// A cheap but valid argon2id hash (tests need many users; the real cost is not the point).
+fn quick_hash(pw: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(64, 1, 1, None).unwrap();
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(pw.as_bytes(), &SaltString::encode_b64(b"0123456789abcdef").unwrap())
+        .unwrap()
+        .to_string()
+}
+
+fn add_user(e: &Env, name: &str, role: Role, addresses: &[&str]) {
+    let u = User {
+        name: name.into(),
+        role,
+        password_hash: quick_hash(PASSWORD),
+        addresses: addresses.iter().map(|s| s.to_string()).collect(),
+        digest: Frequency::Daily,
+        digest_last_sent: 0,
+        created_at: 1,
+    };
+    assert!(e.state.store().user_create(&u).unwrap());
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> &str {
+        self.headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+    fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .map(str::to_string)
+    }
+}
+
+async fn send(
+    e: &Env,
+    method: &str,
+    path: &str,
+    cookies: &str,
+    body: &str,
+    extra: &[(&str, &str)],
+    ip: &str,
+) -> Resp {
+    let mut b = Request::builder().method(method).uri(path);
+    if !cookies.is_empty() {
+        b = b.header(header::COOKIE, cookies);
+    }
+    if method == "POST" && !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+        b = b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    }
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let mut req = b.body(Body::from(body.to_string())).unwrap();
+    req.extensions_mut().insert(Peer(SocketAddr::new(ip.parse().unwrap(), 40000)));
+    let r = e.app.clone().oneshot(req).await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let bytes = axum::body::to_bytes(r.into_body(), 10 << 20).await.unwrap();
+    Resp { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn get(e: &Env, path: &str, cookies: &str) -> Resp {
+    send(e, "GET", path, cookies, "", &[], "192.0.2.1").await
+}
+
+/// A logged-in session: (cookie header, csrf token).
+struct Login {
+    cookie: String,
+    csrf: String,
+}
+
+async fn try_login(e: &Env, user: &str, pw: &str, ip: &str) -> Resp {
+    let form = get(e, "/login", "").await;
+    let pre = form.set_cookie(PRE_COOKIE).expect("pre cookie");
+    let token = pre.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    send(
+        e,
+        "POST",
+        "/login",
+        &format!("{PRE_COOKIE}={token}"),
+        &format!("_csrf={token}&username={user}&password={}", pw.replace(' ', "+")),
+        &[],
+        ip,
+    )
+    .await
+}
+
+async fn login(e: &Env, user: &str) -> Login {
+    let r = try_login(e, user, PASSWORD, "192.0.2.1").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    session_of(e, &r)
+}
+
+fn session_of(e: &Env, r: &Resp) -> Login {
+    let c = r.set_cookie(SESSION_COOKIE).expect("session cookie");
+    let id = c.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let s = e.state.store().session_get(&auth::digest(&id)).unwrap().unwrap();
+    Login { cookie: format!("{SESSION_COOKIE}={id}"), csrf: s.csrf }
+}
+
+async fn post(e: &Env, l: &Login, path: &str, body: &str) -> Resp {
+    let body = if body.is_empty() {
+        format!("_csrf={}", l.csrf)
+    } else {
+        format!("_csrf={}&{body}", l.csrf)
+    };
+    send(e, "POST", path, &l.cookie, &body, &[], "192.0.2.1").await
+}
+
+/// Queues a real message through the engine and holds it in quarantine.
+async fn quarantined(e: &Env, rcpt: &str, subject: &str, body: &str) -> QueueId {
+    let data = format!(
+        "From: \"Mallory <b>\" <mallory@evil.test>\r\nTo: {rcpt}\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/html\r\n\r\n{body}\r\n--XX\r\nContent-Type: application/x-msdownload\r\nContent-Disposition: attachment; filename=\"invoice<script>.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVpQ\r\n--XX--\r\n"
+    );
+    let id = e
+        .state
+        .engine()
+        .send_mail(
+            Some(Address::parse("mallory@evil.test", false).unwrap()),
+            vec![Address::parse(rcpt, false).unwrap()],
+            data.into_bytes(),
+        )
+        .await
+        .unwrap();
+    let store = e.state.store();
+    let mut q = store.queue_get(&id).unwrap().unwrap();
+    q.held = true;
+    store.queue_put(&q).unwrap();
+    store
+        .quarantine_put(&QuarantineEntry {
+            id: id.clone(),
+            received_at: now(),
+            expires_at: now() + 86_400,
+            client_ip: "203.0.113.9".into(),
+            mail_from: "mallory@evil.test".into(),
+            rcpt_to: vec![rcpt.into()],
+            from_header: "Mallory <b> <mallory@evil.test>".into(),
+            subject: subject.into(),
+            size: 100,
+            score: 9.5,
+            action: "quarantine".into(),
+            findings: vec![("GTUBE".into(), "<script>x</script>".into(), 100.0)],
+        })
+        .unwrap();
+    id
+}
+
+fn assert_security_headers(r: &Resp, what: &str) {
+    let h = |k: &str| r.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(h("content-security-policy"), CSP, "{what}");
+    assert_eq!(h("x-frame-options"), "DENY", "{what}");
+    assert_eq!(h("x-content-type-options"), "nosniff", "{what}");
+    assert!(h("strict-transport-security").starts_with("max-age="), "{what}");
+    assert_eq!(h("referrer-policy"), "no-referrer", "{what}");
+    assert!(
+        CSP.contains("script-src 'self'")
+            && !CSP.contains("unsafe-inline")
+            && CSP.contains("frame-ancestors 'none'")
+    );
+}
+
+#[tokio::test]
+async fn first_run_sets_the_admin_and_config_once() {
+    let e = env();
+    assert_eq!(get(&e, "/", "").await.location(), "/setup");
+    assert_eq!(get(&e, "/login", "").await.location(), "/setup");
+    let form = get(&e, "/setup", "").await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert_security_headers(&form, "setup");
+    let pre = form.set_cookie(PRE_COOKIE).unwrap();
+    assert!(
+        pre.contains("Secure") && pre.contains("HttpOnly") && pre.contains("SameSite=Strict"),
+        "{pre}"
+    );
+    let token = pre.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    let body = format!("_csrf={token}&password=correct+horse+battery&password2=correct+horse+battery&hostname=gw.example.test&domain=shop.test&downstream=127.0.0.1%3A2626");
+    // Without the double-submit cookie: refused, nothing created.
+    let r = send(&e, "POST", "/setup", "", &body, &[], "192.0.2.1").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(e.state.store().users_len(), 0);
+    // Too short.
+    let short = body.replace("correct+horse+battery", "short");
+    let r = send(&e, "POST", "/setup", &format!("{PRE_COOKIE}={token}"), &short, &[], "192.0.2.1")
+        .await;
+    assert!(r.body.contains("too short"));
+    let r =
+        send(&e, "POST", "/setup", &format!("{PRE_COOKIE}={token}"), &body, &[], "192.0.2.1").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/mx?domain=shop.test");
+    let cookie = r.set_cookie(SESSION_COOKIE).unwrap();
+    for attr in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    let c = e.state.engine().config();
+    assert_eq!(c.hostname.0, "gw.example.test");
+    assert!(c.domains.iter().any(|d| d.domain().as_str() == "shop.test" && d.ready()));
+    let file = std::fs::read_to_string(e.state.engine().config_path().unwrap()).unwrap();
+    assert!(file.starts_with("# test appliance"), "comments kept: {file}");
+    assert!(auth::verify_password(
+        "correct horse battery",
+        &e.state.store().user_get("admin").unwrap().unwrap().password_hash
+    ));
+    // A second setup is refused, and the page is gone.
+    let r = send(
+        &e,
+        "POST",
+        "/setup",
+        &format!("{PRE_COOKIE}={token}"),
+        &body.replace("correct", "another"),
+        &[],
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&e, "/setup", "").await.location(), "/login");
+}
+
+#[tokio::test]
+async fn security_headers_are_on_every_response() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &["admin@example.test"]);
+    let a = login(&e, "admin").await;
+    let id = quarantined(&e, "admin@example.test", "hello", "<p>hi</p>").await;
+    for (path, cookie) in [
+        ("/login", ""),
+        ("/dashboard", ""),
+        ("/nope", ""),
+        ("/static/app.js", ""),
+        ("/static/app.css", ""),
+        ("/api/v1/me", ""),
+        ("/api/v1/openapi.json", ""),
+        ("/metrics", ""),
+        ("/dashboard", a.cookie.as_str()),
+        ("/quarantine", a.cookie.as_str()),
+        (&format!("/quarantine/{id}"), a.cookie.as_str()),
+        (&format!("/quarantine/{id}/attachment/0"), a.cookie.as_str()),
+        ("/system/config", a.cookie.as_str()),
+    ] {
+        let r = get(&e, path, cookie).await;
+        assert_security_headers(&r, path);
+    }
+    // The message frame: its own strict CSP, framable by us only.
+    let r = get(&e, &format!("/quarantine/{id}/body"), &a.cookie).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers.get("content-security-policy").unwrap(), FRAME_CSP);
+    assert_eq!(r.headers.get("x-frame-options").unwrap(), "SAMEORIGIN");
+    assert_eq!(r.headers.get("x-content-type-options").unwrap(), "nosniff");
+    // Attachments only as downloads.
+    let r = get(&e, &format!("/quarantine/{id}/attachment/0"), &a.cookie).await;
+    assert_eq!(r.headers.get("content-type").unwrap(), "application/octet-stream");
+    let cd = r.headers.get("content-disposition").unwrap().to_str().unwrap();
+    assert!(
+        cd.starts_with("attachment; filename=\"") && !cd.contains('<') && !cd.contains('/'),
+        "{cd}"
+    );
+    assert_eq!(r.body, "MZP");
+}
+
+#[tokio::test]
+async fn login_gives_one_answer_and_throttles_pairs_and_sources() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &[]);
+    let strip = |s: &str| {
+        s.split("name=\"_csrf\" value=\"").map(|p| p.get(64..).unwrap_or(p)).collect::<String>()
+    };
+    let wrong = try_login(&e, "admin", "not the password", "192.0.2.50").await;
+    let unknown = try_login(&e, "nobody", "not the password", "192.0.2.51").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.status, unknown.status);
+    assert_eq!(
+        strip(&wrong.body),
+        strip(&unknown.body),
+        "same page for unknown user and wrong password"
+    );
+    assert!(wrong.set_cookie(SESSION_COOKIE).is_none());
+
+    // Five failures for (admin, A): A is blocked for admin even with the right password...
+    for _ in 0..auth::PAIR_LIMIT {
+        try_login(&e, "admin", "wrong password!", "198.51.100.1").await;
+    }
+    let r = try_login(&e, "admin", PASSWORD, "198.51.100.1").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // ...but the admin still gets in from elsewhere: no global account lock.
+    let r = try_login(&e, "admin", PASSWORD, "198.51.100.2").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // A source spraying many accounts hits its own cap, then is refused for every account.
+    for i in 0..auth::SOURCE_LIMIT {
+        try_login(&e, &format!("user{i}"), "x", "203.0.113.7").await;
+    }
+    let r = try_login(&e, "admin", PASSWORD, "203.0.113.7").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(try_login(&e, "admin", PASSWORD, "203.0.113.8").await.status, StatusCode::SEE_OTHER);
+    // A malformed stored hash never authenticates.
+    let mut u = e.state.store().user_get("admin").unwrap().unwrap();
+    u.password_hash = "$argon2id$broken".into();
+    e.state.store().user_put(&u).unwrap();
+    assert_eq!(
+        try_login(&e, "admin", PASSWORD, "192.0.2.99").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sessions_renew_expire_and_end() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &[]);
+    let a = login(&e, "admin").await;
+    let b = login(&e, "admin").await;
+    assert_ne!(a.cookie, b.cookie, "a fresh session id at every login");
+    assert_ne!(a.csrf, b.csrf);
+    // A session id the browser brings along is never adopted: login sets a new one.
+    let r = try_login(&e, "admin", PASSWORD, "192.0.2.1").await;
+    assert!(!r.set_cookie(SESSION_COOKIE).unwrap().contains(a.cookie.split('=').nth(1).unwrap()));
+    assert_eq!(get(&e, "/dashboard", &a.cookie).await.status, StatusCode::OK);
+    // Logout ends the session.
+    assert_eq!(post(&e, &a, "/logout", "").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(get(&e, "/dashboard", &a.cookie).await.location(), "/login");
+    // Idle timeout.
+    let id = b.cookie.split('=').nth(1).unwrap();
+    let digest = auth::digest(id);
+    let mut s = e.state.store().session_get(&digest).unwrap().unwrap();
+    s.last_seen = now() - auth::IDLE_TIMEOUT_SECS - 1;
+    e.state.store().session_put(&digest, &s).unwrap();
+    assert_eq!(get(&e, "/dashboard", &b.cookie).await.location(), "/login");
+    // Absolute timeout, however busy.
+    let c = login(&e, "admin").await;
+    let digest = auth::digest(c.cookie.split('=').nth(1).unwrap());
+    let mut s = e.state.store().session_get(&digest).unwrap().unwrap();
+    s.created_at = now() - auth::ABSOLUTE_TIMEOUT_SECS - 1;
+    e.state.store().session_put(&digest, &s).unwrap();
+    assert_eq!(get(&e, "/dashboard", &c.cookie).await.location(), "/login");
+    // A password change ends every other session and renews the current one.
+    let d = login(&e, "admin").await;
+    let other = login(&e, "admin").await;
+    let r = post(
+        &e,
+        &d,
+        "/account/password",
+        &format!("current={}&password=another+long+password", PASSWORD.replace(' ', "+")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let renewed = session_of(&e, &r);
+    assert_ne!(renewed.cookie, d.cookie);
+    assert_eq!(get(&e, "/dashboard", &d.cookie).await.location(), "/login");
+    assert_eq!(get(&e, "/dashboard", &other.cookie).await.location(), "/login");
+    assert_eq!(get(&e, "/dashboard", &renewed.cookie).await.status, StatusCode::OK);
+}
+
+/// Every state-changing route, with a body that would be valid.
+const POSTS: &[(&str, &str)] = &[
+    ("/logout", ""),
+    ("/domains", "name=new.test&downstream=127.0.0.1%3A25&tls=none&enabled=on"),
+    ("/domains/delete", "name=example.test"),
+    ("/policy", "tag_at=4&quarantine_at=6&reject_at=15&quarantine_days=10"),
+    ("/policy/weight", "symbol=X&weight=1"),
+    ("/lists", "entry=block+sender-domain+spam.test"),
+    ("/lists/1/delete", ""),
+    ("/quarantine/bulk", "action=delete&ids=0000000000000001"),
+    ("/quarantine/0000000000000001/release", ""),
+    ("/queue/0000000000000001/retry", ""),
+    ("/queue/0000000000000001/delete", ""),
+    ("/reports", "frequency=daily&recipients=a%40example.test"),
+    ("/reports/1/delete", ""),
+    ("/reports/1/send", ""),
+    ("/users", "name=eve&role=admin&password=long+enough+pw"),
+    ("/users/admin/delete", ""),
+    ("/users/admin/password", "password=long+enough+pw"),
+    ("/account/password", "current=x&password=long+enough+pw"),
+    ("/account/digest", "digest=never"),
+    ("/account/tokens", "label=x"),
+    ("/account/tokens/1/delete", ""),
+    ("/system/config", "config=x"),
+    ("/system/certificate", "cert=x&key=y"),
+    ("/my/lists", "kind=block&what=sender&value=a%40b.test&address=admin%40example.test"),
+    ("/my/lists/1/delete", ""),
+];
+
+#[tokio::test]
+async fn every_post_needs_the_session_csrf_token_and_gets_change_nothing() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &["admin@example.test"]);
+    let a = login(&e, "admin").await;
+    let other = login(&e, "admin").await;
+    let config_before = std::fs::read_to_string(e.state.engine().config_path().unwrap()).unwrap();
+    for (path, body) in POSTS {
+        for token in [String::new(), "0".repeat(64), other.csrf.clone()] {
+            let b =
+                if token.is_empty() { body.to_string() } else { format!("_csrf={token}&{body}") };
+            let r = send(&e, "POST", path, &a.cookie, &b, &[], "192.0.2.1").await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} with csrf {token:?}");
+        }
+        // GET on a state-changing route never acts (405, or a page that only shows).
+        let r = get(&e, path, &a.cookie).await;
+        assert!(
+            r.status == StatusCode::METHOD_NOT_ALLOWED || r.status == StatusCode::OK,
+            "{path}: {}",
+            r.status
+        );
+        // Cross-site posts are refused even with a good token.
+        let r = send(
+            &e,
+            "POST",
+            path,
+            &a.cookie,
+            &format!("_csrf={}&{body}", a.csrf),
+            &[("sec-fetch-site", "cross-site")],
+            "192.0.2.1",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} cross-site");
+    }
+    assert_eq!(
+        std::fs::read_to_string(e.state.engine().config_path().unwrap()).unwrap(),
+        config_before
+    );
+    assert_eq!(e.state.store().users_len(), 1);
+    assert!(e.state.store().list_all().unwrap().is_empty());
+    assert_eq!(get(&e, "/dashboard", &a.cookie).await.status, StatusCode::OK, "still logged in");
+    // Pre-session forms need their double-submit cookie too.
+    let r = send(
+        &e,
+        "POST",
+        "/login",
+        "",
+        &format!("_csrf={}&username=admin&password=x", "a".repeat(64)),
+        &[],
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn roles_see_and_change_only_what_they_may() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &[]);
+    add_user(&e, "qm", Role::QuarantineManager, &[]);
+    add_user(&e, "aud", Role::Auditor, &[]);
+    add_user(&e, "bob", Role::User, &["bob@example.test"]);
+    let (admin, qm, aud, bob) = (
+        login(&e, "admin").await,
+        login(&e, "qm").await,
+        login(&e, "aud").await,
+        login(&e, "bob").await,
+    );
+    // GET pages: (path, admin, qm, auditor, user) -> expected status.
+    const OK: u16 = 200;
+    const NO: u16 = 403;
+    let pages: &[(&str, [u16; 4])] = &[
+        ("/dashboard", [OK, OK, OK, NO]),
+        ("/log", [OK, OK, OK, NO]),
+        ("/queue", [OK, OK, OK, NO]),
+        ("/domains", [OK, OK, OK, NO]),
+        ("/policy", [OK, OK, OK, NO]),
+        ("/lists", [OK, OK, OK, NO]),
+        ("/reports", [OK, NO, NO, NO]),
+        ("/users", [OK, NO, NO, NO]),
+        ("/system", [OK, NO, NO, NO]),
+        ("/system/config", [OK, NO, NO, NO]),
+        ("/my/quarantine", [OK, OK, OK, OK]),
+        ("/my/lists", [OK, OK, OK, OK]),
+        ("/account", [OK, OK, OK, OK]),
+        ("/api/v1/log", [OK, OK, OK, NO]),
+        ("/api/v1/queue", [OK, OK, OK, NO]),
+        ("/api/v1/lists", [OK, OK, OK, NO]),
+        ("/api/v1/me", [OK, OK, OK, OK]),
+        ("/metrics", [OK, OK, OK, NO]),
+    ];
+    for (path, want) in pages {
+        for (who, w) in [&admin, &qm, &aud, &bob].iter().zip(want) {
+            let r = get(&e, path, &who.cookie).await;
+            assert_eq!(r.status.as_u16(), *w, "{path} as {}", who.cookie);
+        }
+    }
+    // Staff quarantine list sends end users to their own.
+    assert_eq!(get(&e, "/quarantine", &bob.cookie).await.location(), "/my/quarantine");
+    // Changes: settings are admin-only; lists admin and quarantine manager.
+    let settings = [
+        ("/domains", "name=x.test&downstream=127.0.0.1%3A25&tls=none&enabled=on"),
+        ("/policy", "tag_at=4&quarantine_at=6&reject_at=15&quarantine_days=10"),
+        ("/users", "name=eve&role=admin&password=long+enough+pw"),
+        ("/reports", "frequency=daily&recipients=a%40example.test"),
+    ];
+    for (path, body) in settings {
+        for who in [&qm, &aud, &bob] {
+            assert_eq!(post(&e, who, path, body).await.status, StatusCode::FORBIDDEN, "{path}");
+        }
+    }
+    assert!(e.state.store().user_get("eve").unwrap().is_none());
+    for who in [&aud, &bob] {
+        assert_eq!(
+            post(&e, who, "/lists", "entry=block+sender-domain+spam.test").await.status,
+            StatusCode::FORBIDDEN
+        );
+    }
+    assert_eq!(
+        post(&e, &qm, "/lists", "entry=block+sender-domain+spam.test").await.status,
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(e.state.store().list_all().unwrap().len(), 1);
+    // An end user's own list: only for their own address, only senders.
+    let r = post(
+        &e,
+        &bob,
+        "/my/lists",
+        "kind=allow&what=sender&value=friend%40ok.test&address=alice%40example.test",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = post(
+        &e,
+        &bob,
+        "/my/lists",
+        "kind=allow&what=sender&value=friend%40ok.test&address=bob%40example.test",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let all = e.state.store().list_all().unwrap();
+    let mine = all.iter().find(|x| x.entry.contains("friend@ok.test")).unwrap();
+    assert_eq!(mine.entry, "allow sender friend@ok.test for rcpt:bob@example.test");
+    let global = all.iter().find(|x| x.entry.contains("spam.test")).unwrap();
+    assert_eq!(
+        post(&e, &bob, &format!("/my/lists/{}/delete", global.id), "").await.status,
+        StatusCode::NOT_FOUND,
+        "not bob's"
+    );
+    assert_eq!(
+        post(&e, &bob, &format!("/my/lists/{}/delete", mine.id), "").await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Admin changes go through the config file.
+    assert_eq!(
+        post(&e, &admin, "/domains", "name=x.test&downstream=127.0.0.1%3A25&tls=none&enabled=on")
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
+    assert!(e.state.engine().config().domains.iter().any(|d| d.domain().as_str() == "x.test"));
+    let r = post(&e, &admin, "/policy", "tag_at=9&quarantine_at=6&reject_at=15&quarantine_days=10")
+        .await;
+    assert!(r.location().contains("msg="), "refused with a message: {}", r.location());
+    assert_eq!(e.state.engine().config().policy.tag_at, levee_config::Policy::default().tag_at);
+}
+
+#[tokio::test]
+async fn no_one_sees_or_acts_on_another_users_mail() {
+    let e = env();
+    add_user(&e, "bob", Role::User, &["bob@example.test"]);
+    add_user(&e, "carol", Role::User, &["carol@example.test"]);
+    add_user(&e, "aud", Role::Auditor, &[]);
+    let (bob, carol, aud) =
+        (login(&e, "bob").await, login(&e, "carol").await, login(&e, "aud").await);
+    let mine = quarantined(
+        &e,
+        "bob@example.test",
+        "<script>window.__pwned=1</script>bob's",
+        "<p>hi bob</p><script>window.__pwned=1</script>",
+    )
+    .await;
+    let theirs = quarantined(&e, "carol@example.test", "carol's", "<p>hi carol</p>").await;
+
+    let list = get(&e, "/my/quarantine", &bob.cookie).await;
+    assert!(list.body.contains(mine.as_str()) && !list.body.contains(theirs.as_str()));
+    assert!(!list.body.contains("<script>window"), "subjects are escaped");
+    assert!(list.body.contains("&lt;script&gt;window.__pwned=1&lt;/script&gt;bob"));
+    // Guessing carol's id: not found, for every way in.
+    for path in [
+        format!("/quarantine/{theirs}"),
+        format!("/quarantine/{theirs}/body"),
+        format!("/quarantine/{theirs}/attachment/0"),
+        format!("/api/v1/quarantine/{theirs}"),
+    ] {
+        assert_eq!(get(&e, &path, &bob.cookie).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    for action in ["release", "release-allow", "report", "delete"] {
+        assert_eq!(
+            post(&e, &bob, &format!("/quarantine/{theirs}/{action}"), "").await.status,
+            StatusCode::NOT_FOUND,
+            "{action}"
+        );
+    }
+    let r =
+        post(&e, &bob, "/quarantine/bulk", &format!("action=delete&ids={theirs}&ids=ZZZ")).await;
+    assert!(r.location().contains("0%20of%202"), "{}", r.location());
+    assert!(e.state.store().quarantine_get(&theirs).unwrap().is_some());
+    let api = get(&e, "/api/v1/quarantine", &bob.cookie).await;
+    let v: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+    assert_eq!(v["total"], 1);
+    assert_eq!(v["items"][0]["id"], mine.as_str());
+    // An auditor sees everything but changes nothing.
+    assert_eq!(get(&e, &format!("/quarantine/{theirs}"), &aud.cookie).await.status, StatusCode::OK);
+    assert_eq!(
+        post(&e, &aud, &format!("/quarantine/{theirs}/delete"), "").await.status,
+        StatusCode::FORBIDDEN
+    );
+    // Bob's own message: viewable safely, and releasable.
+    let view = get(&e, &format!("/quarantine/{mine}"), &bob.cookie).await;
+    assert_eq!(view.status, StatusCode::OK);
+    assert!(
+        view.body.contains("sandbox=\"\"")
+            && view.body.contains(&format!("/quarantine/{mine}/body"))
+    );
+    assert!(!view.body.contains("<script>window"));
+    let frame = get(&e, &format!("/quarantine/{mine}/body"), &bob.cookie).await;
+    assert!(frame.body.contains("hi bob") && !frame.body.contains("<script"), "{}", frame.body);
+    let r = post(&e, &bob, &format!("/quarantine/{mine}/release-allow"), "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(e.state.store().quarantine_get(&mine).unwrap().is_none());
+    assert!(!e.state.store().queue_get(&mine).unwrap().unwrap().held);
+    let lists = e.state.store().list_all().unwrap();
+    assert_eq!(lists.len(), 1);
+    assert_eq!(lists[0].entry, "allow sender mallory@evil.test for rcpt:bob@example.test");
+    let _ = carol;
+}
+
+#[tokio::test]
+async fn api_tokens_and_metrics() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &[]);
+    add_user(&e, "aud", Role::Auditor, &[]);
+    let admin = login(&e, "admin").await;
+    let token = "t".repeat(40);
+    e.state.store().token_add(&auth::digest(&token), "aud", "prometheus", 1).unwrap();
+    let bearer = format!("Bearer {token}");
+    let r = send(&e, "GET", "/metrics", "", "", &[("authorization", &bearer)], "192.0.2.1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains("levee_queue_messages 0")
+            && r.body.contains("levee_domain_ready{domain=\"example.test\"} 1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get(&e, "/metrics", "").await.status, StatusCode::UNAUTHORIZED);
+    let r =
+        send(&e, "GET", "/api/v1/me", "", "", &[("authorization", "Bearer wrong")], "192.0.2.1")
+            .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // The auditor's token cannot change lists.
+    let json = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let r = send(
+        &e,
+        "POST",
+        "/api/v1/lists",
+        "",
+        r#"{"entry":"block ip 192.0.2.0/24"}"#,
+        &json,
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A session must send its CSRF header on API posts.
+    let cj = [("content-type", "application/json")];
+    let r = send(
+        &e,
+        "POST",
+        "/api/v1/lists",
+        &admin.cookie,
+        r#"{"entry":"block ip 192.0.2.0/24"}"#,
+        &cj,
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let with = [("content-type", "application/json"), ("x-csrf-token", admin.csrf.as_str())];
+    let r = send(
+        &e,
+        "POST",
+        "/api/v1/lists",
+        &admin.cookie,
+        r#"{"entry":"block ip 192.0.2.0/24"}"#,
+        &with,
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // An admin token may.
+    let admin_token = "a".repeat(40);
+    e.state.store().token_add(&auth::digest(&admin_token), "admin", "script", 1).unwrap();
+    let ab = format!("Bearer {admin_token}");
+    let r = send(
+        &e,
+        "POST",
+        "/api/v1/lists",
+        "",
+        r#"{"entry":"allow sender-domain good.test"}"#,
+        &[("authorization", &ab), ("content-type", "application/json")],
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(e.state.store().list_all().unwrap().len(), 2);
+    let spec: serde_json::Value =
+        serde_json::from_str(&get(&e, "/api/v1/openapi.json", "").await.body).unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["paths"]["/quarantine/{id}/{action}"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn signed_links_release_once_for_their_recipient_only() {
+    let e = env();
+    let id = quarantined(&e, "bob@example.test", "held", "<p>x</p>").await;
+    let other = quarantined(&e, "carol@example.test", "held", "<p>x</p>").await;
+    let key = *e.state.link_key();
+    let link = |id: &QueueId, rcpt: &str, action| {
+        links::sign(
+            &key,
+            &links::Link { action, id: id.clone(), rcpt: rcpt.into(), expires: now() + 3600 },
+        )
+    };
+    let good = link(&id, "bob@example.test", links::LinkAction::ReleaseAllow);
+    // Bob's link pointed at carol's message: nothing.
+    assert_eq!(
+        get(
+            &e,
+            &format!("/a/{}", link(&other, "bob@example.test", links::LinkAction::Release)),
+            ""
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    let tampered = good.replacen("allow", "release", 1);
+    assert_eq!(get(&e, &format!("/a/{tampered}"), "").await.status, StatusCode::NOT_FOUND);
+    // GET only shows a confirmation; the message stays held.
+    let page = get(&e, &format!("/a/{good}"), "").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(e.state.store().quarantine_get(&id).unwrap().is_some());
+    let pre = page.set_cookie(PRE_COOKIE).unwrap();
+    let t = pre.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
+    assert_eq!(
+        send(&e, "POST", &format!("/a/{good}"), "", &format!("_csrf={t}"), &[], "192.0.2.1")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let r = send(
+        &e,
+        "POST",
+        &format!("/a/{good}"),
+        &format!("{PRE_COOKIE}={t}"),
+        &format!("_csrf={t}"),
+        &[],
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(e.state.store().quarantine_get(&id).unwrap().is_none());
+    assert_eq!(
+        e.state.store().list_all().unwrap()[0].entry,
+        "allow sender mallory@evil.test for rcpt:bob@example.test"
+    );
+    // Used up: the message is no longer held.
+    assert_eq!(get(&e, &format!("/a/{good}"), "").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn digests_and_reports_go_through_the_queue() {
+    let e = env();
+    add_user(&e, "bob", Role::User, &["bob@example.test"]);
+    let id = quarantined(&e, "bob@example.test", "Cheap <pills>", "<p>x</p>").await;
+    let before = e.state.store().queue_all().unwrap().len();
+    let bob = e.state.store().user_get("bob").unwrap().unwrap();
+    let text = mailout::digest_text(&e.state, &bob, 0, now()).unwrap().unwrap();
+    assert!(
+        text.contains("Cheap <pills>") && text.contains("https://mx.example.test/a/"),
+        "{text}"
+    );
+    let token =
+        text.lines().find_map(|l| l.strip_prefix("Release: https://mx.example.test/a/")).unwrap();
+    assert_eq!(links::verify(e.state.link_key(), token, now()).unwrap().id, id);
+    mailout::tick(&e.state, now()).await.unwrap();
+    assert_eq!(e.state.store().queue_all().unwrap().len(), before + 1, "digest queued");
+    assert!(e.state.store().user_get("bob").unwrap().unwrap().digest_last_sent > 0);
+    mailout::tick(&e.state, now()).await.unwrap();
+    assert_eq!(e.state.store().queue_all().unwrap().len(), before + 1, "not twice");
+    e.state
+        .store()
+        .schedule_put(&levee_store::ReportSchedule {
+            id: 0,
+            frequency: Frequency::Daily,
+            recipients: vec!["boss@example.test".into()],
+            last_sent: 0,
+        })
+        .unwrap();
+    mailout::tick(&e.state, now()).await.unwrap();
+    assert_eq!(e.state.store().queue_all().unwrap().len(), before + 2, "report queued");
+}
