@@ -10,6 +10,7 @@ Peers:
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import shutil
@@ -685,6 +686,13 @@ def send_raw_message(port: int, mail_from: str, rcpts: list[str], body: bytes) -
     assert r and r.code == 354, f"DATA: {r}\n" + "\n".join(c.transcript)
     c.send(dot_stuff(body) + b".\r\n")
     return c.reply(), c
+
+
+def head(tok: str, frm: str = "alice@sender.test") -> str:
+    """Ordinary header fields with Subject = tok (CRLF, no blank line): test mail should look like
+    mail, so that content scoring (missing Date/From/Message-ID) never decides a relay test."""
+    return (f"From: {frm}\r\nTo: bob@example.test\r\nDate: {email.utils.formatdate(localtime=False)}\r\n"
+            f"Message-ID: <{tok}@sender.test>\r\nSubject: {tok}\r\n")
 
 
 def unique_token(prefix: str = "tok") -> str:

@@ -4,7 +4,7 @@ import re
 import smtplib
 import ssl
 
-from harness import QUEUED_RE, RawSMTP, ehlo_keywords, send_raw_message, unique_token
+from harness import QUEUED_RE, ehlo_keywords, head, RawSMTP, send_raw_message, unique_token
 
 ADDED_HEADERS = {"received", "x-levee-verdict", "x-levee-score", "x-levee-stamp"}
 # The design also names Authentication-Results as a header Levee may prepend.
@@ -44,6 +44,7 @@ ORIGINAL = (
     "From: Alice <alice@sender.test>\n"
     "To: Bob <bob@example.test>\n"
     "Subject: {tok}\n"
+    "Date: Sun, 22 Nov 2026 12:00:00 +0000\n"
     "Message-ID: <{tok}@sender.test>\n"
     "X-Odd:   spaces   and\ttabs  \n"
     "\tfolded continuation\n"
@@ -88,7 +89,7 @@ def test_exact_bytes_at_recording_downstream(levee_factory, pysink_factory):
     ps = pysink_factory()
     lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{ps.port}"}])
     tok = unique_token("exact")
-    body = (f"Subject: {tok}\r\nFrom: a@sender.test\r\n\r\n"
+    body = (f"{head(tok)}\r\n"
             "caf\u00e9 na\u00efve \u2603\r\n.\r\n..\r\n.dot\r\ntrailing spaces   \r\n\r\n\r\n").encode("utf-8")
     c = RawSMTP(lv.port)
     c.ehlo()
@@ -102,8 +103,8 @@ def test_exact_bytes_at_recording_downstream(levee_factory, pysink_factory):
     [tx] = ps.wait_delivered(1)
     assert tx.rcpts == ["bob@example.test"]
     assert tx.data.endswith(body), f"not byte-exact:\n{tx.data!r}\nvs\n{body!r}"
-    head = tx.data[: len(tx.data) - len(body)].decode()
-    names = {l.split(":", 1)[0].lower() for l in head.split("\r\n") if l and l[0] not in " \t"}
+    added = tx.data[: len(tx.data) - len(body)].decode()
+    names = {l.split(":", 1)[0].lower() for l in added.split("\r\n") if l and l[0] not in " \t"}
     assert ADDED_HEADERS <= names, names
 
 
@@ -111,7 +112,7 @@ def test_prepended_headers_are_the_contract_set(levee, sink):
     """cli.md: Received, X-Levee-Verdict, X-Levee-Score, X-Levee-Stamp (DESIGN.md adds
     Authentication-Results); nothing else is prepended."""
     tok = unique_token("hdrset")
-    original = f"Subject: {tok}\n\nbody\n"
+    original = head(tok).replace("\r\n", "\n") + "\nbody\n"
     r, c = send_raw_message(levee.port, "alice@sender.test", ["bob@example.test"],
                             original.replace("\n", "\r\n").encode())
     assert r.code == 250, "\n".join(c.transcript)
@@ -133,7 +134,7 @@ def test_starttls_smtplib(levee, sink):
         s.ehlo("client.test")
         assert not s.has_extn("starttls"), "STARTTLS must not be offered again inside TLS"
         refused = s.sendmail("alice@sender.test", ["bob@example.test"],
-                             f"Subject: {tok}\r\nFrom: alice@sender.test\r\n\r\nover tls\r\n")
+                             f"{head(tok)}\r\nover tls\r\n")
         assert refused == {}
     [msg] = sink.wait_messages(1, pred=lambda m: tok in m.text)
     assert "over tls\n" in msg.text
@@ -150,7 +151,7 @@ def test_pipelining(levee, sink):
            "RCPT TO:<carol@other.test>\r\nRCPT TO:<dave@example.test>\r\nDATA\r\n")
     rs = [c.reply() for _ in range(5)]
     assert [r.code for r in rs] == [250, 250, 550, 250, 354], "\n".join(c.transcript)
-    c.send(f"Subject: {tok}\r\n\r\npipelined\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n")
+    c.send(f"{head(tok)}\r\npipelined\r\n.\r\nRSET\r\nNOOP\r\nQUIT\r\n")
     rs = [c.reply() for _ in range(4)]
     assert [r.code for r in rs] == [250, 250, 250, 221], "\n".join(c.transcript)
     assert c.closed(), "server must close after QUIT"
@@ -174,7 +175,7 @@ def test_bdat_chunking(levee, sink):
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<bob@example.test>").code == 250
     # Inside BDAT, "\r\n.\r\n" is just data and a leading dot is not stuffing.
-    part1 = f"Subject: {tok}\r\nFrom: alice@sender.test\r\n\r\nchunk one\r\n.\r\n".encode()
+    part1 = f"{head(tok)}\r\nchunk one\r\n.\r\n".encode()
     part2 = b"..not unstuffed\r\n.\r\nlast line\r\n"
     c.send(b"BDAT %d\r\n" % len(part1) + part1)
     r = c.reply()
@@ -190,7 +191,7 @@ def test_bdat_chunking(levee, sink):
 
 def test_bdat_pipelined_with_envelope(levee, sink):
     tok = unique_token("bdatpipe")
-    body = f"Subject: {tok}\r\n\r\nall at once\r\n".encode()
+    body = f"{head(tok)}\r\nall at once\r\n".encode()
     c = RawSMTP(levee.port)
     c.ehlo()
     c.send(b"MAIL FROM:<alice@sender.test>\r\nRCPT TO:<bob@example.test>\r\nBDAT %d LAST\r\n" % len(body) + body)
@@ -225,7 +226,7 @@ def test_rcpt_before_mail_503(levee):
 
 def test_null_sender_accepted_and_delivered(levee, sink):
     tok = unique_token("null")
-    r, c = send_raw_message(levee.port, "", ["bob@example.test"], f"Subject: {tok}\r\n\r\nbounce\r\n".encode())
+    r, c = send_raw_message(levee.port, "", ["bob@example.test"], f"{head(tok)}\r\nbounce\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [msg] = sink.wait_messages(1, pred=lambda m: tok in m.text)
     assert msg.mail_from == "<>"
@@ -248,7 +249,7 @@ def test_smtputf8_address_delivered(levee_factory, pysink_factory):
     assert c.cmd("MAIL FROM:<j\u00f6rg@sender.test> SMTPUTF8").code == 250, "\n".join(c.transcript)
     assert c.cmd("RCPT TO:<b\u00f6b@example.test>").code == 250, "\n".join(c.transcript)
     assert c.cmd("DATA").code == 354
-    c.send(f"Subject: {tok}\r\n\r\nutf8\r\n.\r\n".encode())
+    c.send(f"{head(tok)}\r\nutf8\r\n.\r\n".encode())
     assert c.reply().code == 250, "\n".join(c.transcript)
     [tx] = ps.wait_delivered(1)
     assert tok.encode() in tx.data
@@ -261,7 +262,7 @@ def test_helo_then_mail(levee, sink):
     with smtplib.SMTP("127.0.0.1", levee.port, timeout=15) as s:
         code, _ = s.helo("client.test")
         assert code == 250
-        s.sendmail("alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nhelo\r\n")
+        s.sendmail("alice@sender.test", ["bob@example.test"], f"{head(tok)}\r\nhelo\r\n")
     sink.wait_messages(1, pred=lambda m: tok in m.text)
 
 

@@ -5,7 +5,7 @@ import email.policy
 import subprocess
 import time
 
-from harness import SMTP_SOURCE, send_raw_message, unique_token, wait_until
+from harness import SMTP_SOURCE, head, send_raw_message, unique_token, wait_until
 
 
 def routes(example_port, sender_port):
@@ -49,7 +49,7 @@ def test_5xx_sends_dsn_to_sender(levee_factory, pysink_factory, sink):
     lv = levee_factory(routes(down.port, sink.port))
     tok = unique_token("dsn5")
     r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"],
-                            f"Subject: {tok}\r\nMessage-ID: <{tok}@sender.test>\r\n\r\nbody\r\n".encode())
+                            f"{head(tok)}\r\nbody\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [dsn] = sink.wait_messages(1, pred=is_dsn)
     assert dsn.mail_from == "<>", f"a DSN is sent from the null sender, got MAIL FROM {dsn.mail_from}"
@@ -72,7 +72,7 @@ def test_null_sender_5xx_no_dsn(levee_factory, pysink_factory, sink):
     down = pysink_factory(lambda addr, n: "550 5.1.1 no such user")
     lv = levee_factory(routes(down.port, sink.port))
     tok = unique_token("nulldsn")
-    r, c = send_raw_message(lv.port, "", ["bob@example.test"], f"Subject: {tok}\r\n\r\nbounce\r\n".encode())
+    r, c = send_raw_message(lv.port, "", ["bob@example.test"], f"{head(tok)}\r\nbounce\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     # Proof that delivery was attempted (so "no DSN" is meaningful), then room for a DSN to appear.
     wait_until(lambda: down.rcpt_counts.get("bob@example.test"), 20, what="a delivery attempt")
@@ -85,7 +85,7 @@ def test_4xx_is_retried_then_delivered(levee_factory, pysink_factory, sink):
     down = pysink_factory(lambda addr, n: "451 4.3.0 try later" if n <= 2 else None)
     lv = levee_factory(routes(down.port, sink.port))
     tok = unique_token("retry4")
-    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"{head(tok)}\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [tx] = down.wait_delivered(1, timeout=40)
     assert tok.encode() in tx.data
@@ -101,7 +101,7 @@ def test_4xx_at_end_of_data_retried_with_postfix_sink(levee_factory, sink_factor
     dsn_sink = sink_factory("ok")
     lv = levee_factory(routes(down.port, dsn_sink.port))
     tok = unique_token("dot4")
-    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"{head(tok)}\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     wait_until(lambda: len([m for m in down.attempts() if tok in m.text]) >= 2, 30, what="two refused attempts")
     down.start("ok")
@@ -115,7 +115,7 @@ def test_max_lifetime_dsn(levee_factory, sink_factory, sink):
     down = sink_factory(None)  # never comes up
     lv = levee_factory(routes(down.port, sink.port), delivery={"max_lifetime_secs": 4})
     tok = unique_token("life")
-    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"{head(tok)}\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [dsn] = sink.wait_messages(1, timeout=40, pred=is_dsn)
     assert dsn.rcpts == ["<alice@sender.test>"] and dsn.mail_from == "<>"
@@ -135,7 +135,7 @@ def test_partial_rejection_one_delivery_one_dsn(levee_factory, pysink_factory, s
     lv = levee_factory(routes(down.port, sink.port))
     tok = unique_token("partial")
     r, c = send_raw_message(lv.port, "alice@sender.test", ["good@example.test", "bad@example.test"],
-                            f"Subject: {tok}\r\n\r\ntwo rcpts\r\n".encode())
+                            f"{head(tok)}\r\ntwo rcpts\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [tx] = down.wait_delivered(1)
     assert tx.rcpts == ["good@example.test"] and tok.encode() in tx.data
@@ -167,7 +167,7 @@ def test_recipients_at_two_domains_each_get_one_copy(levee_factory, pysink_facto
     lv = levee_factory(routes(ps.port, sink.port))
     tok = unique_token("split")
     r, c = send_raw_message(lv.port, "carol@elsewhere.test", ["a@example.test", "b@sender.test", "c@example.test"],
-                            f"Subject: {tok}\r\n\r\nsplit\r\n".encode())
+                            f"{head(tok)}\r\nsplit\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     [tx] = ps.wait_delivered(1)
     assert sorted(tx.rcpts) == ["a@example.test", "c@example.test"], tx
@@ -182,7 +182,7 @@ def test_dsn_that_bounces_is_not_bounced_again(levee_factory, pysink_factory):
     down = pysink_factory(lambda addr, n: "550 5.1.1 nobody here")
     lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{down.port}"}])
     tok = unique_token("loop")
-    r, c = send_raw_message(lv.port, "alice@example.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nx\r\n".encode())
+    r, c = send_raw_message(lv.port, "alice@example.test", ["bob@example.test"], f"{head(tok)}\r\nx\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     wait_until(lambda: down.rcpt_counts.get("alice@example.test"), 30, what="the DSN delivery attempt")
     time.sleep(6)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import LEVEE_BIN, QUEUED_RE, RawSMTP, send_raw_message, unique_token
+from harness import LEVEE_BIN, QUEUED_RE, head, RawSMTP, send_raw_message, unique_token
 
 
 def domains_to(sink):
@@ -26,7 +26,7 @@ def test_kill9_after_250_delivered_exactly_once(levee_factory, sink_factory):
     lv = levee_factory(domains_to(sink))
     tok = unique_token("k9")
     r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"],
-                            f"Subject: {tok}\r\n\r\nsurvive kill -9\r\n".encode())
+                            f"{head(tok)}\r\nsurvive kill -9\r\n".encode())
     assert r.code == 250 and QUEUED_RE.search(r.text), "\n".join(c.transcript)
     lv.kill9()
     sink.start("ok")
@@ -44,7 +44,7 @@ def test_kill9_during_data_leaves_no_debris(levee_factory, sink):
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<bob@example.test>").code == 250
     assert c.cmd("DATA").code == 354
-    c.send(f"Subject: {tok}\r\n\r\n".encode() + b"half a message\r\n" * 20000)
+    c.send(f"{head(tok)}\r\n".encode() + b"half a message\r\n" * 20000)
     time.sleep(1)
     lv.kill9()
     c.close()
@@ -68,7 +68,7 @@ def test_downstream_down_then_up_retried(levee_factory, sink_factory):
     sink = sink_factory(None)
     lv = levee_factory(domains_to(sink))
     tok = unique_token("retry")
-    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"Subject: {tok}\r\n\r\nlater\r\n".encode())
+    r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"], f"{head(tok)}\r\nlater\r\n".encode())
     assert r.code == 250, "\n".join(c.transcript)
     time.sleep(3)  # at least one failed attempt (retry_first_secs = 1)
     sink.start("ok")
@@ -96,7 +96,7 @@ def test_full_disk_tempfails_and_loses_nothing(levee_factory, sink_factory, smal
         assert c.cmd("RCPT TO:<bob@example.test>").code == 250, "\n".join(c.transcript)
         assert c.cmd("DATA").code == 354, "\n".join(c.transcript)
         try:
-            c.send(f"Subject: {tok}\r\n\r\n".encode() + body_line * 6200 + b".\r\n")
+            c.send(f"{head(tok)}\r\n".encode() + body_line * 6200 + b".\r\n")
             r = c.reply()
         except OSError as e:  # includes socket timeouts: no reply within IO_TIMEOUT
             c.transcript.append(f"error: {e!r}")
@@ -142,7 +142,7 @@ def test_sigterm_under_load_loses_nothing(levee_factory, sink_factory):
             try:
                 with smtplib.SMTP("127.0.0.1", lv.port, timeout=15) as s:
                     s.sendmail("alice@sender.test", ["bob@example.test"],
-                               f"Subject: {tok}\r\n\r\n".encode() + b"load line\r\n" * 500)
+                               f"{head(tok)}\r\n".encode() + b"load line\r\n" * 500)
                 with lock:
                     accepted.append(tok)
             except (smtplib.SMTPException, OSError) as e:
@@ -190,7 +190,7 @@ def test_sigterm_answers_live_sessions_421(levee_factory, sink):
 
 def queue_one_then_kill(lv, tok):
     r, c = send_raw_message(lv.port, "alice@sender.test", ["bob@example.test"],
-                            f"Subject: {tok}\r\n\r\n".encode() + b"queued body line\r\n" * 100)
+                            f"{head(tok)}\r\n".encode() + b"queued body line\r\n" * 100)
     assert r.code == 250, "\n".join(c.transcript)
     qid = QUEUED_RE.search(r.text).group(1)
     lv.kill9()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from harness import RawSMTP, ehlo_keywords, unique_token
+from harness import ehlo_keywords, head, RawSMTP, unique_token
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_message_over_size_552(limited, sink):
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<bob@example.test>").code == 250
     assert c.cmd("DATA").code == 354
-    c.send(f"Subject: {tok}\r\n\r\n".encode() + b"y" * 70 + b"\r\n")
+    c.send(f"{head(tok)}\r\n".encode() + b"y" * 70 + b"\r\n")
     c.send((b"z" * 98 + b"\r\n") * 400 + b".\r\n")  # ~40 KB > 20000
     r = c.reply()
     assert r is not None and r.code == 552, "\n".join(c.transcript[-5:])
@@ -46,8 +46,8 @@ def test_size_declared_at_mail_552(limited):
 
 def test_exactly_max_size_accepted(limited, sink):
     tok = unique_token("fits")
-    head = f"Subject: {tok}\r\n\r\n".encode()
-    body = head + (b"a" * 98 + b"\r\n") * ((15000 - len(head)) // 100)
+    hdr = f"{head(tok)}\r\n".encode()
+    body = hdr + (b"a" * 98 + b"\r\n") * ((15000 - len(hdr)) // 100)
     c = RawSMTP(limited.port)
     c.ehlo()
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
@@ -147,7 +147,7 @@ def test_bdat_over_size_552(limited, sink):
     c.ehlo()
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<bob@example.test>").code == 250
-    chunk = f"Subject: {tok}\r\n\r\n".encode() + (b"q" * 98 + b"\r\n") * 150  # 15 KB
+    chunk = f"{head(tok)}\r\n".encode() + (b"q" * 98 + b"\r\n") * 150  # 15 KB
     c.send(b"BDAT %d\r\n" % len(chunk) + chunk)
     r1 = c.reply()
     replies = [r1]

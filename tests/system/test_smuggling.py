@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from harness import RawSMTP, unique_token
+from harness import head, RawSMTP, unique_token
 
 FAKE_ENDS = [
     b"\n.\n",
@@ -35,7 +35,7 @@ def test_smuggled_transaction_is_not_separate(levee, sink, fake_end):
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<rcpt@example.test>").code == 250
     assert c.cmd("DATA").code == 354
-    payload = (f"Subject: {tok}\r\nFrom: alice@sender.test\r\n\r\nhello".encode() + fake_end
+    payload = (f"{head(tok)}\r\nhello".encode() + fake_end
                + b"MAIL FROM:<admin@sender.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
                + f"From: admin@sender.test\r\nSubject: {evil}\r\n\r\nsmuggled body\r\n".encode()
                + b"\r\n.\r\n")
@@ -72,7 +72,7 @@ def test_smuggling_via_bdat_then_data(levee, sink):
     c.ehlo()
     assert c.cmd("MAIL FROM:<alice@sender.test>").code == 250
     assert c.cmd("RCPT TO:<rcpt@example.test>").code == 250
-    chunk = (f"Subject: {tok}\r\n\r\nx\r\n.\r\n".encode()
+    chunk = (f"{head(tok)}\r\nx\r\n.\r\n".encode()
              + b"MAIL FROM:<admin@sender.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nevil\r\n.\r\n")
     c.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
     replies = c.replies_until_quiet(quiet=2.5)
@@ -90,7 +90,7 @@ def test_bdat_content_cannot_smuggle_downstream(levee, sink, fake_end):
     second transaction there."""
     tok = unique_token("bdatdown")
     evil = unique_token("SMUGGLED")
-    chunk = (f"Subject: {tok}\r\nFrom: alice@sender.test\r\n\r\nhello".encode() + fake_end
+    chunk = (f"{head(tok)}\r\nhello".encode() + fake_end
              + b"MAIL FROM:<admin@sender.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\n"
              + f"From: admin@sender.test\r\nSubject: {evil}\r\n\r\nsmuggled body\r\n".encode()
              + b"\r\n.\r\nQUIT\r\n")
