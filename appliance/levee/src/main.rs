@@ -121,15 +121,23 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let listeners = levee_relay::bind(&config).await?;
+        let console_listeners = levee_console::bind(&config).await?;
+        let console_on = config.console.is_some();
         let engine = levee_relay::Engine::open(config)?;
         if let Some(p) = path {
             engine.set_config_path(std::path::absolute(p)?);
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let console = console_on.then(|| {
+            tokio::spawn(levee_console::serve(engine.clone(), console_listeners, stop_rx.clone()))
+        });
         let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
         wait_for_stop(path, &engine).await?;
         let _ = stop_tx.send(true);
         relay.await.context("relay task")??;
+        if let Some(c) = console {
+            c.await.context("console task")??;
+        }
         Ok(())
     })
 }

@@ -401,6 +401,12 @@ fn start(path: &Path) -> Result<Supervisor> {
         info!(%addr, "bound");
         sup.listeners.push(l);
     }
+    // The console's port (443) is privileged too; its descriptors follow the SMTP ones.
+    for addr in sup.config.console.iter().flat_map(|c| c.listen.iter().map(|l| l.0)) {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+        info!(%addr, "bound (console)");
+        sup.listeners.push(l);
+    }
     Ok(sup)
 }
 
@@ -725,10 +731,13 @@ pub fn engine(path: &Path) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let listeners = listeners
+        let mut listeners = listeners
             .into_iter()
             .map(tokio::net::TcpListener::from_std)
             .collect::<std::io::Result<Vec<_>>>()?;
+        let console_listeners =
+            listeners.split_off(config.smtp_listen().len().min(listeners.len()));
+        let console_on = config.console.is_some();
         let engine = levee_relay::Engine::open(config)?;
         engine.set_config_path(std::path::absolute(path)?);
         let client = LinkClient::start(link);
@@ -736,10 +745,16 @@ pub fn engine(path: &Path) -> Result<()> {
             client.ask(Request::Ban { ip, reason: reason.to_string() })
         }));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let console = console_on.then(|| {
+            tokio::spawn(levee_console::serve(engine.clone(), console_listeners, stop_rx.clone()))
+        });
         let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
         crate::wait_for_stop(Some(path), &engine).await?;
         let _ = stop_tx.send(true);
         relay.await.context("relay task")??;
+        if let Some(c) = console {
+            c.await.context("console task")??;
+        }
         Ok(())
     })
 }
