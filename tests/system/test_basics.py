@@ -8,7 +8,7 @@ from harness import QUEUED_RE, ehlo_keywords, head, RawSMTP, send_raw_message, u
 
 ADDED_HEADERS = {"received", "x-levee-verdict", "x-levee-score", "x-levee-stamp"}
 # The design also names Authentication-Results as a header Levee may prepend.
-ALLOWED_ADDED = ADDED_HEADERS | {"authentication-results"}
+ALLOWED_ADDED = ADDED_HEADERS | {"authentication-results", "x-levee-findings"}
 
 
 def split_prepended(delivered: str, original: str) -> list[tuple[str, str]]:

@@ -76,10 +76,11 @@ fn downstream_forms() {
         ("[2001:db8::1]:2525", "[2001:db8::1]:2525"),
         ("192.0.2.1", "192.0.2.1:25"),
         ("localhost:2626", "localhost:2626"),
+        ("mx:Internal.Example.NET", "mx:internal.example.net"),
     ] {
         assert_eq!(s.parse::<Downstream>().unwrap().to_string(), want);
     }
-    for bad in ["", "host:0", "a:b:c", "host:port", "-bad-.test"] {
+    for bad in ["", "host:0", "a:b:c", "host:port", "-bad-.test", "mx:", "mx:[127.0.0.1]"] {
         assert!(bad.parse::<Downstream>().is_err(), "{bad}");
     }
 }

@@ -63,6 +63,9 @@ deserialize_from_str!(Listen);
 pub enum DownstreamHost {
     Ip(IpAddr),
     Name(String),
+    /// `mx:NAME`: the lowest-preference reachable MX host of NAME (an internal mail
+    /// domain, never the filtered domain itself, whose MX is this gateway).
+    Mx(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +80,7 @@ impl fmt::Display for Downstream {
             DownstreamHost::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
             DownstreamHost::Ip(ip) => write!(f, "{ip}:{}", self.port),
             DownstreamHost::Name(n) => write!(f, "{n}:{}", self.port),
+            DownstreamHost::Mx(n) => write!(f, "mx:{n}"),
         }
     }
 }
@@ -86,6 +90,10 @@ impl FromStr for Downstream {
     /// `host`, `host:port`, `1.2.3.4:port`, `[v6]:port`.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("bad downstream {s:?}: {why}");
+        if let Some(name) = s.strip_prefix("mx:") {
+            let d = levee_types::Domain::parse(name).map_err(|e| bad(&e.to_string()))?;
+            return Ok(Downstream { host: DownstreamHost::Mx(d.to_string()), port: 25 });
+        }
         if let Ok(sa) = s.parse::<SocketAddr>() {
             if sa.port() == 0 {
                 return Err(bad("port 0"));

@@ -91,7 +91,7 @@ pub async fn check_mx(hostname: &str, d: &DomainConfig) -> MxCheck {
     if let Some(ds) = &d.downstream {
         let ds_ips: Vec<IpAddr> = match &ds.host {
             DownstreamHost::Ip(ip) => vec![*ip],
-            DownstreamHost::Name(n) => {
+            DownstreamHost::Name(n) | DownstreamHost::Mx(n) => {
                 if out.others.iter().any(|o| o == &n.to_lowercase()) {
                     out.downstream_listed = true;
                 }
@@ -176,7 +176,7 @@ pub async fn probe(st: &AppState, d: &DomainConfig) -> Probe {
     };
     let addr = match &ds.host {
         DownstreamHost::Ip(ip) => Some(SocketAddr::new(*ip, ds.port)),
-        DownstreamHost::Name(n) => match tokio::net::lookup_host((n.as_str(), ds.port)).await {
+        DownstreamHost::Name(n) | DownstreamHost::Mx(n) => match tokio::net::lookup_host((n.as_str(), ds.port)).await {
             Ok(mut it) => it.next(),
             Err(e) => {
                 return Probe {
@@ -207,7 +207,7 @@ pub async fn probe(st: &AppState, d: &DomainConfig) -> Probe {
             .ok(),
     };
     let tls_name = match &ds.host {
-        DownstreamHost::Name(n) => n.clone(),
+        DownstreamHost::Name(n) | DownstreamHost::Mx(n) => n.clone(),
         DownstreamHost::Ip(ip) => ip.to_string(),
     };
     let connector = crate::tls::any_cert_connector();

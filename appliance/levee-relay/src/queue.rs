@@ -238,6 +238,10 @@ async fn resolve_downstream(
     match host {
         DownstreamHost::Ip(ip) => Ok(vec![(SocketAddr::new(*ip, port), ip.to_string())]),
         DownstreamHost::Name(name) => resolve_host(engine, name, port).await,
+        DownstreamHost::Mx(name) => match Domain::parse(name) {
+            Ok(d) => resolve_mx(engine, &d).await,
+            Err(e) => Err(Reply::with(451, 4, 4, format!("bad MX domain {name}: {e}"))),
+        },
     }
 }
 
