@@ -7,7 +7,8 @@
 # Output: DIR/levee.img (raw GPT disk: ESP with GRUB (UEFI) and syslinux (BIOS), kernel and
 # initramfs; squashfs root; blank data partition), DIR/levee.img.zst, DIR/manifest.txt.
 # Same inputs give the same bytes: every time stamp is SOURCE_DATE_EPOCH (default: the time
-# of the last git commit), every id is fixed, every archive is sorted.
+# of the last git commit), every id is fixed, every archive is sorted. LEVEE_BUILD_ID (default:
+# git describe) names the build in /etc/os-release.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -191,7 +192,7 @@ ln -s /data/journal "$root/var/log/journal"
 ln -s /run "$root/var/run"
 ln -s /tmp "$root/var/tmp"
 levee_version=$({ "$levee_bin" --version 2>/dev/null || true; } | awk '{print $2}')
-git_rev=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
+git_rev=${LEVEE_BUILD_ID:-$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)}
 echo "$levee_version ($git_rev)" >"$root/etc/levee-release"
 cat >"$root/etc/os-release" <<EOF
 NAME="Levee"

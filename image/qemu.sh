@@ -1,4 +1,5 @@
 #!/bin/bash
+# shellcheck disable=SC2054 # commas are QEMU option syntax, not array separators
 # Boot the Levee disk image in QEMU. See image/README.md.
 #
 #   image/qemu.sh [options] [IMAGE]          (IMAGE defaults to image/out/levee.img)

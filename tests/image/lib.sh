@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Drive a Levee guest in QEMU from bash (sourced by tests/image/run.sh and bench/image.sh).
 #
 # The guest gets a root shell on its second serial port (ttyS1) only because qemu.sh --shell
@@ -14,7 +15,6 @@ GUEST_SOCAT=
 GUEST_FD=
 GUEST_N=0
 GUEST_BOOT_ID=
-GUEST_T0=
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
@@ -35,13 +35,11 @@ guest_start() {
 	shift 2
 	rm -f "$GUEST_DIR/shell.sock" "$GUEST_DIR/qemu.pid"
 	: >>"$GUEST_DIR/console.log"
-	GUEST_T0=$(now)
 	"$REPO/image/qemu.sh" "--$fw" --serial "$GUEST_DIR/console.log" --shell "$GUEST_DIR/shell.sock" \
 		--smtp "$SMTP_PORT" --https "$HTTPS_PORT" "$@" "$GUEST_DIR/levee.img" \
 		>>"$GUEST_DIR/qemu.out" 2>&1 &
 	GUEST_QEMU=$! # qemu.sh execs QEMU: this is QEMU's pid
-	local i
-	for i in $(seq 300); do
+	for _ in $(seq 300); do
 		[ -S "$GUEST_DIR/shell.sock" ] && break
 		kill -0 "$GUEST_QEMU" 2>/dev/null || { cat "$GUEST_DIR/qemu.out" >&2; return 1; }
 		sleep 0.1
@@ -126,9 +124,8 @@ guest_kill() {
 
 # A clean power-off from inside; pulls the plug if it takes longer than TIMEOUT.
 guest_poweroff() {
-	local i
 	gsh "poweroff" 10 >/dev/null
-	for i in $(seq $((${1:-120} * 5))); do
+	for _ in $(seq $((${1:-120} * 5))); do
 		kill -0 "$GUEST_QEMU" 2>/dev/null || break
 		sleep 0.2
 	done

@@ -86,6 +86,9 @@ fi
 export LEVEE_BIN
 check "levee is statically linked" bash -c "! ldd '$LEVEE_BIN' 2>&1 | grep -q '=>'"
 
+# Pin what the build reads from git, so a commit landing between the two builds changes nothing.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 1700000000)}
+export LEVEE_BUILD_ID=${LEVEE_BUILD_ID:-$(git -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)}
 t=$(date +%s)
 if "$REPO/image/build.sh" --out "$WORK/out1" >"$WORK/build1.log" 2>&1; then
 	ok "image builds ($(($(date +%s) - t)) s): $(grep '^image:' "$WORK/build1.log" | sed 's/^image: [^ ]* //')"
@@ -166,7 +169,8 @@ EOF
 
 # boot FIRMWARE NAME: boot the guest and wait for its shell and its SMTP banner.
 boot() {
-	local t0=$(now)
+	local t0
+	t0=$(now)
 	guest_start "$WORK/$2" "$1" --seed "$WORK/seed.toml" || return 1
 	guest_wait_smtp 600 || return 1
 	echo "# $2: SMTP banner $(elapsed "$t0" "$(now)") s after QEMU start"
@@ -222,7 +226,7 @@ for fw in uefi bios; do
 	check "$name: a message is queued while the downstream is down" \
 		gsh "test -n '$qid' && ls /data/levee/spool/queue/$qid"
 	config_before=$(gsh "sha256sum /data/levee/levee.toml")
-	stamp_before=$(grep -rh '^X-Levee-Stamp:' "$SINK_DIR" | head -n 1)
+	stamp_before=$(grep -rl "levee image test $name-1" "$SINK_DIR" | head -n 1 | xargs -r grep -h '^X-Levee-Stamp:')
 	gsh "reboot" 10 >/dev/null
 	t=$(now)
 	if guest_wait_shell 600 && guest_wait_smtp 600; then

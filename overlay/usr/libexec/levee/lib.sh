@@ -3,7 +3,9 @@
 PATH=/usr/sbin:/usr/bin
 export PATH
 
+# shellcheck disable=SC2034 # used by the scripts that source this
 LEVEE_CONFIG=/data/levee/levee.toml
+# shellcheck disable=SC2034
 NETWORK_CONFIG=/data/etc/network.conf
 
 kmsg() { echo "levee-init: $*" >/dev/kmsg 2>/dev/null; }
