@@ -176,18 +176,20 @@ pub async fn probe(st: &AppState, d: &DomainConfig) -> Probe {
     };
     let addr = match &ds.host {
         DownstreamHost::Ip(ip) => Some(SocketAddr::new(*ip, ds.port)),
-        DownstreamHost::Name(n) | DownstreamHost::Mx(n) => match tokio::net::lookup_host((n.as_str(), ds.port)).await {
-            Ok(mut it) => it.next(),
-            Err(e) => {
-                return Probe {
-                    addr: None,
-                    ok: false,
-                    tls: false,
-                    detail: format!("cannot resolve {n}: {e}"),
-                    local: None,
+        DownstreamHost::Name(n) | DownstreamHost::Mx(n) => {
+            match tokio::net::lookup_host((n.as_str(), ds.port)).await {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    return Probe {
+                        addr: None,
+                        ok: false,
+                        tls: false,
+                        detail: format!("cannot resolve {n}: {e}"),
+                        local: None,
+                    }
                 }
             }
-        },
+        }
     };
     let Some(addr) = addr else {
         return Probe {

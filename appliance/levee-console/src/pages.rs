@@ -993,19 +993,20 @@ pub(crate) async fn act_on(st: &AppState, v: &Viewer, id: &str, action: &str) ->
     }
     let engine = st.engine();
     let by = v.user.name.as_str();
+    // Staff act on the whole message; an end user only for their own addresses, so
+    // the other recipients of the same message keep it held.
+    let staff = v.can(Perm::QuarantineAll);
     match action {
-        "release" => engine.quarantine_release(&e.id, false, by).await?,
+        "release" if staff => engine.quarantine_release(&e.id, false, by).await?,
+        "release" => engine.quarantine_release_for(&e.id, &v.user.addresses, by).await?,
+        "release-allow" if staff => engine.quarantine_release(&e.id, true, by).await?,
         "release-allow" => {
-            if v.can(Perm::QuarantineAll) {
-                engine.quarantine_release(&e.id, true, by).await?
-            } else {
-                // An end user allows the sender for their own addresses only.
-                allow_for(st, &e, &v.user.addresses, by)?;
-                engine.quarantine_release(&e.id, false, by).await?
-            }
+            allow_for(st, &e, &v.user.addresses, by)?;
+            engine.quarantine_release_for(&e.id, &v.user.addresses, by).await?
         }
         "report" => engine.report_spam(&e.id).await?,
-        "delete" => engine.quarantine_delete(&e.id, by).await?,
+        "delete" if staff => engine.quarantine_delete(&e.id, by).await?,
+        "delete" => engine.quarantine_delete_for(&e.id, &v.user.addresses, by).await?,
         _ => return Err(AppError::NotFound),
     }
     Ok(())
@@ -1693,6 +1694,6 @@ async fn link_act(
     if link.action == crate::links::LinkAction::ReleaseAllow {
         allow_for(&st, &e, std::slice::from_ref(&link.rcpt), &by)?;
     }
-    st.engine().quarantine_release(&e.id, false, &by).await?;
+    st.engine().quarantine_release_for(&e.id, std::slice::from_ref(&link.rcpt), &by).await?;
     Ok(page("Done", None, html! { p.notice { "The message has been released." } }))
 }

@@ -845,3 +845,48 @@ async fn digests_and_reports_go_through_the_queue() {
     mailout::tick(&e.state, now()).await.unwrap();
     assert_eq!(e.state.store().queue_all().unwrap().len(), before + 2, "report queued");
 }
+
+#[tokio::test]
+async fn an_end_user_releases_and_deletes_only_for_their_own_address() {
+    let e = env();
+    add_user(&e, "bob", Role::User, &["bob@example.test"]);
+    add_user(&e, "carol", Role::User, &["carol@example.test"]);
+    let (bob, carol) = (login(&e, "bob").await, login(&e, "carol").await);
+    let id = quarantined(&e, "bob@example.test", "for both", "<p>both</p>").await;
+    // Make it a message to both of them.
+    let store = e.state.store();
+    let mut q = store.quarantine_get(&id).unwrap().unwrap();
+    q.rcpt_to.push("carol@example.test".into());
+    store.quarantine_put(&q).unwrap();
+    let mut entry = store.queue_get(&id).unwrap().unwrap();
+    let mut carol_state = entry.recipients[0].clone();
+    carol_state.rcpt = "carol@example.test".into();
+    entry.recipients.push(carol_state);
+    store.queue_put(&entry).unwrap();
+    let queued_before = store.queue_all().unwrap().len();
+
+    let r = post(&e, &bob, &format!("/quarantine/{id}/release"), "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // Carol's copy is still held, and only hers.
+    let q = store.quarantine_get(&id).unwrap().expect("still held for carol");
+    assert_eq!(q.rcpt_to, vec!["carol@example.test".to_string()]);
+    let held = store.queue_get(&id).unwrap().unwrap();
+    assert!(held.held);
+    assert_eq!(held.recipients.len(), 1);
+    assert_eq!(held.recipients[0].rcpt, "carol@example.test");
+    // Bob's copy is a new, unheld queue entry for bob alone (or already delivered).
+    let all = store.queue_all().unwrap();
+    assert!(all.len() <= queued_before + 1);
+    for other in all.iter().filter(|q| q.id != id) {
+        assert!(other.recipients.iter().all(|r| r.rcpt != "carol@example.test"));
+    }
+    // Bob no longer sees it; carol does, and deleting it for her removes it.
+    assert_eq!(
+        get(&e, &format!("/quarantine/{id}"), &bob.cookie).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = post(&e, &carol, &format!("/quarantine/{id}/delete"), "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(store.quarantine_get(&id).unwrap().is_none());
+    assert!(store.queue_get(&id).unwrap().is_none());
+}

@@ -107,6 +107,93 @@ impl Engine {
         Ok(())
     }
 
+    /// Releases a held message for some of its recipients only (an end user acts for
+    /// their own addresses, never for the others on the same message): a copy goes
+    /// to those recipients through the queue, and the rest stays held.
+    pub async fn quarantine_release_for(
+        self: &Arc<Self>,
+        id: &QueueId,
+        only: &[String],
+        by: &str,
+    ) -> Result<(), RelayError> {
+        let (q, mine) = self.split_recipients(id, only)?;
+        if mine.len() == q.rcpt_to.len() {
+            return self.quarantine_release(id, false, by).await;
+        }
+        let body = self.message_bytes(id).await?;
+        let meta = {
+            let spool = self.spool.clone();
+            let rid = id.clone();
+            tokio::task::spawn_blocking(move || spool.read_meta(&rid))
+                .await
+                .map_err(|e| RelayError::Io(std::io::Error::other(e)))??
+        };
+        let mut envelope = meta.envelope.clone();
+        envelope.rcpt_to.retain(|a| mine.iter().any(|m| m.eq_ignore_ascii_case(&a.to_string())));
+        self.learn(&body, false).await?;
+        match self.enqueue(envelope, body, Action::Accept, meta.score, meta.findings).await {
+            StoreOutcome::Queued(_) => {}
+            StoreOutcome::Refused(r) => {
+                return Err(RelayError::Io(std::io::Error::other(r.to_string())))
+            }
+        }
+        self.drop_recipients(id, q, &mine)?;
+        info!(%id, by, rcpts = %mine.join(","), "released from quarantine for some recipients");
+        Ok(())
+    }
+
+    /// Deletes a held message for some of its recipients; the message goes when
+    /// no recipient is left.
+    pub async fn quarantine_delete_for(
+        &self,
+        id: &QueueId,
+        only: &[String],
+        by: &str,
+    ) -> Result<(), RelayError> {
+        let (q, mine) = self.split_recipients(id, only)?;
+        if mine.len() == q.rcpt_to.len() {
+            return self.quarantine_delete(id, by).await;
+        }
+        self.drop_recipients(id, q, &mine)?;
+        info!(%id, by, rcpts = %mine.join(","), "deleted from quarantine for some recipients");
+        Ok(())
+    }
+
+    /// The quarantine record and which of its recipients are in `only`.
+    fn split_recipients(
+        &self,
+        id: &QueueId,
+        only: &[String],
+    ) -> Result<(QuarantineEntry, Vec<String>), RelayError> {
+        let q = self.store.quarantine_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
+        let mine: Vec<String> = q
+            .rcpt_to
+            .iter()
+            .filter(|r| only.iter().any(|o| o.eq_ignore_ascii_case(r)))
+            .cloned()
+            .collect();
+        if mine.is_empty() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
+        Ok((q, mine))
+    }
+
+    fn drop_recipients(
+        &self,
+        id: &QueueId,
+        mut q: QuarantineEntry,
+        gone: &[String],
+    ) -> Result<(), RelayError> {
+        let mut entry =
+            self.store.queue_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
+        entry.recipients.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(&r.rcpt)));
+        q.rcpt_to.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(r)));
+        self.store.queue_put(&entry)?;
+        self.store.quarantine_put(&q)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
     /// Deletes a message from the delivery queue (it will not be delivered).
     pub async fn queue_delete(&self, id: &QueueId) -> Result<(), RelayError> {
         if self.store.queue_get(id)?.is_none() {
