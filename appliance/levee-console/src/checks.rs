@@ -212,7 +212,7 @@ pub async fn probe(st: &AppState, d: &DomainConfig) -> Probe {
         DownstreamHost::Name(n) | DownstreamHost::Mx(n) => n.clone(),
         DownstreamHost::Ip(ip) => ip.to_string(),
     };
-    let connector = crate::tls::any_cert_connector();
+    let connector = levee_relay::tls::connector();
     let opts = levee_relay::ConnectOptions {
         source: d.source_address,
         helo: &c.hostname.0,

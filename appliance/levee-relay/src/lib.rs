@@ -10,7 +10,7 @@ mod headers;
 mod inbound;
 mod manage;
 mod queue;
-mod tls;
+pub mod tls;
 
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;

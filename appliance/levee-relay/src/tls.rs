@@ -1,9 +1,9 @@
-//! TLS set-up: the inbound acceptor (a configured or generated self-signed
-//! certificate) and the outbound connector.
+//! TLS set-up shared by the relay and the console: acceptors from PEM (uploaded,
+//! configured or made self-signed at first start) and the outbound connector.
 
 use crate::RelayError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,70 +12,80 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads `cert`/`key` PEM files, or makes a self-signed pair for `hostname` under
-/// `dir` the first time and reuses it afterwards.
+/// The SMTP acceptor: `cert`/`key` PEM files if configured, else a self-signed pair
+/// for `hostname` under `dir`, made the first time and reused afterwards.
 pub fn acceptor(
     hostname: &str,
     cert: Option<&Path>,
     key: Option<&Path>,
     dir: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, RelayError> {
-    let (cert_path, key_path) = match (cert, key) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        _ => {
-            let (c, k) = (dir.join("smtp-cert.pem"), dir.join("smtp-key.pem"));
-            if !c.exists() || !k.exists() {
-                generate_self_signed(hostname, &c, &k)?;
-            }
-            (c, k)
-        }
-    };
-    let tls_err = |what: &str, e: &dyn std::fmt::Display| RelayError::Tls(format!("{what}: {e}"));
-    let certs: Vec<CertificateDer<'static>> = {
-        let pem =
-            std::fs::read(&cert_path).map_err(|e| tls_err(&cert_path.display().to_string(), &e))?;
-        rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls_err("certificate", &e))?
-    };
-    let key: PrivateKeyDer<'static> = {
-        let pem =
-            std::fs::read(&key_path).map_err(|e| tls_err(&key_path.display().to_string(), &e))?;
-        rustls_pemfile::private_key(&mut pem.as_slice())
-            .map_err(|e| tls_err("key", &e))?
-            .ok_or_else(|| RelayError::Tls(format!("{}: no private key", key_path.display())))?
-    };
+    match (cert, key) {
+        (Some(c), Some(k)) => acceptor_from_files(c, k),
+        _ => self_signed_acceptor(hostname, &dir.join("smtp-cert.pem"), &dir.join("smtp-key.pem")),
+    }
+    .map_err(RelayError::Tls)
+}
+
+/// An acceptor from a pair of files, made self-signed for `hostname` if missing.
+pub fn self_signed_acceptor(
+    hostname: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    if !cert.exists() || !key.exists() {
+        let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+            .map_err(|e| format!("generating a certificate: {e}"))?;
+        write_pair(cert, key, made.cert.pem().as_bytes(), made.key_pair.serialize_pem().as_bytes())
+            .map_err(|e| format!("writing the certificate: {e}"))?;
+    }
+    acceptor_from_files(cert, key)
+}
+
+fn acceptor_from_files(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let cert_pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    acceptor_from_pem(&cert_pem, &key_pem)
+}
+
+/// Checks a certificate chain and key (PEM) and builds an acceptor from them.
+pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in the PEM text".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("protocols", &e))?
+        .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| tls_err("certificate", &e))?;
+        .map_err(|e| format!("certificate and key: {e}"))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-fn generate_self_signed(hostname: &str, cert: &Path, key: &Path) -> Result<(), RelayError> {
-    let certified = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-        .map_err(|e| RelayError::Tls(format!("generating a certificate: {e}")))?;
-    if let Some(dir) = cert.parent() {
-        std::fs::create_dir_all(dir).map_err(RelayError::Io)?;
-    }
-    write_private(key, certified.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(cert, certified.cert.pem()).map_err(RelayError::Io)?;
-    Ok(())
-}
-
-fn write_private(path: &Path, data: &[u8]) -> Result<(), RelayError> {
+/// Writes a pair (the key readable by its owner only), each file atomically.
+pub fn write_pair(cert: &Path, key: &Path, cert_pem: &[u8], key_pem: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(RelayError::Io)?;
-    f.write_all(data).map_err(RelayError::Io)
+    if let Some(d) = cert.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    for (path, data, mode) in [(key, key_pem, 0o600), (cert, cert_pem, 0o644)] {
+        let tmp = path.with_extension("pem.new");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
 }
 
 /// The outbound connector. Downstream servers are the customer's own and often carry
@@ -137,5 +147,24 @@ impl ServerCertVerifier for AnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_self_signed_pair_is_made_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("levee-tls-{}", std::process::id()));
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        self_signed_acceptor("mx.example.test", &c, &k).unwrap();
+        let first = std::fs::read(&c).unwrap();
+        self_signed_acceptor("mx.example.test", &c, &k).unwrap();
+        assert_eq!(std::fs::read(&c).unwrap(), first);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(acceptor_from_pem(b"junk", b"junk").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
