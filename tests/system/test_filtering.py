@@ -363,3 +363,29 @@ def test_unreachable_dns_mail_still_flows_with_timeout_findings(filtering_levee,
     assert "temperror" in ar, ar
     # Short timeouts keep the session moving (the stage deadlines are 8 s and 20 s).
     assert took < 15, f"transaction took {took:.1f}s with an unreachable DNS server"
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Pregreet: a client that talks before the banner is a bot (postscreen's test).
+
+
+def test_pregreeting_client_is_refused_and_a_patient_one_served(world, filtering_levee, sink):
+    lv = filtering_levee(world.addr, {})
+    s = socket.create_connection(("127.0.0.1", lv.port), timeout=IO_TIMEOUT, source_address=(CLEAN_IP, 0))
+    try:
+        # Talk at once, before any banner can have been sent (the pause is 1 s).
+        s.sendall(b"EHLO bot.test\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"554 5.5.1"), data
+        assert b"220 " not in data, data
+    finally:
+        s.close()
+    assert log_lines(lv, "pregreet", CLEAN_IP), lv.log_tail()
+    # A client that waits for the banner is served as usual.
+    c = session(lv, CLEAN_IP)
+    c.close()

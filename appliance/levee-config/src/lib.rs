@@ -176,6 +176,10 @@ pub struct Smtp {
     pub max_data_line: usize,
     #[serde(default = "defaults::min_free_bytes")]
     pub min_free_bytes: u64,
+    /// How long clients other than this host wait for the banner; one that talks
+    /// first is a bot and is refused (postscreen's pregreet test). 0 turns it off.
+    #[serde(default = "defaults::greet_pause_ms")]
+    pub greet_pause_ms: u64,
     #[serde(default = "defaults::yes")]
     pub tls: bool,
     #[serde(default)]
@@ -354,6 +358,9 @@ mod defaults {
     }
     pub fn quarantine_days() -> u64 {
         30
+    }
+    pub fn greet_pause_ms() -> u64 {
+        1000
     }
     pub fn dns_timeout_ms() -> u64 {
         2000

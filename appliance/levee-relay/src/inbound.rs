@@ -166,7 +166,11 @@ async fn drive(
                     if let Question::MailFrom { from, .. } = &question {
                         conn.sender = from.as_ref().map(|a| a.to_string());
                     }
-                    let decision = engine.decide(&question, conn).await;
+                    let decision = if matches!(question, Question::Connect) {
+                        greet(engine, session, io, buf, conn).await
+                    } else {
+                        engine.decide(&question, conn).await
+                    };
                     if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
                         info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
                         if r.code == 550 {
@@ -233,6 +237,41 @@ async fn drive(
                 session.shutdown(Instant::now().into_std());
             }
         }
+    }
+}
+
+/// The connection stage before the banner. Clients other than this host are held
+/// for `smtp.greet_pause_ms` while the connection checks run; one that talks in that
+/// time is a pregreeting bot (real clients wait for the banner) and is refused.
+async fn greet(
+    engine: &Arc<Engine>,
+    session: &mut Session,
+    io: &mut Box<dyn Io>,
+    buf: &mut [u8],
+    conn: &mut crate::Conn,
+) -> Decision {
+    let pause = std::time::Duration::from_millis(engine.config().smtp.greet_pause_ms);
+    if conn.trusted || pause.is_zero() {
+        return engine.decide(&Question::Connect, conn).await;
+    }
+    let listen = async {
+        match tokio::time::timeout(pause, io.read(buf)).await {
+            Ok(Ok(n)) => Some(n),
+            _ => None,
+        }
+    };
+    let (decision, early) = tokio::join!(engine.decide(&Question::Connect, conn), listen);
+    match early {
+        Some(0) => {
+            session.handle_eof(Instant::now().into_std());
+            decision
+        }
+        Some(n) => {
+            session.handle_input(&buf[..n], Instant::now().into_std());
+            info!(client = %conn.ip, "pregreet: talked before the banner");
+            Decision::Reject(Reply::with(554, 5, 1, "protocol error: talking before the greeting"))
+        }
+        None => decision,
     }
 }
 
