@@ -59,9 +59,10 @@ kvm_works() {
 		# mov al,1; out 0xf4,al; hlt; jmp $-1; padding (hlt)
 		printf '\260\001\346\364\364\353\375\364\364\364\364\364\364\364\364\364'
 	} >"$probe"
-	timeout 20 qemu-system-x86_64 -accel kvm -machine pc -cpu host -bios "$probe" -nodefaults \
+	# (In a subshell: a QEMU that aborts would have bash report it on our stderr.)
+	(timeout 20 qemu-system-x86_64 -accel kvm -machine pc -cpu host -bios "$probe" -nodefaults \
 		-display none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-		>/dev/null 2>&1 || rc=$?
+		>/dev/null 2>&1) 2>/dev/null || rc=$?
 	rm -f "$probe"
 	[ "$rc" -eq 3 ]
 }

@@ -19,11 +19,12 @@ GUEST_BOOT_ID=
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
-# A TCP port nothing listens on (loopback only).
+# A TCP port nothing listens on, below Linux's ephemeral range (32768-60999) so that no
+# outgoing connection holds it either.
 free_port() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 20000))
+		p=$((20000 + RANDOM % 12000))
 		ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
 	done
 }
