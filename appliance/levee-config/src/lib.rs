@@ -100,6 +100,10 @@ impl Default for Checks {
 pub struct DnsListConfig {
     pub zone: HostName,
     pub symbol: Symbol,
+    /// The weight of a listing (every return code), unless `[policy.weights]` names
+    /// the symbol. Negative for allow lists.
+    #[serde(default = "defaults::list_weight")]
+    pub weight: f64,
     #[serde(default)]
     pub codes: std::collections::BTreeMap<std::net::Ipv4Addr, Symbol>,
 }
@@ -358,6 +362,9 @@ mod defaults {
     }
     pub fn quarantine_days() -> u64 {
         30
+    }
+    pub fn list_weight() -> f64 {
+        6.0
     }
     pub fn greet_pause_ms() -> u64 {
         1000

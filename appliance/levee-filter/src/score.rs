@@ -5,8 +5,8 @@
 //! the verdict with the weight it got, so a decision can always be explained.
 //!
 //! Conventions for symbols:
-//! - a symbol ending in `_FAILED` or `_TIMEOUT` (a check that could not run) weighs 0 unless the
-//!   policy names it: a broken resolver must be visible, never a silent pass or a silent hit;
+//! - a symbol ending in `_FAILED`, `_TIMEOUT`, `_TEMPERROR` or `_BLOCKED` (a check that could not
+//!   give an answer) weighs 0 unless the policy names it: a broken resolver must be visible, never a silent pass or a silent hit;
 //! - a symbol starting with `TEMPFAIL_` asks for a temporary failure (the message should be
 //!   retried later because a check it needs is unavailable); it is honoured unless the score is
 //!   already at the reject threshold, since retrying cannot change that outcome.
@@ -57,7 +57,38 @@ pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("REPLYTO_DIFFERENT_DOMAIN", 0.3),
     ("DANGEROUS_ATTACHMENT", 4.0),
     ("SUBJECT_ALL_CAPS", 1.5),
+    // Network checks (levee-netcheck). DNS lists are named in the config and carry
+    // their weight there. Authentication proves who sent a message, not that it is
+    // wanted, so passes earn little trust; failures of a published policy weigh most.
+    ("SPF_PASS", 0.0),
+    ("SPF_NEUTRAL", 0.0),
+    ("SPF_NONE", 0.3),
+    ("SPF_SOFTFAIL", 1.0),
+    ("SPF_FAIL", 2.0),
+    ("SPF_PERMERROR", 0.5),
+    ("DKIM_PASS", -0.5),
+    ("DKIM_NONE", 0.0),
+    ("DKIM_NEUTRAL", 0.0),
+    ("DKIM_FAIL", 1.5),
+    ("DKIM_PERMERROR", 0.5),
+    ("DMARC_PASS", -1.0),
+    ("DMARC_NONE", 0.0),
+    ("DMARC_PERMERROR", 0.0),
+    ("DMARC_POLICY_NONE", 1.0),
+    ("DMARC_POLICY_QUARANTINE", 5.0),
+    ("DMARC_POLICY_REJECT", 7.0),
+    ("ARC_PASS", 0.0),
+    ("ARC_NONE", 0.0),
+    ("ARC_FAIL", 0.5),
+    ("RDNS_NONE", 1.5),
+    ("RDNS_NOT_CONFIRMED", 0.5),
+    ("ALLOW_LISTED", 0.0),
 ];
+
+/// Suffixes of findings that say a check could not give an answer (timed out, failed,
+/// a DNS list refused us, a temporary DNS error). They weigh nothing unless the table
+/// names them: a broken check must never push mail either way.
+const NO_ANSWER: &[&str] = &["_FAILED", "_TIMEOUT", "_TEMPERROR", "_BLOCKED"];
 
 impl Default for Policy {
     fn default() -> Self {
@@ -76,7 +107,7 @@ impl Policy {
     pub fn weight(&self, symbol: &str) -> f64 {
         match self.weights.get(symbol) {
             Some(w) => *w,
-            None if symbol.ends_with("_FAILED") || symbol.ends_with("_TIMEOUT") => 0.0,
+            None if NO_ANSWER.iter().any(|s| symbol.ends_with(s)) => 0.0,
             None => self.default_weight,
         }
     }
@@ -170,9 +201,13 @@ mod tests {
     fn failed_and_timed_out_checks_weigh_nothing_unless_configured() {
         let mut p = policy();
         p.default_weight = 5.0;
-        let v = verdict(&p, &[f("URIBL_FAILED"), f("SPF_TIMEOUT")], false);
+        let v = verdict(
+            &p,
+            &[f("URIBL_FAILED"), f("SPF_TIMEOUT"), f("DMARC_TEMPERROR"), f("ZEN_BLOCKED")],
+            false,
+        );
         assert_eq!((v.action, v.score), (Action::Accept, 0.0));
-        assert_eq!(v.findings.len(), 2, "failed checks stay visible");
+        assert_eq!(v.findings.len(), 4, "failed checks stay visible");
         // Configured explicitly: the table wins.
         let v = verdict(&p, &[f("DNSBL_FAILED")], false);
         assert_eq!(v.score, 7.0);

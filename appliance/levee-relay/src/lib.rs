@@ -359,6 +359,15 @@ impl Engine {
             reject_at: p.reject_at,
             ..Default::default()
         };
+        // A list's own weight covers its symbol and every return-code variant of it;
+        // `[policy.weights]` still has the last word.
+        let checks = &self.config().checks;
+        for list in checks.dnsbl.iter().chain(&checks.uribl) {
+            policy.weights.insert(list.symbol.0.clone(), list.weight);
+            for code in list.codes.values() {
+                policy.weights.insert(format!("{}_{}", list.symbol.0, code.0), list.weight);
+            }
+        }
         for (symbol, weight) in &p.weights {
             policy.weights.insert(symbol.clone(), *weight);
         }
