@@ -92,7 +92,8 @@ fn every_sample_config_in_the_repo_parses() {
     for dir in ["overlay/etc/levee", "appliance/levee/samples"] {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
         for e in entries.flatten() {
-            if e.path().extension().is_some_and(|x| x == "toml") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".toml") || name.ends_with(".toml.default") {
                 Config::load(&e.path()).unwrap_or_else(|e| panic!("{e}"));
                 n += 1;
             }
