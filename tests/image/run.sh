@@ -157,6 +157,9 @@ listen = ["0.0.0.0:25"]
 retry_first_secs = 2
 retry_max_interval_secs = 5
 
+[console]
+listen = ["0.0.0.0:443"]
+
 [gate]
 enabled = true
 lan = ["10.0.2.0/24"]
