@@ -584,6 +584,7 @@ async fn policy(
     let c = st.engine().config();
     let p = &c.policy;
     let edit = v.can(Perm::Settings);
+    let health = st.engine().check_health();
     let countries: Vec<String> = st
         .store()
         .list_all()?
@@ -623,8 +624,31 @@ async fn policy(
             h2 { "Blocked countries" }
             @if countries.is_empty() { p { "None." } } @else { ul { @for c in &countries { li { (c) } } } }
             p { "Add " code { "block country XX" } " on the " a href="/lists" { "allow/block lists" } " page." }
-            h2 { "DNS blocklists" }
-            p { "Blocklist health is reported by the filter's checks as findings (a refused or timed-out lookup is its own zero-weight finding); see " a href="/checks" { "the checks page" } "." }
+            h2 { "DNS lists" }
+            @if c.checks.dnsbl.is_empty() && c.checks.uribl.is_empty() {
+                p { "No DNS lists are configured (" code { "[[checks.dnsbl]]" } " and " code { "[[checks.uribl]]" } " in the configuration)." }
+            } @else {
+                table {
+                    tr { th { "Kind" } th { "Zone" } th { "Symbol" } th { "Weight" } th { "Health" } }
+                    @for (kind, l) in c.checks.dnsbl.iter().map(|l| ("IP", l)).chain(c.checks.uribl.iter().map(|l| ("URI", l))) {
+                        @let problem = health.iter().find(|h| h.source == l.zone.0);
+                        tr {
+                            td { (kind) } td { (l.zone.0) } td { (l.symbol.0) } td { (l.weight) }
+                            td {
+                                @match problem {
+                                    Some(h) => { "Problem: " (h.message) " (" (h.count) " times, last " (time(h.last_seen)) ")" }
+                                    None => { "OK: no refusals or timeouts since the engine started" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @let others: Vec<_> = health.iter().filter(|h| !c.checks.dnsbl.iter().chain(&c.checks.uribl).any(|l| l.zone.0 == h.source)).collect();
+            @if !others.is_empty() {
+                h3 { "Other check warnings" }
+                ul { @for h in &others { li { (h.source) ": " (h.message) " (" (h.count) " times, last " (time(h.last_seen)) ")" } } }
+            }
         },
     ))
 }
@@ -1598,6 +1622,11 @@ async fn system(
             h2 { "Recent mail" }
             table { tr { th { "Received" } th { "Client" } th { "From" } th { "Verdict" } }
                 @for e in &recent { tr { td { (time(e.received_at)) } td { (e.client_ip) } td { (e.mail_from) } td { (e.action) } } } }
+            h2 { "Recent log" }
+            @let log = st.engine().recent_log();
+            @if log.is_empty() { p { "No log lines kept." } } @else {
+                pre.log { @for line in log.iter().rev().take(200) { (line) "\n" } }
+            }
             p { "Engine version " (env!("CARGO_PKG_VERSION")) ", host name " (c.hostname.0) "." }
         },
     ))

@@ -890,3 +890,21 @@ async fn an_end_user_releases_and_deletes_only_for_their_own_address() {
     assert!(store.quarantine_get(&id).unwrap().is_none());
     assert!(store.queue_get(&id).unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_system_page_shows_the_recent_log_escaped_and_policy_shows_list_health() {
+    let e = env();
+    add_user(&e, "root", Role::Admin, &[]);
+    let admin = login(&e, "root").await;
+    let ring = std::sync::Arc::new(levee_relay::health::LogRing::new(10));
+    ring.push(
+        "INFO levee_relay: accepted id=1 from=<x@evil.test> subject=<script>alert(1)</script>",
+    );
+    e.state.engine().set_log_ring(ring);
+    let r = get(&e, "/system", &admin.cookie).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("accepted id=1"), "{}", r.body);
+    assert!(!r.body.contains("<script>alert"), "log lines are escaped");
+    let r = get(&e, "/policy", &admin.cookie).await;
+    assert!(r.body.contains("No DNS lists are configured"), "{}", r.body);
+}

@@ -7,6 +7,7 @@
 mod client;
 mod dsn;
 mod headers;
+pub mod health;
 mod inbound;
 mod manage;
 mod queue;
@@ -80,6 +81,8 @@ pub struct Engine {
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
     config_path: std::sync::OnceLock<std::path::PathBuf>,
     net: Option<levee_netcheck::NetChecks>,
+    health: health::Health,
+    log_ring: std::sync::OnceLock<Arc<health::LogRing>>,
 }
 
 /// What the driver knows about one connection beyond the SMTP session.
@@ -205,6 +208,8 @@ impl Engine {
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
             net,
+            health: health::Health::default(),
+            log_ring: std::sync::OnceLock::new(),
         }))
     }
 
@@ -318,9 +323,7 @@ impl Engine {
             return Decision::Accept;
         }
         let report = net.connect_stage(conn.ip).await;
-        for w in &report.warnings {
-            warn!(source = %w.source, message = %w.message, "check health");
-        }
+        self.record_health(&report.warnings);
         conn.confirmed_name = report.confirmed_name;
         conn.country = report
             .findings
@@ -341,6 +344,28 @@ impl Engine {
             return Decision::Reject(Reply::with(554, 7, 1, format!("client refused: {why}")));
         }
         Decision::Accept
+    }
+
+    fn record_health(&self, warnings: &[levee_netcheck::HealthWarning]) {
+        for w in warnings {
+            warn!(source = %w.source, message = %w.message, "check health");
+            self.health.record(&w.source, &w.message, now_unix());
+        }
+    }
+
+    /// The last warning of every check source that has had one (a DNS list refusing
+    /// our queries, say), for the console.
+    pub fn check_health(&self) -> Vec<health::HealthEntry> {
+        self.health.entries()
+    }
+
+    /// Where the process keeps its recent log lines, if it does.
+    pub fn set_log_ring(&self, ring: Arc<health::LogRing>) {
+        let _ = self.log_ring.set(ring);
+    }
+
+    pub fn recent_log(&self) -> Vec<String> {
+        self.log_ring.get().map(|r| r.recent()).unwrap_or_default()
     }
 
     pub fn lists(&self) -> Arc<Vec<levee_types::list::ListEntry>> {
@@ -421,9 +446,7 @@ impl Engine {
         if let (Some(net), false) = (&self.net, conn.trusted) {
             let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
             let report = net.content_stage(envelope.client_ip, &envelope.helo, &from, &data).await;
-            for w in &report.warnings {
-                warn!(source = %w.source, message = %w.message, "check health");
-            }
+            self.record_health(&report.warnings);
             findings.extend(report.findings);
             if self.config().checks.auth {
                 // Recorded with the message so it is delivered exactly as judged.

@@ -124,6 +124,7 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
         let console_listeners = levee_console::bind(&config).await?;
         let console_on = config.console.is_some();
         let engine = levee_relay::Engine::open(config)?;
+        engine.set_log_ring(crate::logging::ring());
         if let Some(p) = path {
             engine.set_config_path(std::path::absolute(p)?);
         }

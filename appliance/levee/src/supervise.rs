@@ -739,6 +739,7 @@ pub fn engine(path: &Path) -> Result<()> {
             listeners.split_off(config.smtp_listen().len().min(listeners.len()));
         let console_on = config.console.is_some();
         let engine = levee_relay::Engine::open(config)?;
+        engine.set_log_ring(crate::logging::ring());
         engine.set_config_path(std::path::absolute(path)?);
         let client = LinkClient::start(link);
         engine.set_ban_hook(Box::new(move |ip, reason| {
