@@ -4,7 +4,10 @@
 set -eu
 TARGET=$1
 ln -sfn /run/resolv.conf "$TARGET/etc/resolv.conf"
-ln -sfn /data/journal "$TARGET/var/log/journal"
+# systemd may have installed /var/log/journal as a directory; ln would link inside it.
+mkdir -p "$TARGET/var/log"
+rm -rf "$TARGET/var/log/journal"
+ln -s /data/journal "$TARGET/var/log/journal"
 mkdir -p "$TARGET/data"
 # The kernel here has the drivers built in: nothing for rcS or modules-load to load.
 : >"$TARGET/etc/levee/modules"
