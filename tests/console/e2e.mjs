@@ -104,6 +104,7 @@ try {
   await page.goto(`${BASE}/`);
   assert.match(page.url(), /\/setup$/);
   await shot("setup");
+  await page.fill("input[name=code]", process.env.SETUP_CODE);
   await page.fill("input[name=password]", ADMIN_PW);
   await page.fill("input[name=password2]", ADMIN_PW);
   await page.fill("input[name=hostname]", "mx.example.test");

@@ -57,5 +57,7 @@ until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$cons
     sleep 0.1
 done
 
-BASE="https://127.0.0.1:$console" SMTP_PORT=$smtp SINK_DIR="$work/sink" WORK="$work" \
+# The first-run setup code, as the appliance's screen shows it.
+setup_code=$(cat "$work/data/setup-code")
+SETUP_CODE=$setup_code BASE="https://127.0.0.1:$console" SMTP_PORT=$smtp SINK_DIR="$work/sink" WORK="$work" \
 SHOTS="$repo/docs/screenshots" node "$here/e2e.mjs" || { echo "--- levee log"; tail -50 "$work/levee.log"; exit 1; }

@@ -134,6 +134,8 @@ struct Inner {
     dummy_hash: String,
     /// The certificate being served; swapped when the admin uploads one.
     tls: std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>,
+    /// Needed to complete first-run setup (see [`links::setup_code`]).
+    setup_code: String,
 }
 
 impl std::fmt::Debug for AppState {
@@ -150,6 +152,7 @@ impl AppState {
             link_key: links::derive_key(&secret),
             dummy_hash: auth::dummy_hash(),
             tls: std::sync::RwLock::new(None),
+            setup_code: links::setup_code(&secret),
         })))
     }
     pub fn engine(&self) -> &Arc<Engine> {
@@ -160,6 +163,13 @@ impl AppState {
     }
     pub fn link_key(&self) -> &[u8; 32] {
         &self.0.link_key
+    }
+    pub fn setup_code(&self) -> &str {
+        &self.0.setup_code
+    }
+    /// Where the setup code is written for the appliance's screen while no admin exists.
+    pub fn setup_code_path(&self) -> std::path::PathBuf {
+        self.engine().config().data_dir.join("setup-code")
     }
     fn dummy_hash(&self) -> &str {
         &self.0.dummy_hash
@@ -472,6 +482,9 @@ pub async fn serve(
     let state = AppState::new(engine.clone())?;
     let app = router(state.clone());
     state.set_tls(tls::acceptor_for(&engine.config())?);
+    if state.store().users_len() == 0 {
+        write_setup_code(&state);
+    }
     let scheduler = tokio::spawn(mailout::run(state.clone(), shutdown.clone()));
     let mut tasks = Vec::new();
     for l in listeners {
@@ -486,6 +499,25 @@ pub async fn serve(
     }
     let _ = scheduler.await;
     Ok(())
+}
+
+/// Shows the first-run setup code to whoever has the box: in the log and in a file
+/// (read by the appliance's screen), readable by its owner only.
+fn write_setup_code(state: &AppState) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state.setup_code_path();
+    warn!(code = %state.setup_code(), file = %path.display(), "console not set up yet: first-run setup code");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{}", state.setup_code()));
+    if let Err(e) = written {
+        warn!(file = %path.display(), error = %e, "cannot write the setup code file");
+    }
 }
 
 /// Resolves once `rx` turns true (or its sender is gone).

@@ -55,6 +55,19 @@ pub fn derive_key(install_secret: &[u8; 32]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// The first-run setup code: shown only where someone with the box is (the log, the
+/// appliance's own screen, a file on the data partition), so a stranger on the LAN
+/// who reaches an unconfigured console first cannot make himself its admin. Stable
+/// for an install, so restarts do not change what the screen shows.
+pub fn setup_code(install_secret: &[u8; 32]) -> String {
+    let mut mac = HmacSha256::new_from_slice(install_secret).expect("HMAC takes any key length");
+    mac.update(b"levee console first-run setup code v1");
+    let bytes = mac.finalize().into_bytes();
+    // 12 characters from an alphabet without look-alikes (no 0/O, 1/I/L).
+    const ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+    bytes.iter().take(12).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
 fn mac(key: &[u8; 32], body: &str) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     m.update(body.as_bytes());

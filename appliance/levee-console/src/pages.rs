@@ -226,6 +226,11 @@ fn setup_page(st: &AppState, error: Option<&str>) -> Response {
             form method="post" action="/setup" {
                 input type="hidden" name="_csrf" value=(t);
                 fieldset {
+                    legend { "Setup code" }
+                    p { "Shown on the appliance's screen and in its log, and kept in " code { "setup-code" } " in the data directory: proof that you are the one who installed it." }
+                    label { "Setup code " input name="code" autocomplete="off" required; }
+                }
+                fieldset {
                     legend { "Administrator" }
                     label { "User name: " b { "admin" } }
                     label { "Password (at least " (auth::MIN_PASSWORD_LEN) " characters) " input name="password" type="password" autocomplete="new-password" required; }
@@ -255,6 +260,8 @@ async fn setup_form(State(st): State<AppState>) -> Response {
 
 #[derive(Deserialize)]
 struct SetupForm {
+    #[serde(default)]
+    code: String,
     password: String,
     password2: String,
     hostname: String,
@@ -268,6 +275,10 @@ async fn setup(State(st): State<AppState>, f: PrePost<SetupForm>) -> AppResult<R
         return Err(AppError::Forbidden);
     }
     let f = f.form;
+    let code = f.code.trim().to_ascii_uppercase().replace([' ', '-'], "");
+    if !auth::ct_eq(&code, st.setup_code()) {
+        return Ok(setup_page(&st, Some("The setup code is not right.")));
+    }
     if f.password.chars().count() < auth::MIN_PASSWORD_LEN {
         return Ok(setup_page(&st, Some("The password is too short.")));
     }
@@ -310,6 +321,7 @@ async fn setup(State(st): State<AppState>, f: PrePost<SetupForm>) -> AppResult<R
         return Err(AppError::Forbidden);
     }
     st.engine().update_config(&new_text)?;
+    let _ = std::fs::remove_file(st.setup_code_path());
     tracing::info!(domain = %f.domain, "first-run setup done");
     start_session(&st, &admin, &format!("/mx?domain={}", f.domain.trim().to_lowercase()))
 }

@@ -232,7 +232,22 @@ async fn first_run_sets_the_admin_and_config_once() {
         "{pre}"
     );
     let token = pre.split(';').next().unwrap().split_once('=').unwrap().1.to_string();
-    let body = format!("_csrf={token}&password=correct+horse+battery&password2=correct+horse+battery&hostname=gw.example.test&domain=shop.test&downstream=127.0.0.1%3A2626");
+    let code = e.state.setup_code().to_string();
+    assert_eq!(code.len(), 12);
+    let body = format!("_csrf={token}&code={code}&password=correct+horse+battery&password2=correct+horse+battery&hostname=gw.example.test&domain=shop.test&downstream=127.0.0.1%3A2626");
+    // Without the setup code (a stranger on the LAN): refused, nothing created.
+    let r = send(
+        &e,
+        "POST",
+        "/setup",
+        &format!("{PRE_COOKIE}={token}"),
+        &body.replace(&code, "WRONGWRONG22"),
+        &[],
+        "192.0.2.1",
+    )
+    .await;
+    assert!(r.body.contains("setup code is not right"), "{}", r.body);
+    assert_eq!(e.state.store().users_len(), 0);
     // Without the double-submit cookie: refused, nothing created.
     let r = send(&e, "POST", "/setup", "", &body, &[], "192.0.2.1").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
