@@ -64,39 +64,49 @@ pub fn parse_manifest(
     Ok(out)
 }
 
-/// Trains on every entry of a manifest; returns (spam, ham) learned.
+/// Trains on every entry of a manifest (as one batch); returns (spam, ham) learned.
 pub fn train_manifest(model: &mut Model, manifest: &Path) -> Result<(usize, usize), FilterError> {
-    let mut n = (0, 0);
-    for e in read_manifest(manifest)? {
-        let bytes = std::fs::read(&e.path).map_err(|err| FilterError::io(&e.path, err))?;
-        model.train(&bayes::tokenize(&bytes), e.spam);
-        if e.spam {
-            n.0 += 1;
-        } else {
-            n.1 += 1;
-        }
-    }
-    Ok(n)
+    let corpus = tokenize_manifest(&read_manifest(manifest)?)?;
+    model.train_batch(&corpus);
+    Ok(tally(&corpus))
 }
 
-/// Trains on every regular file under `spam` and `ham` (recursively, in name order);
-/// returns (spam, ham) learned.
+/// The tokens and label of every entry, in order.
+pub fn tokenize_manifest(
+    entries: &[ManifestEntry],
+) -> Result<Vec<(Vec<String>, bool)>, FilterError> {
+    entries
+        .iter()
+        .map(|e| {
+            let bytes = std::fs::read(&e.path).map_err(|err| FilterError::io(&e.path, err))?;
+            Ok((bayes::tokenize(&bytes), e.spam))
+        })
+        .collect()
+}
+
+fn tally(corpus: &[(Vec<String>, bool)]) -> (usize, usize) {
+    let spam = corpus.iter().filter(|(_, s)| *s).count();
+    (spam, corpus.len() - spam)
+}
+
+/// Trains on every regular file under `spam` and `ham` (recursively, in name order, as one
+/// batch); returns (spam, ham) learned.
 pub fn train_dirs(
     model: &mut Model,
     spam: &Path,
     ham: &Path,
 ) -> Result<(usize, usize), FilterError> {
-    let mut counts = [0usize; 2];
-    for (dir, is_spam, slot) in [(spam, true, 0), (ham, false, 1)] {
+    let mut corpus = Vec::new();
+    for (dir, is_spam) in [(spam, true), (ham, false)] {
         let mut files = Vec::new();
         walk(dir, &mut files)?;
         for f in files {
             let bytes = std::fs::read(&f).map_err(|e| FilterError::io(&f, e))?;
-            model.train(&bayes::tokenize(&bytes), is_spam);
-            counts[slot] += 1;
+            corpus.push((bayes::tokenize(&bytes), is_spam));
         }
     }
-    Ok((counts[0], counts[1]))
+    model.train_batch(&corpus);
+    Ok(tally(&corpus))
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilterError> {

@@ -14,6 +14,7 @@
 pub mod bayes;
 pub mod eval;
 mod html;
+pub mod linear;
 pub mod rules;
 pub mod score;
 

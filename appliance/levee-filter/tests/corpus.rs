@@ -26,11 +26,9 @@ fn slice(entries: Vec<ManifestEntry>, per_label: usize) -> Vec<ManifestEntry> {
 
 fn trained_on_slice(dir: &Path) -> Model {
     let train = eval::read_manifest(&dir.join("train.tsv")).expect("train.tsv");
+    let corpus = eval::tokenize_manifest(&slice(train, 300)).expect("read train messages");
     let mut model = Model::new();
-    for e in slice(train, 300) {
-        let bytes = std::fs::read(&e.path).expect("read train message");
-        model.train(&bayes::tokenize(&bytes), e.spam);
-    }
+    model.train_batch(&corpus);
     assert_eq!(model.counts(), (300, 300));
     model
 }
