@@ -133,6 +133,7 @@ impl Sink {
                 self.cjk(&lower, prefix);
                 continue;
             }
+            self.parts(w, prefix);
             if self.is_recipient(&lower) {
                 self.push("body:rcpt_name".into());
                 continue;
@@ -155,6 +156,62 @@ impl Sink {
                 self.push(format!("{prefix}skip:{first} {}", n / 10 * 10));
             } else {
                 self.push(format!("{prefix}{lower}"));
+            }
+        }
+    }
+
+    /// Words spammers glue or disguise to dodge word filters ("CialisViagra", "Rep1ica",
+    /// "No.1_LoseWeight", "$1.20", "78%") also yield their plain parts and a number class, so
+    /// the disguise does not make the word unknown.
+    fn parts(&mut self, w: &str, prefix: &str) {
+        let digits = w.bytes().filter(u8::is_ascii_digit).count();
+        if let Some(rest) = w.strip_suffix('%') {
+            if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                self.push(format!("{prefix}num:pct"));
+                return;
+            }
+        }
+        if w.starts_with(['$', '€', '£']) && digits > 0 {
+            self.push(format!("{prefix}num:money"));
+            return;
+        }
+        let mut pieces: Vec<String> = Vec::new();
+        let mut cur = String::new();
+        let mut prev_lower = false;
+        for c in w.chars() {
+            let boundary = !c.is_alphanumeric() || (prev_lower && c.is_uppercase());
+            if boundary && !cur.is_empty() {
+                pieces.push(std::mem::take(&mut cur));
+            }
+            if c.is_alphanumeric() {
+                cur.push(c);
+            }
+            prev_lower = c.is_lowercase();
+        }
+        if !cur.is_empty() {
+            pieces.push(cur);
+        }
+        let split = pieces.len() > 1;
+        for piece in pieces.iter().take(8) {
+            let letters = piece.chars().filter(|c| c.is_alphabetic()).count();
+            let deleet = letters >= 2 && piece.chars().any(|c| matches!(c, '0' | '1' | '3' | '5'));
+            if !split && !deleet {
+                continue;
+            }
+            let plain: String = piece
+                .to_lowercase()
+                .chars()
+                .map(|c| match c {
+                    '0' if deleet => 'o',
+                    '1' if deleet => 'l',
+                    '3' if deleet => 'e',
+                    '5' if deleet => 's',
+                    c => c,
+                })
+                .collect();
+            let n = plain.chars().count();
+            if (3..=MAX_WORD_CHARS).contains(&n) && plain.chars().all(char::is_alphabetic) {
+                self.push(format!("{prefix}{plain}"));
             }
         }
     }
@@ -989,6 +1046,34 @@ mod tests {
         assert_eq!(strip_list_footer(personal), personal);
         let both = format!("{}\n{}", sig.trim_end(), &mailman[10..]);
         assert_eq!(strip_list_footer(&both).trim_end(), "Body.");
+    }
+
+    #[test]
+    fn disguised_words_yield_their_parts() {
+        let m = msg(
+            "From: a@b.example\nSubject: Rep1icaWatches 78% off",
+            "CialisViagra from $1.20 No.1_LoseWeight 0nline plain words ABC 2024 b2b",
+        );
+        let t = tokenize(&m);
+        for w in [
+            "s:replica",
+            "s:watches",
+            "s:num:pct",
+            "cialis",
+            "viagra",
+            "cialisviagra",
+            "num:money",
+            "lose",
+            "weight",
+            "online",
+            "plain",
+        ] {
+            assert!(has(&t, w), "{w} missing from {t:?}");
+        }
+        // Ordinary words and numbers are not split or rewritten.
+        for w in ["pla", "bb", "blb", "nline"] {
+            assert!(!has(&t, w), "{w} in {t:?}");
+        }
     }
 
     #[test]
