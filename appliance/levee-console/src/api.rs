@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/queue", get(queue))
         .route("/api/v1/lists", get(lists).post(list_add))
         .route("/api/v1/lists/{id}/delete", post(list_delete))
+        .route("/api/v1/geoip", post(geoip_upload))
         .route("/metrics", get(metrics))
 }
 
@@ -223,6 +224,46 @@ async fn list_delete(
         v.require(Perm::Lists)?;
         Ok(json!({ "removed": st.engine().remove_list_entry(id)? }))
     })())
+}
+
+/// The largest country database accepted (GeoLite2-Country is about 10 MiB).
+const GEOIP_MAX: usize = 128 << 20;
+
+/// Replaces the country database: the body is a MaxMind-format file. It is checked
+/// by opening it before it replaces the old one, then `checks.geoip_db` points at it.
+async fn geoip_upload(
+    State(st): State<AppState>,
+    w: Result<ApiWrite, AppError>,
+    body: axum::body::Body,
+) -> Response {
+    let r = async {
+        let ApiWrite(v) = w?;
+        v.require(Perm::Settings)?;
+        let bytes = axum::body::to_bytes(body, GEOIP_MAX)
+            .await
+            .map_err(|_| AppError::BadRequest("the database is too large".into()))?;
+        let dir = st.engine().config().data_dir.join("geoip");
+        let path = dir.join("country.mmdb");
+        let tmp = dir.join("country.mmdb.new");
+        let written = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&tmp, &bytes));
+        written.map_err(|e| AppError::Internal(format!("{}: {e}", tmp.display())))?;
+        let countries = match levee_netcheck::GeoIp::open(&tmp) {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(AppError::BadRequest(format!("not a MaxMind country database: {e}")));
+            }
+        };
+        drop(countries);
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))?;
+        let shown = path.display().to_string();
+        crate::pages::edit_config(&st, |doc| crate::config_edit::set_geoip_db(doc, &shown))?;
+        tracing::info!(by = %v.user.name, size = bytes.len(), "country database replaced");
+        Ok(json!({ "ok": true, "path": shown, "size": bytes.len() }))
+    }
+    .await;
+    out(r)
 }
 
 /// Prometheus text format, version 0.0.4.

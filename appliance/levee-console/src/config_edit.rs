@@ -84,6 +84,14 @@ pub fn set_thresholds(doc: &mut DocumentMut, tag: f64, quarantine: f64, reject: 
     set_keep(&mut p["quarantine_days"], days);
 }
 
+/// Points `checks.geoip_db` at a country database file.
+pub fn set_geoip_db(doc: &mut DocumentMut, path: &str) {
+    if doc.get("checks").and_then(|c| c.as_table()).is_none() {
+        doc["checks"] = Item::Table(Table::new());
+    }
+    doc["checks"]["geoip_db"] = value(path);
+}
+
 /// Sets (or, with `None`, removes) one symbol's weight override.
 pub fn set_weight(doc: &mut DocumentMut, symbol: &str, weight: Option<f64>) {
     let p = policy(doc);

@@ -633,6 +633,20 @@ async fn policy(
                     button type="submit" { "Set" }
                 }
             }
+            h2 { "Country database" }
+            p {
+                @match &c.checks.geoip_db {
+                    Some(path) => { "In use: " code { (path.display()) } ". Findings " code { "COUNTRY_XX" } " can be weighted above; block whole countries on the lists page." }
+                    None => { "None: countries are not checked. Upload a MaxMind-format country database (e.g. GeoLite2-Country.mmdb)." }
+                }
+            }
+            @if edit {
+                div #geoip-upload data-csrf=(v.csrf()) {
+                    input #geoip-file type="file" accept=".mmdb";
+                    button #geoip-send type="button" { "Upload" }
+                    span #geoip-status {}
+                }
+            }
             h2 { "Blocked countries" }
             @if countries.is_empty() { p { "None." } } @else { ul { @for c in &countries { li { (c) } } } }
             p { "Add " code { "block country XX" } " on the " a href="/lists" { "allow/block lists" } " page." }

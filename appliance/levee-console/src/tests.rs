@@ -923,3 +923,52 @@ async fn the_system_page_shows_the_recent_log_escaped_and_policy_shows_list_heal
     let r = get(&e, "/policy", &admin.cookie).await;
     assert!(r.body.contains("No DNS lists are configured"), "{}", r.body);
 }
+
+#[path = "../../levee-netcheck/tests/common/mmdb.rs"]
+#[allow(dead_code)]
+mod mmdb;
+
+/// Posts raw bytes to the API with the session's CSRF header.
+async fn post_bytes(e: &Env, l: &Login, path: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header(header::COOKIE, &l.cookie)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("x-csrf-token", &l.csrf)
+        .body(Body::from(body))
+        .unwrap();
+    req.extensions_mut().insert(Peer(SocketAddr::new("192.0.2.1".parse().unwrap(), 40000)));
+    let r = e.app.clone().oneshot(req).await.unwrap();
+    let status = r.status();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn the_admin_installs_a_country_database_and_only_a_valid_one() {
+    let e = env();
+    add_user(&e, "root", Role::Admin, &[]);
+    add_user(&e, "aud", Role::Auditor, &[]);
+    let (admin, aud) = (login(&e, "root").await, login(&e, "aud").await);
+    let db = mmdb::country_db(&[("192.0.2.0/24", "DE")]);
+    // Not an admin: refused.
+    assert_eq!(post_bytes(&e, &aud, "/api/v1/geoip", db.clone()).await.0, StatusCode::FORBIDDEN);
+    // Junk: refused, nothing changes.
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/geoip", b"not a database".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(e.state.engine().config().checks.geoip_db.is_none());
+    // A real database: installed, configured, and the policy page says so.
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/geoip", db).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let path = e.state.engine().config().checks.geoip_db.clone().expect("configured");
+    assert!(
+        levee_netcheck::GeoIp::open(&path)
+            .unwrap()
+            .country("192.0.2.7".parse().unwrap())
+            .as_deref()
+            == Some("DE")
+    );
+    let page = get(&e, "/policy", &admin.cookie).await;
+    assert!(page.body.contains("country.mmdb"), "{}", page.body);
+}

@@ -80,7 +80,8 @@ pub struct Engine {
     bayes: RwLock<Arc<levee_filter::bayes::Model>>,
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
     config_path: std::sync::OnceLock<std::path::PathBuf>,
-    net: Option<levee_netcheck::NetChecks>,
+    /// Rebuilt when the config changes, so console edits of `[checks]` apply at once.
+    net: RwLock<Option<Arc<levee_netcheck::NetChecks>>>,
     health: health::Health,
     log_ring: std::sync::OnceLock<Arc<health::LogRing>>,
 }
@@ -207,7 +208,7 @@ impl Engine {
             bayes: RwLock::new(Arc::new(bayes)),
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
-            net,
+            net: RwLock::new(net.map(Arc::new)),
             health: health::Health::default(),
             log_ring: std::sync::OnceLock::new(),
         }))
@@ -219,7 +220,13 @@ impl Engine {
 
     /// Swaps in a new, already validated config; live sessions keep the one they began with.
     pub fn reload(&self, config: Config) {
+        let net = net_checks(&config).map(Arc::new);
+        *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    fn net(&self) -> Option<Arc<levee_netcheck::NetChecks>> {
+        self.net.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -318,7 +325,7 @@ impl Engine {
     /// findings already score past `checks.connect_reject_at` is refused before the
     /// banner and banned.
     async fn connect_checks(&self, conn: &mut Conn) -> Decision {
-        let Some(net) = &self.net else { return Decision::Accept };
+        let Some(net) = self.net() else { return Decision::Accept };
         if conn.trusted {
             return Decision::Accept;
         }
@@ -443,7 +450,7 @@ impl Engine {
         let Incoming { mut envelope, mut data } = incoming;
         envelope.client_name = conn.confirmed_name.clone();
         let mut findings = conn.findings.clone();
-        if let (Some(net), false) = (&self.net, conn.trusted) {
+        if let (Some(net), false) = (self.net(), conn.trusted) {
             let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
             let report = net.content_stage(envelope.client_ip, &envelope.helo, &from, &data).await;
             self.record_health(&report.warnings);
