@@ -4,7 +4,10 @@
 //! - `--errors` / `--dump`: list misclassified (or all) messages with their findings on stderr
 //! - `--save MODEL`: write the trained model (`Model::to_bytes`)
 //! - `--min-of N`: classify N times, keep each message's fastest time (timing on a busy machine)
-//! - `--probs`: print label, source and Bayes probability per dev message
+//! - `--probs`: print label, source and model probability (Bayes and linear combined) per dev
+//!   message
+//!
+//! Tune with `examples/cv` (k-fold cross-validation on TRAIN.tsv), not on DEV.tsv.
 //! - `--explain FILE...`: print the tokens and findings of single messages
 //! - `--rule-stats`: how often each rule fires on spam and ham of TRAIN.tsv
 

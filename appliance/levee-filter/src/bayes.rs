@@ -6,7 +6,11 @@
 //! - [`Model`] holds per-token spam/ham message counts. A token's spam probability is Robinson's
 //!   smoothed f(w); the most decisive tokens are combined with Fisher's chi-square method, which
 //!   gives a probability near 0 or 1 when the evidence agrees and near 0.5 when it conflicts.
-//! - [`findings`] reports the probability as one `BAYES_*` bucket symbol.
+//!   Beside the counts the model holds a [`crate::linear`] logistic regression over the same
+//!   tokens; [`Model::score`] combines the two in log-odds ([`combine`]), and the linear part
+//!   joins only once it has been fitted on a corpus ([`Model::train_batch`]).
+//! - [`findings`] reports the combined probability as one `BAYES_*` bucket symbol, with both
+//!   opinions in the detail.
 //!
 //! Headers that only say *which path or list* a message came through (Received, List-*,
 //! recipients, DKIM/ARC/Authentication-Results, Message-ID, X-*) are never tokenized: in a

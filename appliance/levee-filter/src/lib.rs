@@ -5,7 +5,8 @@
 //! turn findings into a [`levee_types::Verdict`]. The content checks here are:
 //!
 //! - [`bayes`]: a trainable token classifier (Robinson f(w) smoothing, Fisher chi-square
-//!   combining) whose probability is reported as a `BAYES_*` bucket;
+//!   combining) plus a [`linear`] model (logistic regression on hashed tokens) trained on the
+//!   same tokens; their combined probability is reported as a `BAYES_*` bucket;
 //! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...).
 //!
 //! [`eval`] trains and measures the filter on a labelled corpus; it is the only module that
