@@ -70,6 +70,53 @@ pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option
     h
 }
 
+/// Removes `Authentication-Results` fields that claim this gateway's authserv-id:
+/// they came from outside and are forgeries (RFC 8601 section 5), and a downstream
+/// that trusts our results must never see them. Everything else is kept byte-exact.
+pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    let end = message.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2)?;
+    let mut out = Vec::with_capacity(message.len());
+    let mut removed = false;
+    let mut i = 0;
+    while i < end {
+        // One field: a line and its continuation lines (starting with space or tab).
+        let mut j = i;
+        loop {
+            let nl =
+                message[j..end].windows(2).position(|w| w == b"\r\n").map_or(end, |p| j + p + 2);
+            j = nl;
+            if j >= end || !matches!(message[j], b' ' | b'\t') {
+                break;
+            }
+        }
+        let field = &message[i..j];
+        if claims(field, authserv_id) {
+            removed = true;
+        } else {
+            out.extend_from_slice(field);
+        }
+        i = j;
+    }
+    if !removed {
+        return None;
+    }
+    out.extend_from_slice(&message[end..]);
+    Some(out)
+}
+
+/// Whether a header field is `Authentication-Results: <authserv_id>; ...`.
+fn claims(field: &[u8], authserv_id: &str) -> bool {
+    let text = String::from_utf8_lossy(field);
+    let Some((name, value)) = text.split_once(':') else { return false };
+    if !name.trim().eq_ignore_ascii_case("authentication-results") {
+        return false;
+    }
+    let id = value.split(';').next().unwrap_or("");
+    // Drop comments and an optional version: "mx.example.test (x) 1".
+    let id = id.split('(').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+    id.trim_end_matches('.').eq_ignore_ascii_case(authserv_id)
+}
+
 /// Folds a long header value at spaces so no line exceeds ~78 characters.
 fn fold(value: &str) -> String {
     let mut out = String::new();
@@ -99,6 +146,19 @@ mod tests {
         assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322_date(1_795_388_566), "Sun, 22 Nov 2026 23:02:46 +0000");
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn forged_results_for_our_name_are_removed_and_others_kept() {
+        let m = b"Received: x\r\nAuthentication-Results: MX.example.test;\r\n\tdkim=pass\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n";
+        let out = strip_forged_results(m, "mx.example.test").unwrap();
+        assert_eq!(
+            out,
+            b"Received: x\r\nAuthentication-Results: other.test; spf=fail\r\nSubject: hi\r\n\r\nAuthentication-Results: mx.example.test; in the body\r\n"
+        );
+        assert!(strip_forged_results(b"Subject: hi\r\n\r\nbody\r\n", "mx.example.test").is_none());
+        let with_comment = b"Authentication-Results: mx.example.test (forged) 1; dkim=pass\r\n\r\n";
+        assert_eq!(strip_forged_results(with_comment, "mx.example.test").unwrap(), b"\r\n");
     }
 
     #[test]

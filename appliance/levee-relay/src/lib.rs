@@ -450,6 +450,10 @@ impl Engine {
         let Incoming { mut envelope, mut data } = incoming;
         envelope.client_name = conn.confirmed_name.clone();
         let mut findings = conn.findings.clone();
+        if let Some(clean) = headers::strip_forged_results(&data, &self.config().hostname.0) {
+            warn!(client = %envelope.client_ip, "removed Authentication-Results claiming our name");
+            data = clean;
+        }
         if let (Some(net), false) = (self.net(), conn.trusted) {
             let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
             let report = net.content_stage(envelope.client_ip, &envelope.helo, &from, &data).await;
