@@ -98,3 +98,40 @@ fn evaluate_reports_per_source_and_machine_line() {
     assert_eq!(last, expected);
     assert!(report.p50_micros <= report.p99_micros);
 }
+
+#[test]
+fn both_models_learn_from_reports_and_releases_of_real_mail() {
+    let dir = corpus();
+    let mut model = trained_on_slice(&dir);
+    let dev = eval::read_manifest(&dir.join("dev.tsv")).expect("dev.tsv");
+    // The spam this model likes least and the ham it likes least, among the first 200 of each.
+    let scored = |model: &Model, spam: bool| -> Vec<(f64, Vec<String>)> {
+        dev.iter()
+            .filter(|e| e.spam == spam)
+            .take(200)
+            .map(|e| {
+                let tokens = bayes::tokenize(&std::fs::read(&e.path).expect("read dev message"));
+                (model.score(&tokens).expect("trained"), tokens)
+            })
+            .collect()
+    };
+    let lowest_spam =
+        scored(&model, true).into_iter().min_by(|a, b| a.0.total_cmp(&b.0)).expect("dev spam");
+    let highest_ham =
+        scored(&model, false).into_iter().max_by(|a, b| a.0.total_cmp(&b.0)).expect("dev ham");
+    let parts = model.score_parts(&lowest_spam.1).expect("trained");
+    assert!(parts.margin.is_some(), "a batch-trained model uses its linear part");
+
+    // "Report as spam" and "release" as the console does them: one message, one train() call.
+    model.train(&lowest_spam.1, true);
+    let spam_after = model.score_parts(&lowest_spam.1).expect("trained");
+    assert!(spam_after.combined > lowest_spam.0, "{} -> {spam_after:?}", lowest_spam.0);
+    assert!(spam_after.margin > parts.margin, "the linear model learned too");
+    model.train(&highest_ham.1, false);
+    let ham_after = model.score_parts(&highest_ham.1).expect("trained");
+    assert!(ham_after.combined < highest_ham.0, "{} -> {ham_after:?}", highest_ham.0);
+
+    // The learned model survives a round trip through its stored form.
+    let restored = Model::from_bytes(&model.to_bytes()).expect("roundtrip");
+    assert_eq!(restored.score(&lowest_spam.1), model.score(&lowest_spam.1));
+}
