@@ -57,7 +57,13 @@ until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$cons
     sleep 0.1
 done
 
-# The first-run setup code, as the appliance's screen shows it.
+# The first-run setup code, as the appliance's screen shows it (written as the console
+# starts serving, just after its port is bound).
+i=0
+until [ -s "$work/data/setup-code" ]; do
+    i=$((i+1)); [ $i -lt 100 ] || { echo "no setup code written"; cat "$work/levee.log"; exit 1; }
+    sleep 0.1
+done
 setup_code=$(cat "$work/data/setup-code")
 SETUP_CODE=$setup_code BASE="https://127.0.0.1:$console" SMTP_PORT=$smtp SINK_DIR="$work/sink" WORK="$work" \
 SHOTS="$repo/docs/screenshots" node "$here/e2e.mjs" || { echo "--- levee log"; tail -50 "$work/levee.log"; exit 1; }
