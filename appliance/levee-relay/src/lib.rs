@@ -82,6 +82,8 @@ pub struct Engine {
     config_path: std::sync::OnceLock<std::path::PathBuf>,
     /// Rebuilt when the config changes, so console edits of `[checks]` apply at once.
     net: RwLock<Option<Arc<levee_netcheck::NetChecks>>>,
+    /// Derived from the config; swapped with it.
+    policy: RwLock<Arc<levee_filter::score::Policy>>,
     health: health::Health,
     log_ring: std::sync::OnceLock<Arc<health::LogRing>>,
 }
@@ -189,6 +191,7 @@ impl Engine {
         info!(nspam, nham, "Bayes model loaded");
         let lists = store.list_entries()?;
         let net = net_checks(&config);
+        let policy = build_policy(&config);
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -209,6 +212,7 @@ impl Engine {
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
             net: RwLock::new(net.map(Arc::new)),
+            policy: RwLock::new(Arc::new(policy)),
             health: health::Health::default(),
             log_ring: std::sync::OnceLock::new(),
         }))
@@ -222,6 +226,7 @@ impl Engine {
     pub fn reload(&self, config: Config) {
         let net = net_checks(&config).map(Arc::new);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_policy(&config));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
@@ -383,27 +388,8 @@ impl Engine {
         self.bayes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn policy(&self) -> levee_filter::score::Policy {
-        let p = &self.config().policy;
-        let mut policy = levee_filter::score::Policy {
-            tag_at: p.tag_at,
-            quarantine_at: p.quarantine_at,
-            reject_at: p.reject_at,
-            ..Default::default()
-        };
-        // A list's own weight covers its symbol and every return-code variant of it;
-        // `[policy.weights]` still has the last word.
-        let checks = &self.config().checks;
-        for list in checks.dnsbl.iter().chain(&checks.uribl) {
-            policy.weights.insert(list.symbol.0.clone(), list.weight);
-            for code in list.codes.values() {
-                policy.weights.insert(format!("{}_{}", list.symbol.0, code.0), list.weight);
-            }
-        }
-        for (symbol, weight) in &p.weights {
-            policy.weights.insert(symbol.clone(), *weight);
-        }
-        policy
+    fn policy(&self) -> Arc<levee_filter::score::Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Content filter and lists: the verdict for a received message.
@@ -643,6 +629,30 @@ impl Engine {
     }
 }
 
+/// The scorer's policy for a config, built once per config rather than per message.
+fn build_policy(config: &Config) -> levee_filter::score::Policy {
+    let p = &config.policy;
+    let mut policy = levee_filter::score::Policy {
+        tag_at: p.tag_at,
+        quarantine_at: p.quarantine_at,
+        reject_at: p.reject_at,
+        ..Default::default()
+    };
+    // A list's own weight covers its symbol and every return-code variant of it;
+    // `[policy.weights]` still has the last word.
+    let checks = &config.checks;
+    for list in checks.dnsbl.iter().chain(&checks.uribl) {
+        policy.weights.insert(list.symbol.0.clone(), list.weight);
+        for code in list.codes.values() {
+            policy.weights.insert(format!("{}_{}", list.symbol.0, code.0), list.weight);
+        }
+    }
+    for (symbol, weight) in &p.weights {
+        policy.weights.insert(symbol.clone(), *weight);
+    }
+    policy
+}
+
 /// Builds the network checks from `[checks]`; `None` when the resolver cannot be
 /// set up (logged), in which case only local checks run.
 fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
@@ -742,5 +752,36 @@ fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
             .map(|(f, w)| (f.symbol.clone(), f.detail.clone(), *w))
             .collect(),
         deliveries: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, extra: &str) -> Config {
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n{extra}",
+            dir.display()
+        );
+        Config::parse(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn the_policy_is_derived_from_the_config_and_follows_reloads() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-policy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let extra = "[[checks.dnsbl]]\nzone = \"bl.example.net\"\nsymbol = \"BL\"\nweight = 3.0\ncodes = { \"127.0.0.2\" = \"SBL\" }\n";
+        let engine = Engine::open(config(&dir, extra)).unwrap();
+        let p = engine.policy();
+        assert_eq!((p.weight("BL"), p.weight("BL_SBL"), p.tag_at), (3.0, 3.0, 4.0));
+        engine.reload(config(
+            &dir,
+            &format!("{extra}[policy]\ntag_at = 2.0\n[policy.weights]\nBL_SBL = 9.0\n"),
+        ));
+        let p = engine.policy();
+        assert_eq!((p.weight("BL"), p.weight("BL_SBL"), p.tag_at), (3.0, 9.0, 2.0));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
