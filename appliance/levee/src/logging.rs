@@ -17,11 +17,16 @@ pub fn ring() -> Arc<LogRing> {
     RING.get_or_init(|| Arc::new(LogRing::new(RING_LINES))).clone()
 }
 
-/// Formats each event into a buffer and hands it to the ring when done.
-struct RingMaker(Arc<LogRing>);
+/// Formats each event into a buffer and hands it to the ring when done; with
+/// `stderr`, writes the same bytes there too, so an event is formatted once.
+struct RingMaker {
+    ring: Arc<LogRing>,
+    stderr: bool,
+}
 
 struct RingWriter {
     ring: Arc<LogRing>,
+    stderr: bool,
     buf: Vec<u8>,
 }
 
@@ -38,6 +43,10 @@ impl std::io::Write for RingWriter {
 
 impl Drop for RingWriter {
     fn drop(&mut self) {
+        if self.stderr {
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(&self.buf);
+        }
         self.ring.push(&String::from_utf8_lossy(&self.buf));
     }
 }
@@ -46,16 +55,18 @@ impl<'a> MakeWriter<'a> for RingMaker {
     type Writer = RingWriter;
 
     fn make_writer(&'a self) -> RingWriter {
-        RingWriter { ring: self.0.clone(), buf: Vec::with_capacity(256) }
+        RingWriter { ring: self.ring.clone(), stderr: self.stderr, buf: Vec::with_capacity(256) }
     }
 }
 
-/// A formatting layer whose output goes to the ring.
-fn ring_layer<S>() -> impl tracing_subscriber::Layer<S>
+/// The one formatting layer: its output goes to the ring, and to stderr with `stderr`.
+fn ring_layer<S>(stderr: bool) -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    tracing_subscriber::fmt::layer().with_ansi(false).with_writer(RingMaker(ring()))
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(RingMaker { ring: ring(), stderr })
 }
 
 pub fn init(prefer_journald: bool) {
@@ -66,14 +77,10 @@ pub fn init(prefer_journald: bool) {
             let _ = tracing_subscriber::registry()
                 .with(filter())
                 .with(layer.with_syslog_identifier("levee".into()))
-                .with(ring_layer())
+                .with(ring_layer(false))
                 .try_init();
             return;
         }
     }
-    let _ = tracing_subscriber::registry()
-        .with(filter())
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr))
-        .with(ring_layer())
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter()).with(ring_layer(true)).try_init();
 }
