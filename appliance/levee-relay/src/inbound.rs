@@ -185,7 +185,7 @@ async fn drive(
                         return;
                     }
                     let reply = match engine.accept_message(incoming, conn).await {
-                        StoreOutcome::Queued(reply) | StoreOutcome::Refused(reply) => reply,
+                        StoreOutcome::Queued(_, reply) | StoreOutcome::Refused(reply) => reply,
                     };
                     session.stored(reply, Instant::now().into_std());
                 }

@@ -52,8 +52,8 @@ pub enum RelayError {
 /// What became of a message handed over at the end of DATA.
 #[derive(Debug)]
 pub enum StoreOutcome {
-    /// Safe on disk; the reply is the 250.
-    Queued(Reply),
+    /// Safe on disk under this id; the reply is the 250.
+    Queued(QueueId, Reply),
     /// Not stored; the reply says why (4xx: try again, 5xx: refused).
     Refused(Reply),
 }
@@ -534,7 +534,8 @@ impl Engine {
                 if meta.action != Action::Quarantine {
                     let _ = self.queue_tx.send(id.clone());
                 }
-                StoreOutcome::Queued(Reply::with(250, 0, 0, format!("Ok: queued as {id}")))
+                let reply = Reply::with(250, 0, 0, format!("Ok: queued as {id}"));
+                StoreOutcome::Queued(id, reply)
             }
             Ok(Err(e)) => {
                 error!(id = %id, error = %e, "message not stored");

@@ -132,7 +132,7 @@ impl Engine {
         envelope.rcpt_to.retain(|a| mine.iter().any(|m| m.eq_ignore_ascii_case(&a.to_string())));
         self.learn(&body, false).await?;
         match self.enqueue(envelope, body, Action::Accept, meta.score, meta.findings).await {
-            StoreOutcome::Queued(_) => {}
+            StoreOutcome::Queued(..) => {}
             StoreOutcome::Refused(r) => {
                 return Err(RelayError::Io(std::io::Error::other(r.to_string())))
             }
@@ -281,11 +281,7 @@ impl Engine {
             declared_size: None,
         };
         match self.enqueue(envelope, data, Action::Accept, 0.0, Vec::new()).await {
-            StoreOutcome::Queued(reply) => {
-                let id =
-                    reply.lines.first().and_then(|l| l.rsplit(' ').next()).and_then(QueueId::parse);
-                id.ok_or_else(|| RelayError::Io(std::io::Error::other("queued without an id")))
-            }
+            StoreOutcome::Queued(id, _) => Ok(id),
             StoreOutcome::Refused(reply) => {
                 Err(RelayError::Io(std::io::Error::other(reply.to_string())))
             }

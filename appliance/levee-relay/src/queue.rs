@@ -221,7 +221,7 @@ async fn bounce(
     let config = engine.config();
     let (envelope, data) = dsn::build(&config.hostname.0, meta, body, &sender, failed, now_unix());
     match engine.enqueue(envelope, data, levee_types::Action::Accept, 0.0, Vec::new()).await {
-        crate::StoreOutcome::Queued(r) => {
+        crate::StoreOutcome::Queued(_, r) => {
             info!(id = %meta.id, to = %sender, dsn = %r, "DSN queued")
         }
         crate::StoreOutcome::Refused(r) => {
