@@ -144,6 +144,37 @@ pub struct Policy {
     pub quarantine_days: u64,
 }
 
+impl Policy {
+    /// This policy with a domain's overrides applied: thresholds replaced where
+    /// given, weights merged over ours (the domain's win).
+    pub fn merged(&self, over: &DomainPolicy) -> Policy {
+        let mut weights = self.weights.clone();
+        weights.extend(over.weights.iter().map(|(k, v)| (k.clone(), *v)));
+        Policy {
+            tag_at: over.tag_at.unwrap_or(self.tag_at),
+            quarantine_at: over.quarantine_at.unwrap_or(self.quarantine_at),
+            reject_at: over.reject_at.unwrap_or(self.reject_at),
+            weights,
+            quarantine_days: self.quarantine_days,
+        }
+    }
+
+    /// The ordering and finiteness rules every effective policy must meet.
+    fn check(&self) -> Result<(), String> {
+        if !(self.tag_at <= self.quarantine_at && self.quarantine_at <= self.reject_at) {
+            return Err(format!(
+                "policy thresholds must satisfy tag_at <= quarantine_at <= reject_at \
+                 (here {} <= {} <= {})",
+                self.tag_at, self.quarantine_at, self.reject_at
+            ));
+        }
+        if let Some((symbol, _)) = self.weights.iter().find(|(_, w)| !w.is_finite()) {
+            return Err(format!("policy weight {symbol} must be a finite number"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
@@ -246,6 +277,36 @@ pub struct DomainConfig {
     /// `false`: filtering switched off pending set-up; recipients get 451.
     #[serde(default = "defaults::yes")]
     pub enabled: bool,
+    /// `[domain.policy]`: this domain's thresholds and weights where they differ
+    /// from `[policy]`. (Not `Spanned`: toml cannot span a table that is only
+    /// implied by `[domain.policy.weights]`; errors name the domain's `name` line.)
+    #[serde(default)]
+    pub policy: Option<DomainPolicy>,
+}
+
+/// A domain's policy overrides: any threshold, and weights merged over
+/// `[policy.weights]` symbol by symbol. Absent values follow the global `[policy]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainPolicy {
+    #[serde(default)]
+    pub tag_at: Option<f64>,
+    #[serde(default)]
+    pub quarantine_at: Option<f64>,
+    #[serde(default)]
+    pub reject_at: Option<f64>,
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, f64>,
+}
+
+impl DomainPolicy {
+    /// Whether it changes nothing (an empty `[domain.policy]`).
+    pub fn is_empty(&self) -> bool {
+        self.tag_at.is_none()
+            && self.quarantine_at.is_none()
+            && self.reject_at.is_none()
+            && self.weights.is_empty()
+    }
 }
 
 impl DomainConfig {
@@ -499,15 +560,15 @@ impl Config {
                 ));
             }
         }
-        let p = &self.policy;
-        if !(p.tag_at <= p.quarantine_at && p.quarantine_at <= p.reject_at) {
-            return Err((
-                0,
-                "policy thresholds must satisfy tag_at <= quarantine_at <= reject_at".into(),
-            ));
-        }
-        if p.weights.values().any(|w| !w.is_finite()) {
-            return Err((0, "policy weights must be finite numbers".into()));
+        self.policy.check().map_err(|m| (0, m))?;
+        // Each domain's thresholds are checked after merging: a domain may raise only
+        // reject_at, say, and must still end up ordered with the global values.
+        for d in &self.domains {
+            if let Some(over) = &d.policy {
+                self.policy.merged(over).check().map_err(|m| {
+                    (d.name.span().start, format!("domain {} [domain.policy]: {m}", d.domain()))
+                })?;
+            }
         }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));
@@ -524,6 +585,15 @@ impl Config {
 
     pub fn domain(&self, d: &Domain) -> Option<&DomainConfig> {
         self.domains.iter().find(|c| c.domain() == d)
+    }
+
+    /// The policy that applies to mail for `d`: `[policy]` with the domain's
+    /// `[domain.policy]` merged over it (the global one for unknown domains).
+    pub fn policy_for(&self, d: &Domain) -> Policy {
+        match self.domain(d).and_then(|c| c.policy.as_ref()) {
+            Some(over) => self.policy.merged(over),
+            None => self.policy.clone(),
+        }
     }
 
     pub fn spool_dir(&self) -> PathBuf {

@@ -1,4 +1,5 @@
 use super::*;
+use levee_types::Domain;
 
 const MINIMAL: &str = r#"hostname = "mx.example.test"
 data_dir = "/var/lib/levee"
@@ -138,4 +139,60 @@ fn dns_lists_parse_and_bad_symbols_name_their_line() {
     assert_eq!(c.checks.dnsbl[0].codes.len(), 1);
     let (line, msg) = err(&text.replace("\"ZEN\"", "\"zen list\""));
     assert_eq!(line, 12, "{msg}");
+}
+
+#[test]
+fn domain_policy_overrides_merge_over_the_global_policy() {
+    let text = format!(
+        "{MINIMAL}[domain.policy]\nreject_at = 8.0\n[domain.policy.weights]\nSPF_FAIL = 9.0\n\
+         [[domain]]\nname = \"lenient.test\"\ndownstream = \"127.0.0.1:2626\"\n\
+         [domain.policy]\ntag_at = 1.0\nquarantine_at = 50.0\nreject_at = 100.0\n\
+         [[domain]]\nname = \"plain.test\"\ndownstream = \"127.0.0.1:2626\"\n\
+         [policy]\nquarantine_at = 5.0\n[policy.weights]\nBAYES_99 = 9.0\nSPF_FAIL = 2.5\n"
+    );
+    let c = Config::parse(&text, "t").unwrap();
+    let d = |s: &str| Domain::parse(s).unwrap();
+    let strict = c.policy_for(&d("example.test"));
+    assert_eq!((strict.tag_at, strict.quarantine_at, strict.reject_at), (4.0, 5.0, 8.0));
+    assert_eq!((strict.weights["SPF_FAIL"], strict.weights["BAYES_99"]), (9.0, 9.0));
+    let lenient = c.policy_for(&d("lenient.test"));
+    assert_eq!((lenient.tag_at, lenient.quarantine_at, lenient.reject_at), (1.0, 50.0, 100.0));
+    assert_eq!(lenient.weights["SPF_FAIL"], 2.5);
+    // No override, and unknown domains: the global policy as written.
+    for name in ["plain.test", "unknown.test"] {
+        let p = c.policy_for(&d(name));
+        assert_eq!((p.tag_at, p.quarantine_at, p.reject_at), (4.0, 5.0, 15.0));
+        assert_eq!(p.weights, c.policy.weights);
+    }
+    assert!(c.domains[2].policy.is_none());
+}
+
+#[test]
+fn domain_thresholds_are_checked_after_merging_and_name_the_domain_policy() {
+    // reject_at 5 is below the global quarantine_at 6: unordered only once merged.
+    let text = format!("{MINIMAL}[domain.policy]\nreject_at = 5.0\n");
+    let (line, msg) = err(&text);
+    assert_eq!(line, 6, "{msg}");
+    assert!(msg.contains("example.test") && msg.contains("tag_at <= quarantine_at"), "{msg}");
+    // Lowering all three together is fine.
+    let text = format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_at = 2.0\nreject_at = 5.0\n");
+    assert!(Config::parse(&text, "t").is_ok());
+    // A global change that a domain's override no longer fits is refused too.
+    let text = format!("{MINIMAL}[domain.policy]\ntag_at = 5.0\n[policy]\nquarantine_at = 4.5\n");
+    let (_, msg) = err(&text);
+    assert!(msg.contains("domain example.test"), "{msg}");
+    let (line, msg) = err(&format!("{MINIMAL}[domain.policy.weights]\nSPF_FAIL = nan\n"));
+    assert_eq!(line, 6, "{msg}");
+    assert!(msg.contains("SPF_FAIL"), "{msg}");
+}
+
+#[test]
+fn domain_policy_refuses_unknown_keys_and_bad_values_on_their_line() {
+    let (line, msg) = err(&format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_days = 3\n"));
+    assert_eq!(line, 10, "{msg}");
+    assert!(msg.contains("quarantine_days"), "{msg}");
+    let (line, msg) = err(&format!("{MINIMAL}[domain.policy]\nreject_at = \"high\"\n"));
+    assert_eq!(line, 9, "{msg}");
+    let c = Config::parse(&format!("{MINIMAL}[domain.policy]\n"), "t").unwrap();
+    assert!(c.domains[0].policy.as_ref().unwrap().is_empty());
 }
