@@ -261,7 +261,7 @@ fn hex_val(b: u8) -> Option<u8> {
 /// Decodes HTML character references, lower-cases, and undoes common defanging, so the
 /// scanner only has to know the plain forms.
 fn normalise(text: &str) -> String {
-    let decoded = decode_entities(text).to_lowercase();
+    let decoded = levee_html::decode_entities(text).to_lowercase();
     let mut out = decoded;
     for (from, to) in [
         ("hxxps", "https"),
@@ -279,66 +279,6 @@ fn normalise(text: &str) -> String {
         }
     }
     out
-}
-
-fn decode_entities(text: &str) -> String {
-    if !text.contains('&') {
-        return text.to_string();
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find('&') {
-        out.push_str(&rest[..pos]);
-        rest = &rest[pos..];
-        match decode_entity(rest) {
-            Some((c, len)) => {
-                out.push(c);
-                rest = &rest[len..];
-            }
-            None => {
-                out.push('&');
-                rest = &rest[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// One character reference at the start of `s` ("&#x68;", "&#104", "&amp;") and its length.
-fn decode_entity(s: &str) -> Option<(char, usize)> {
-    let body = &s[1..];
-    if let Some(num) = body.strip_prefix('#') {
-        let (digits, radix, skip) = match num.strip_prefix(['x', 'X']) {
-            Some(hex) => (hex, 16, 3),
-            None => (num, 10, 2),
-        };
-        let len = digits.bytes().take(8).take_while(|b| (*b as char).is_digit(radix)).count();
-        if len == 0 {
-            return None;
-        }
-        let c = char::from_u32(u32::from_str_radix(&digits[..len], radix).ok()?)?;
-        // Browsers accept a missing semicolon on numeric references; spammers rely on it.
-        let semi = usize::from(digits[len..].starts_with(';'));
-        return Some((c, skip + len + semi));
-    }
-    for (name, c) in [
-        ("amp;", '&'),
-        ("lt;", '<'),
-        ("gt;", '>'),
-        ("quot;", '"'),
-        ("apos;", '\''),
-        ("nbsp;", ' '),
-        ("colon;", ':'),
-        ("sol;", '/'),
-        ("period;", '.'),
-        ("commat;", '@'),
-    ] {
-        if body.len() >= name.len() && body[..name.len()].eq_ignore_ascii_case(name) {
-            return Some((c, 1 + name.len()));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -379,6 +319,8 @@ mod tests {
         assert_eq!(domains("&#x68;ttp&#58;//&#101;vil.com/"), ["evil.com"]);
         assert_eq!(domains("&#104&#116&#116&#112://evil.org"), ["evil.org"]);
         assert_eq!(domains("http://%65%76%69%6c.net/"), ["evil.net"]);
+        // Non-ASCII right after `&` once split a character and panicked the scanner.
+        assert_eq!(domains("Preise &é&日本 http://evil.io/"), ["evil.io"]);
     }
 
     #[test]
