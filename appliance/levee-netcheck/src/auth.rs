@@ -42,6 +42,44 @@ pub struct AuthReport {
     pub authentication_results: String,
 }
 
+/// SPF as evaluated when MAIL FROM arrived. The relay keeps it on the transaction and
+/// hands it back at the end of DATA, so DMARC and the Authentication-Results header use
+/// this answer: SPF is asked once per transaction, and the verdict at RCPT and the one
+/// at the end of DATA rest on the same result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailSpf {
+    pub ip: IpAddr,
+    pub helo: String,
+    /// Without angle brackets; empty for the null sender (then HELO was checked).
+    pub mail_from: String,
+    /// `None`: it did not finish in time (`SPF_TIMEOUT`, `spf=temperror`).
+    pub output: Option<SpfOutput>,
+}
+
+impl MailSpf {
+    /// `SPF_<RESULT>`, or the zero-weight `SPF_TIMEOUT`.
+    pub fn findings(&self) -> Vec<Finding> {
+        match &self.output {
+            Some(spf) => spf_findings(spf),
+            None => vec![Finding::new("SPF_TIMEOUT", "spf did not finish in time")],
+        }
+    }
+
+    /// The domain whose policy was checked (sender's, or HELO's for `<>`).
+    pub fn domain(&self) -> &str {
+        match &self.output {
+            Some(spf) if !spf.domain().is_empty() => spf.domain(),
+            _ if self.mail_from.is_empty() => &self.helo,
+            _ => self.mail_from.rsplit_once('@').map_or(self.helo.as_str(), |(_, d)| d),
+        }
+    }
+
+    /// Whether it answers for this transaction's identities.
+    fn is_for(&self, ip: IpAddr, helo: &str, mail_from: &str) -> bool {
+        self.ip == ip && self.helo == helo && self.mail_from.eq_ignore_ascii_case(mail_from)
+    }
+}
+
 impl Auth {
     pub fn new(dns: &Dns, hostname: &str) -> Self {
         Auth {
@@ -61,7 +99,20 @@ impl Auth {
         self.authenticator.verify_spf(params).await
     }
 
-    /// DKIM, SPF (again: answers are cached), DMARC and ARC, each bounded by `deadline`.
+    /// SPF at MAIL FROM, bounded by `deadline` (a miss is kept as "timed out").
+    pub async fn spf_at_mail(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        deadline: Instant,
+    ) -> MailSpf {
+        let output = timeout_at(deadline, self.spf(ip, helo, mail_from)).await.ok();
+        MailSpf { ip, helo: helo.to_string(), mail_from: mail_from.to_string(), output }
+    }
+
+    /// DKIM, DMARC and ARC, each bounded by `deadline`, with SPF taken from `at_mail`
+    /// (the MAIL FROM result for these identities) or, without one, evaluated here.
     /// A part that misses the deadline is a `<CHECK>_TIMEOUT` finding and a `temperror`
     /// in the header; the parts that finished are reported as they are.
     pub async fn verify(
@@ -69,13 +120,20 @@ impl Auth {
         ip: IpAddr,
         helo: &str,
         mail_from: &str,
+        at_mail: Option<&MailSpf>,
         message: &[u8],
         deadline: Instant,
     ) -> AuthReport {
         let mut findings = Vec::new();
         let mut header = String::new();
         let parsed = AuthenticatedMessage::parse(message);
-        let spf_fut = timeout_at(deadline, self.spf(ip, helo, mail_from));
+        let earlier = at_mail.filter(|s| s.is_for(ip, helo, mail_from));
+        let spf_fut = async {
+            match earlier {
+                Some(s) => s.output.clone(),
+                None => timeout_at(deadline, self.spf(ip, helo, mail_from)).await.ok(),
+            }
+        };
         let (spf, verified) = match &parsed {
             Some(parsed) => {
                 let (spf, dkim, arc) = tokio::join!(
@@ -83,9 +141,9 @@ impl Auth {
                     timeout_at(deadline, self.authenticator.verify_dkim(parsed)),
                     timeout_at(deadline, self.authenticator.verify_arc(parsed)),
                 );
-                (spf.ok(), Some((parsed, dkim, arc)))
+                (spf, Some((parsed, dkim, arc)))
             }
-            None => (spf_fut.await.ok(), None),
+            None => (spf_fut.await, None),
         };
         match &spf {
             Some(spf) => {

@@ -9,9 +9,9 @@
 //! [`HealthWarning`], never a listing.
 //!
 //! [`NetChecks`] bundles them by SMTP stage, each stage under one deadline:
-//! [`NetChecks::connect_stage`] (DNSBL, rDNS, country), [`NetChecks::mail_stage`] (SPF),
-//! [`NetChecks::content_stage`] (DKIM, DMARC, ARC, URI lists, and the
-//! Authentication-Results header).
+//! [`NetChecks::connect_stage`] (DNSBL, rDNS, country), [`NetChecks::mail_stage`] (SPF,
+//! kept as a [`MailSpf`] for later), [`NetChecks::content_stage`] (DKIM, DMARC, ARC, URI
+//! lists, and the Authentication-Results header, with the SPF result from MAIL).
 
 mod error;
 
@@ -30,7 +30,7 @@ use futures_util::future::join_all;
 pub use levee_types::Finding;
 use tokio::time::{timeout_at, Instant};
 
-pub use auth::{Auth, AuthReport};
+pub use auth::{Auth, AuthReport, MailSpf};
 pub use dns::{Dns, Upstream};
 pub use dnsbl::{DnsList, HealthWarning};
 pub use error::NetCheckError;
@@ -143,21 +143,21 @@ impl NetChecks {
     }
 
     /// SPF at MAIL FROM (`mail_from` without angle brackets; empty for the null sender),
-    /// within `mail_timeout`.
-    pub async fn mail_stage(&self, ip: IpAddr, helo: &str, mail_from: &str) -> Vec<Finding> {
+    /// within `mail_timeout`. Keep the result for [`NetChecks::content_stage`].
+    pub async fn mail_stage(&self, ip: IpAddr, helo: &str, mail_from: &str) -> MailSpf {
         let deadline = Instant::now() + self.config.mail_timeout;
-        match timeout_at(deadline, self.auth.spf(ip, helo, mail_from)).await {
-            Ok(spf) => auth::spf_findings(&spf),
-            Err(_) => vec![Finding::new("SPF_TIMEOUT", "mail stage deadline passed")],
-        }
+        self.auth.spf_at_mail(ip, helo, mail_from, deadline).await
     }
 
-    /// DKIM, SPF, DMARC, ARC and URI lists for the whole `message`, within `content_timeout`.
+    /// DKIM, DMARC, ARC and URI lists for the whole `message`, within `content_timeout`,
+    /// and SPF: `spf` from [`NetChecks::mail_stage`] of this transaction (not asked
+    /// again), or evaluated here when there is none.
     pub async fn content_stage(
         &self,
         ip: IpAddr,
         helo: &str,
         mail_from: &str,
+        spf: Option<&MailSpf>,
         message: &[u8],
     ) -> ContentReport {
         let deadline = Instant::now() + self.config.content_timeout;
@@ -169,7 +169,7 @@ impl NetChecks {
         let uri = per_list(&self.config.uribl, deadline, |list| {
             uribl::check_hosts(&self.dns, &hosts, list)
         });
-        let auth = self.auth.verify(ip, helo, mail_from, message, deadline);
+        let auth = self.auth.verify(ip, helo, mail_from, spf, message, deadline);
         let ((uri_findings, warnings), auth) = tokio::join!(uri, auth);
         let mut findings = auth.findings;
         findings.extend(uri_findings);

@@ -88,7 +88,7 @@ async fn spf_at_mail_from() {
         ("198.51.100.7", "", "SPF_FAIL"),
     ];
     for (addr, from, want) in cases {
-        let f = checks.mail_stage(ip(addr), "mail.good.test", from).await;
+        let f = checks.mail_stage(ip(addr), "mail.good.test", from).await.findings();
         assert_eq!(symbols(&f), [want], "{addr} {from:?}: {f:?}");
     }
 }
@@ -102,7 +102,13 @@ async fn dkim_dmarc_and_authentication_results() {
 
     // Authorised IP, valid signature: everything passes.
     let r = checks
-        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", signed.as_bytes())
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            None,
+            signed.as_bytes(),
+        )
         .await;
     assert_eq!(symbols(&r.findings), ["SPF_PASS", "DKIM_PASS", "DMARC_PASS", "ARC_NONE"], "{r:?}");
     let ar = &r.authentication_results;
@@ -117,7 +123,13 @@ async fn dkim_dmarc_and_authentication_results() {
     // Body changed in transit: DKIM fails, DMARC still passes through aligned SPF.
     let tampered = signed.replace("noon", "midnight");
     let r = checks
-        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", tampered.as_bytes())
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            None,
+            tampered.as_bytes(),
+        )
         .await;
     assert_eq!(symbols(&r.findings), ["SPF_PASS", "DKIM_FAIL", "DMARC_PASS", "ARC_NONE"], "{r:?}");
     assert!(r.authentication_results.contains("dkim=fail"), "{}", r.authentication_results);
@@ -125,7 +137,13 @@ async fn dkim_dmarc_and_authentication_results() {
     // A forgery from elsewhere, unsigned: the domain's reject policy is the finding.
     let forged = message("alice@auth.test", "Pay this invoice.");
     let r = checks
-        .content_stage(ip("198.51.100.7"), "evil.example", "alice@auth.test", forged.as_bytes())
+        .content_stage(
+            ip("198.51.100.7"),
+            "evil.example",
+            "alice@auth.test",
+            None,
+            forged.as_bytes(),
+        )
         .await;
     assert_eq!(
         symbols(&r.findings),
@@ -142,7 +160,7 @@ async fn dkim_dmarc_and_authentication_results() {
     // Quarantine policy, soft-failing SPF.
     let soft = message("bob@soft.test", "Hello.");
     let r = checks
-        .content_stage(ip("198.51.100.7"), "evil.example", "bob@soft.test", soft.as_bytes())
+        .content_stage(ip("198.51.100.7"), "evil.example", "bob@soft.test", None, soft.as_bytes())
         .await;
     assert_eq!(
         symbols(&r.findings),
@@ -153,7 +171,7 @@ async fn dkim_dmarc_and_authentication_results() {
     // No SPF and no DMARC published.
     let bare = message("carol@bare.test", "Hi.");
     let r = checks
-        .content_stage(ip("198.51.100.7"), "evil.example", "carol@bare.test", bare.as_bytes())
+        .content_stage(ip("198.51.100.7"), "evil.example", "carol@bare.test", None, bare.as_bytes())
         .await;
     assert_eq!(symbols(&r.findings), ["SPF_NONE", "DKIM_NONE", "DMARC_NONE", "ARC_NONE"], "{r:?}");
 }
@@ -190,14 +208,26 @@ async fn arc_sealed_message_passes_and_broken_seal_fails() {
     let sealed = format!("{}{}{signed}", seal(key, &parsed, &results, &arc), results.to_header());
 
     let r = checks
-        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", sealed.as_bytes())
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            None,
+            sealed.as_bytes(),
+        )
         .await;
     assert!(symbols(&r.findings).contains(&"ARC_PASS"), "{r:?}");
     assert!(r.authentication_results.contains("arc=pass"), "{}", r.authentication_results);
 
     let broken = sealed.replace("Subject: lunch", "Subject: free money");
     let r = checks
-        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", broken.as_bytes())
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            None,
+            broken.as_bytes(),
+        )
         .await;
     assert!(symbols(&r.findings).contains(&"ARC_FAIL"), "{r:?}");
 }
@@ -224,7 +254,13 @@ async fn content_stage_deadline_gives_timeout_findings_and_temperror() {
     );
     let started = Instant::now();
     let r = checks
-        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", signed.as_bytes())
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            None,
+            signed.as_bytes(),
+        )
         .await;
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert_eq!(
@@ -236,7 +272,83 @@ async fn content_stage_deadline_gives_timeout_findings_and_temperror() {
         assert!(r.authentication_results.contains(part), "{part}: {}", r.authentication_results);
     }
     assert_eq!(
-        symbols(&checks.mail_stage(ip("192.0.2.10"), "h", "a@auth.test").await),
+        symbols(&checks.mail_stage(ip("192.0.2.10"), "h", "a@auth.test").await.findings()),
         ["SPF_TIMEOUT"]
     );
+}
+
+/// SPF asked at MAIL is the SPF of the end of DATA: its result goes into DMARC and the
+/// header without a second query. Proved with a resolver that cannot answer by then: the
+/// content stage runs against a black hole, yet reports the SPF pass and aligned DMARC
+/// that only the MAIL-stage answer can give.
+#[tokio::test]
+async fn content_stage_reuses_the_spf_result_from_mail() {
+    let server = Unbound::start("").await;
+    let live = checks(&server, NetConfig::default());
+    let spf = live.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await;
+    assert_eq!(symbols(&spf.findings()), ["SPF_PASS"]);
+    assert_eq!(spf.domain(), "auth.test");
+
+    let hole = BlackHole::new();
+    let offline = NetChecks::new(
+        hole.dns(Duration::from_secs(30)),
+        NetConfig {
+            hostname: HOST.into(),
+            content_timeout: Duration::from_millis(400),
+            ..NetConfig::default()
+        },
+        None,
+    );
+    let msg = message("alice@auth.test", "Hello.");
+    let r = offline
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            Some(&spf),
+            msg.as_bytes(),
+        )
+        .await;
+    assert_eq!(symbols(&r.findings)[0], "SPF_PASS", "{r:?}");
+    assert!(r.authentication_results.contains("spf=pass"), "{}", r.authentication_results);
+    // Without the earlier result the same stage has to ask, and times out.
+    let r = offline
+        .content_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test", None, msg.as_bytes())
+        .await;
+    assert_eq!(symbols(&r.findings)[0], "SPF_TIMEOUT", "{r:?}");
+    // A result for other identities is not reused.
+    let r = offline
+        .content_stage(
+            ip("192.0.2.99"),
+            "mail.good.test",
+            "alice@auth.test",
+            Some(&spf),
+            msg.as_bytes(),
+        )
+        .await;
+    assert_eq!(symbols(&r.findings)[0], "SPF_TIMEOUT", "{r:?}");
+
+    // A timed-out MAIL stage stays a visible timeout at the end of DATA.
+    let slow = NetChecks::new(
+        hole.dns(Duration::from_secs(30)),
+        NetConfig {
+            hostname: HOST.into(),
+            mail_timeout: Duration::from_millis(200),
+            ..NetConfig::default()
+        },
+        None,
+    );
+    let late = slow.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await;
+    assert_eq!((late.output.as_ref(), symbols(&late.findings())), (None, vec!["SPF_TIMEOUT"]));
+    let r = live
+        .content_stage(
+            ip("192.0.2.10"),
+            "mail.good.test",
+            "alice@auth.test",
+            Some(&late),
+            msg.as_bytes(),
+        )
+        .await;
+    assert_eq!(symbols(&r.findings)[0], "SPF_TIMEOUT", "{r:?}");
+    assert!(r.authentication_results.contains("spf=temperror"), "{}", r.authentication_results);
 }

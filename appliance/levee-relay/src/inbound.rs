@@ -155,17 +155,14 @@ async fn drive(
     shutting_down: &mut bool,
     relay_denied: &mut u32,
 ) {
-    // What the connection checks found, and the sender of the transaction under
-    // way, for list checks at RCPT and for the verdict.
+    // What the connection checks found, the HELO name, and the sender and SPF of
+    // the transaction under way, for the checks at RCPT and for the verdict.
     let conn = &mut crate::Conn::new(peer.ip());
     loop {
         while let Some(action) = session.poll_action() {
             match action {
                 Action::Send(bytes) => out.extend_from_slice(&bytes),
                 Action::Ask(question) => {
-                    if let Question::MailFrom { from, .. } = &question {
-                        conn.sender = from.as_ref().map(|a| a.to_string());
-                    }
                     let decision = if matches!(question, Question::Connect) {
                         greet(engine, session, io, buf, conn).await
                     } else {
@@ -173,7 +170,9 @@ async fn drive(
                     };
                     if let (Question::RcptTo { to }, Decision::Reject(r)) = (&question, &decision) {
                         info!(client = %peer, rcpt = %to, reply = %r, "recipient refused");
-                        if r.code == 550 {
+                        // Relay probing is 550 5.7.1; an SPF refusal (5.7.23) is about the
+                        // sender, not a probe, and earns no ban of its own.
+                        if r.code == 550 && r.enhanced.is_none_or(|e| e.2 != 23) {
                             *relay_denied += 1;
                         }
                     }

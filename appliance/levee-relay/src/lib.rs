@@ -21,7 +21,7 @@ use levee_config::Config;
 use levee_smtp::{Decision, Incoming, Question, SessionConfig};
 use levee_spool::{GroupCommit, RetryPolicy, Spool, SpoolMeta};
 use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Store};
-use levee_types::{Action, Envelope, QueueId, Reply};
+use levee_types::{Action, Address, Envelope, QueueId, Reply};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,8 +82,8 @@ pub struct Engine {
     config_path: std::sync::OnceLock<std::path::PathBuf>,
     /// Rebuilt when the config changes, so console edits of `[checks]` apply at once.
     net: RwLock<Option<Arc<levee_netcheck::NetChecks>>>,
-    /// Derived from the config; swapped with it.
-    policy: RwLock<Arc<levee_filter::score::Policy>>,
+    /// Derived from the config (global and per domain); swapped with it.
+    policies: RwLock<Arc<Policies>>,
     health: health::Health,
     log_ring: std::sync::OnceLock<Arc<health::LogRing>>,
 }
@@ -98,6 +98,10 @@ pub struct Conn {
     pub country: Option<String>,
     pub confirmed_name: Option<String>,
     pub sender: Option<String>,
+    /// The last HELO/EHLO name, for SPF at MAIL.
+    pub helo: String,
+    /// SPF of the transaction under way, asked at MAIL FROM; reused at the end of DATA.
+    pub spf: Option<levee_netcheck::MailSpf>,
 }
 
 impl Conn {
@@ -115,6 +119,8 @@ impl Conn {
             country: None,
             confirmed_name: None,
             sender: None,
+            helo: String::new(),
+            spf: None,
         }
     }
 }
@@ -191,7 +197,7 @@ impl Engine {
         info!(nspam, nham, "Bayes model loaded");
         let lists = store.list_entries()?;
         let net = net_checks(&config);
-        let policy = build_policy(&config);
+        let policies = Policies::build(&config);
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -212,7 +218,7 @@ impl Engine {
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
             net: RwLock::new(net.map(Arc::new)),
-            policy: RwLock::new(Arc::new(policy)),
+            policies: RwLock::new(Arc::new(policies)),
             health: health::Health::default(),
             log_ring: std::sync::OnceLock::new(),
         }))
@@ -226,7 +232,8 @@ impl Engine {
     pub fn reload(&self, config: Config) {
         let net = net_checks(&config).map(Arc::new);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(build_policy(&config));
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Policies::build(&config));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
 
@@ -273,12 +280,22 @@ impl Engine {
     async fn decide(&self, q: &Question, conn: &mut Conn) -> Decision {
         let config = self.config();
         let client = conn.ip;
-        let sender = conn.sender.as_deref();
         match q {
             Question::Connect => self.connect_checks(conn).await,
-            Question::Helo { .. } => Decision::Accept,
-            Question::MailFrom { .. } => match self.spool.free_bytes() {
-                Ok(free) if free >= config.smtp.min_free_bytes => Decision::Accept,
+            Question::Helo { name, .. } => {
+                conn.helo = name.clone();
+                Decision::Accept
+            }
+            Question::MailFrom { from, .. } => match self.spool.free_bytes() {
+                Ok(free) if free >= config.smtp.min_free_bytes => {
+                    conn.sender = from.as_ref().map(|a| a.to_string());
+                    conn.spf = None;
+                    if let (Some(net), false) = (self.net(), conn.trusted) {
+                        let sender = conn.sender.as_deref().unwrap_or("");
+                        conn.spf = Some(net.mail_stage(client, &conn.helo, sender).await);
+                    }
+                    Decision::Accept
+                }
                 Ok(free) => {
                     warn!(free, "spool nearly full: refusing new mail for now");
                     Decision::Reject(Reply::with(
@@ -304,7 +321,7 @@ impl Engine {
                 Some(_) => {
                     let lists = self.lists();
                     let subject = levee_types::list::ListSubject {
-                        sender,
+                        sender: conn.sender.as_deref(),
                         client_ip: client,
                         country: conn.country.as_deref(),
                         recipient: &to.to_string(),
@@ -319,10 +336,57 @@ impl Engine {
                                 "message refused by the recipient's block list",
                             ))
                         }
-                        _ => Decision::Accept,
+                        Some(e) if e.kind == levee_types::list::ListKind::Allow => Decision::Accept,
+                        _ => self.early_verdict(conn, to),
                     }
                 }
             },
+        }
+    }
+
+    /// At RCPT the recipient's domain, hence its policy, is known, and so are the
+    /// connection findings and SPF from MAIL. When they already score at or past the
+    /// policy's reject_at the recipient is refused now, before the message is taken:
+    /// a refusal at the end of DATA would come to the same, later.
+    fn early_verdict(&self, conn: &Conn, to: &levee_types::Address) -> Decision {
+        let Some(spf) = &conn.spf else { return Decision::Accept };
+        let mut findings = conn.findings.clone();
+        findings.extend(spf.findings());
+        let policy = self.policy_for(to.domain());
+        let verdict = levee_filter::score::verdict(&policy, &findings, false);
+        if verdict.score < policy.reject_at {
+            return Decision::Accept;
+        }
+        let spf_weight: f64 = verdict
+            .findings
+            .iter()
+            .filter(|(f, _)| f.symbol.starts_with("SPF_"))
+            .map(|(_, w)| w)
+            .sum();
+        info!(client = %conn.ip, rcpt = %to, score = verdict.score, findings = %verdict.findings_summary(), "refused at RCPT");
+        if spf_weight > 0.0 {
+            // RFC 7372: 5.7.23 is "SPF validation failed".
+            let result = spf.findings().first().map(|f| f.symbol.clone()).unwrap_or_default();
+            let result = result.strip_prefix("SPF_").unwrap_or(&result).to_ascii_lowercase();
+            Decision::Reject(Reply::with(
+                550,
+                7,
+                23,
+                format!(
+                    "SPF {result} for {}: sender not authorised, message refused (score {:.1})",
+                    spf.domain(),
+                    verdict.score
+                ),
+            ))
+        } else {
+            let why = verdict
+                .findings
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(f, _)| f.symbol.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Decision::Reject(Reply::with(550, 7, 1, format!("message refused: {why}")))
         }
     }
 
@@ -388,35 +452,35 @@ impl Engine {
         self.bayes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn policy(&self) -> Arc<levee_filter::score::Policy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn policies(&self) -> Arc<Policies> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Content filter and lists: the verdict for a received message.
+    /// The global policy (for the connection stage, before any recipient is known).
+    fn policy(&self) -> Arc<levee_filter::score::Policy> {
+        self.policies().global.clone()
+    }
+
+    /// The effective policy of a recipient domain.
+    fn policy_for(&self, domain: &levee_types::Domain) -> Arc<levee_filter::score::Policy> {
+        self.policies().get(domain).clone()
+    }
+
+    /// Content filter and lists: the verdict for each recipient of a received message,
+    /// recipients with equal verdicts together. Each recipient is scored with its
+    /// domain's effective policy and its own allow list, so one domain's lenient policy
+    /// or one recipient's allow entry never lets spam through to the others.
     async fn judge(
         &self,
         envelope: &Envelope,
         data: Arc<Vec<u8>>,
         mut findings: Vec<levee_types::Finding>,
         country: Option<&str>,
-    ) -> levee_types::Verdict {
+    ) -> Vec<(Vec<Address>, levee_types::Verdict)> {
         let model = self.bayes();
-        let policy = self.policy();
+        let policies = self.policies();
         let lists = self.lists();
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
-        // Allow-listed only when every recipient's lists allow the sender: one
-        // recipient's allow entry must not let spam through to the others.
-        let allowed = !envelope.rcpt_to.is_empty()
-            && envelope.rcpt_to.iter().all(|r| {
-                let subject = levee_types::list::ListSubject {
-                    sender: sender.as_deref(),
-                    client_ip: envelope.client_ip,
-                    country,
-                    recipient: &r.to_string(),
-                };
-                levee_types::list::decide(&lists, &subject)
-                    .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow)
-            });
         let content =
             tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &data))
                 .await
@@ -424,10 +488,38 @@ impl Engine {
                     vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
                 });
         findings.extend(content);
-        if allowed {
-            findings.push(levee_types::Finding::new("ALLOW_LISTED", "sender on the allow list"));
+        let mut groups: Vec<(Vec<Address>, levee_types::Verdict)> = Vec::new();
+        for rcpt in &envelope.rcpt_to {
+            let subject = levee_types::list::ListSubject {
+                sender: sender.as_deref(),
+                client_ip: envelope.client_ip,
+                country,
+                recipient: &rcpt.to_string(),
+            };
+            let allowed = levee_types::list::decide(&lists, &subject)
+                .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow);
+            let policy = policies.get(rcpt.domain());
+            let verdict = if allowed {
+                let mut findings = findings.clone();
+                findings
+                    .push(levee_types::Finding::new("ALLOW_LISTED", "sender on the allow list"));
+                levee_filter::score::verdict(policy, &findings, true)
+            } else {
+                levee_filter::score::verdict(policy, &findings, false)
+            };
+            match groups.iter_mut().find(|(_, v)| *v == verdict) {
+                Some((rcpts, _)) => rcpts.push(rcpt.clone()),
+                None => groups.push((vec![rcpt.clone()], verdict)),
+            }
         }
-        levee_filter::score::verdict(&policy, &findings, allowed)
+        if groups.is_empty() {
+            // The session never hands over a message without recipients; judge it anyway.
+            groups.push((
+                Vec::new(),
+                levee_filter::score::verdict(&policies.global, &findings, false),
+            ));
+        }
+        groups
     }
 
     /// Writes a received message durably and queues it for delivery. Returns only
@@ -442,7 +534,9 @@ impl Engine {
         }
         if let (Some(net), false) = (self.net(), conn.trusted) {
             let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
-            let report = net.content_stage(envelope.client_ip, &envelope.helo, &from, &data).await;
+            let report = net
+                .content_stage(envelope.client_ip, &envelope.helo, &from, conn.spf.as_ref(), &data)
+                .await;
             self.record_health(&report.warnings);
             findings.extend(report.findings);
             if self.config().checks.auth {
@@ -455,26 +549,53 @@ impl Engine {
             }
         }
         let data = Arc::new(data);
-        let verdict = self.judge(&envelope, data.clone(), findings, conn.country.as_deref()).await;
+        let groups = self.judge(&envelope, data.clone(), findings, conn.country.as_deref()).await;
         let data = Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
-        let summary = verdict.findings_summary();
-        match verdict.action {
-            Action::Reject => {
-                self.log_refused(&envelope, data.len() as u64, &verdict);
-                info!(client = %envelope.client_ip, from = %envelope.mail_from_path(), score = verdict.score, findings = %summary, "rejected");
-                StoreOutcome::Refused(Reply::with(550, 7, 1, "message refused as spam"))
+        let size = data.len() as u64;
+        let part = |rcpts: &[Address]| Envelope { rcpt_to: rcpts.to_vec(), ..envelope.clone() };
+        // Refused at the end of DATA only when every recipient's policy refuses it.
+        if groups.iter().all(|(_, v)| v.action == Action::Reject) {
+            for (rcpts, verdict) in &groups {
+                self.log_refused(&part(rcpts), size, verdict);
+                info!(client = %envelope.client_ip, from = %envelope.mail_from_path(), score = verdict.score, findings = %verdict.findings_summary(), "rejected");
             }
-            Action::Tempfail => {
-                self.log_refused(&envelope, data.len() as u64, &verdict);
-                StoreOutcome::Refused(Reply::with(
-                    451,
-                    7,
-                    1,
-                    "message could not be checked, try again later",
-                ))
-            }
-            action => self.enqueue(envelope, data, action, verdict.score, verdict.findings).await,
+            return StoreOutcome::Refused(Reply::with(550, 7, 1, "message refused as spam"));
         }
+        // One reply answers for every recipient: a message that must be checked again
+        // later is asked for again as a whole.
+        if groups.iter().any(|(_, v)| v.action == Action::Tempfail) {
+            for (rcpts, verdict) in &groups {
+                self.log_refused(&part(rcpts), size, verdict);
+            }
+            return StoreOutcome::Refused(Reply::with(
+                451,
+                7,
+                1,
+                "message could not be checked, try again later",
+            ));
+        }
+        let copies = groups
+            .into_iter()
+            .map(|(rcpts, mut verdict)| {
+                if verdict.action == Action::Reject {
+                    // Other recipients take the message, so the 250 covers these too; a
+                    // bounce later would be backscatter and dropping it silent loss.
+                    verdict.action = Action::Quarantine;
+                    verdict.findings.push((
+                        levee_types::Finding::new(
+                            "REJECT_HELD",
+                            format!(
+                                "score {:.2} reached this recipient's reject_at; held because other recipients accept the message",
+                                verdict.score
+                            ),
+                        ),
+                        0.0,
+                    ));
+                }
+                (part(&rcpts), verdict)
+            })
+            .collect();
+        self.enqueue_copies(copies, data).await
     }
 
     /// The message log keeps refused messages too, so the console can explain them.
@@ -501,61 +622,94 @@ impl Engine {
         score: f64,
         findings: Vec<(levee_types::Finding, f64)>,
     ) -> StoreOutcome {
+        let verdict = levee_types::Verdict { action, score, findings };
+        self.enqueue_copies(vec![(envelope, verdict)], data).await
+    }
+
+    /// Stores one queue entry per (recipients, verdict) copy of the same message, all
+    /// or none: the one reply covers them all, and after a 4xx the client sends the
+    /// whole message again, so a copy already written is taken back.
+    async fn enqueue_copies(
+        self: &Arc<Self>,
+        copies: Vec<(Envelope, levee_types::Verdict)>,
+        data: Vec<u8>,
+    ) -> StoreOutcome {
         let now = now_unix();
-        let meta = SpoolMeta {
-            id: self.spool.new_id(SystemTime::now()),
-            envelope,
-            received_at: now,
-            action,
-            score,
-            findings,
-        };
+        let metas: Vec<SpoolMeta> = copies
+            .into_iter()
+            .map(|(envelope, v)| SpoolMeta {
+                id: self.spool.new_id(SystemTime::now()),
+                envelope,
+                received_at: now,
+                action: v.action,
+                score: v.score,
+                findings: v.findings,
+            })
+            .collect();
         let size = data.len() as u64;
         let engine = self.clone();
-        let id = meta.id.clone();
+        let ids: Vec<QueueId> = metas.iter().map(|m| m.id.clone()).collect();
         let result = tokio::task::spawn_blocking(move || {
-            let quarantine = (meta.action == Action::Quarantine).then(|| {
-                manage::quarantine_entry(&meta, &data, engine.config().policy.quarantine_days)
-            });
-            engine.write_durably(&meta, &data, quarantine)
+            let days = engine.config().policy.quarantine_days;
+            let mut stored: Vec<SpoolMeta> = Vec::with_capacity(metas.len());
+            for meta in metas {
+                let quarantine = (meta.action == Action::Quarantine)
+                    .then(|| manage::quarantine_entry(&meta, &data, days));
+                match engine.write_durably(&meta, &data, quarantine) {
+                    Ok(meta) => stored.push(meta),
+                    Err(e) => {
+                        for mut done in stored {
+                            engine.unwrite(&done.id);
+                            done.action = Action::Tempfail;
+                            let _ = engine.store.log_put(&log_entry(&done, size));
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(stored)
         })
         .await;
-        match result {
-            Ok(Ok(meta)) => {
-                info!(
-                    id = %id,
-                    client = %meta.envelope.client_ip,
-                    from = %meta.envelope.mail_from_path(),
-                    to = %meta.envelope.rcpt_to.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
-                    size,
-                    verdict = %meta.action,
-                    "accepted"
-                );
-                if meta.action != Action::Quarantine {
-                    let _ = self.queue_tx.send(id.clone());
-                }
-                let reply = Reply::with(250, 0, 0, format!("Ok: queued as {id}"));
-                StoreOutcome::Queued(id, reply)
-            }
-            Ok(Err(e)) => {
-                error!(id = %id, error = %e, "message not stored");
-                StoreOutcome::Refused(Reply::with(
-                    451,
-                    3,
-                    0,
-                    "local error in processing, try again later",
-                ))
-            }
-            Err(e) => {
-                error!(id = %id, error = %e, "store task failed");
-                StoreOutcome::Refused(Reply::with(
-                    451,
-                    3,
-                    0,
-                    "local error in processing, try again later",
-                ))
+        let failed = |what: String| {
+            error!(id = %ids.first().map(|i| i.to_string()).unwrap_or_default(), error = %what, "message not stored");
+            StoreOutcome::Refused(Reply::with(
+                451,
+                3,
+                0,
+                "local error in processing, try again later",
+            ))
+        };
+        let stored = match result {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => return failed(e.to_string()),
+            Err(e) => return failed(format!("store task failed: {e}")),
+        };
+        for meta in &stored {
+            info!(
+                id = %meta.id,
+                client = %meta.envelope.client_ip,
+                from = %meta.envelope.mail_from_path(),
+                to = %meta.envelope.rcpt_to.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                size,
+                verdict = %meta.action,
+                score = meta.score,
+                "accepted"
+            );
+            if meta.action != Action::Quarantine {
+                let _ = self.queue_tx.send(meta.id.clone());
             }
         }
+        let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ");
+        let reply = Reply::with(250, 0, 0, format!("Ok: queued as {list}"));
+        StoreOutcome::Queued(ids[0].clone(), reply)
+    }
+
+    /// Takes back a copy stored by [`Engine::enqueue_copies`] whose siblings failed.
+    fn unwrite(&self, id: &QueueId) {
+        let _ = self.spool.remove(id);
+        let _ = self.store.queue_remove(id);
+        let _ = self.store.quarantine_remove(id);
+        let _ = self.store.flush();
     }
 
     /// Blocking: spool file (fsynced, renamed), index and log records, then one shared
@@ -630,9 +784,35 @@ impl Engine {
     }
 }
 
-/// The scorer's policy for a config, built once per config rather than per message.
-fn build_policy(config: &Config) -> levee_filter::score::Policy {
-    let p = &config.policy;
+/// The scorer's policies for a config, built once per config rather than per
+/// message: the global one, and the effective one of each domain with overrides.
+#[derive(Debug)]
+struct Policies {
+    global: Arc<levee_filter::score::Policy>,
+    by_domain: std::collections::HashMap<levee_types::Domain, Arc<levee_filter::score::Policy>>,
+}
+
+impl Policies {
+    fn build(config: &Config) -> Policies {
+        let by_domain = config
+            .domains
+            .iter()
+            .filter(|d| d.policy.as_ref().is_some_and(|p| !p.is_empty()))
+            .map(|d| {
+                (d.domain().clone(), Arc::new(build_policy(config, &config.policy_for(d.domain()))))
+            })
+            .collect();
+        Policies { global: Arc::new(build_policy(config, &config.policy)), by_domain }
+    }
+
+    /// The effective policy of mail for `domain`.
+    fn get(&self, domain: &levee_types::Domain) -> &Arc<levee_filter::score::Policy> {
+        self.by_domain.get(domain).unwrap_or(&self.global)
+    }
+}
+
+/// The scorer's policy for `p` (the global `[policy]` or a domain's effective one).
+fn build_policy(config: &Config, p: &levee_config::Policy) -> levee_filter::score::Policy {
     let mut policy = levee_filter::score::Policy {
         tag_at: p.tag_at,
         quarantine_at: p.quarantine_at,
@@ -640,7 +820,7 @@ fn build_policy(config: &Config) -> levee_filter::score::Policy {
         ..Default::default()
     };
     // A list's own weight covers its symbol and every return-code variant of it;
-    // `[policy.weights]` still has the last word.
+    // `[policy.weights]` (and a domain's weights) still have the last word.
     let checks = &config.checks;
     for list in checks.dnsbl.iter().chain(&checks.uribl) {
         policy.weights.insert(list.symbol.0.clone(), list.weight);
@@ -782,6 +962,212 @@ mod tests {
         ));
         let p = engine.policy();
         assert_eq!((p.weight("BL"), p.weight("BL_SBL"), p.tag_at), (3.0, 9.0, 2.0));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two domains with the same global weights but their own thresholds: `strict.test`
+    /// quarantines at 3 and rejects at 4.5, `lenient.test` tags only; `plain.test` has
+    /// no overrides. `TEST_SIGN` weighs 5 everywhere, 9 in `hard.test`.
+    const DOMAINS: &str = "[[domain]]\nname = \"strict.test\"\ndownstream = \"127.0.0.1:9\"\n\
+        [domain.policy]\ntag_at = 2.0\nquarantine_at = 3.0\nreject_at = 4.5\n\
+        [[domain]]\nname = \"lenient.test\"\ndownstream = \"127.0.0.1:9\"\n\
+        [domain.policy]\nquarantine_at = 50.0\nreject_at = 100.0\n\
+        [[domain]]\nname = \"plain.test\"\ndownstream = \"127.0.0.1:9\"\n\
+        [[domain]]\nname = \"hard.test\"\ndownstream = \"127.0.0.1:9\"\n\
+        [domain.policy.weights]\nTEST_SIGN = 9.0\n\
+        [policy.weights]\nTEST_SIGN = 5.0\n";
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("levee-relay-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s, false).unwrap()
+    }
+
+    fn incoming(rcpts: &[&str]) -> Incoming {
+        let data = b"From: Alice <alice@sender.example>\r\nTo: team@example.test\r\n\
+            Subject: minutes\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\
+            Message-ID: <m1@sender.example>\r\n\r\nThe minutes of the meeting are attached below.\r\n"
+            .to_vec();
+        Incoming {
+            envelope: Envelope {
+                mail_from: Some(addr("alice@sender.example")),
+                rcpt_to: rcpts.iter().map(|r| addr(r)).collect(),
+                helo: "client.example".into(),
+                client_ip: "192.0.2.7".parse().unwrap(),
+                client_name: None,
+                tls: false,
+                body: levee_types::Body::SevenBit,
+                smtputf8: false,
+                declared_size: None,
+            },
+            data,
+        }
+    }
+
+    /// A client (not trusted, so the network checks' findings count) whose connection
+    /// stage found `TEST_SIGN`.
+    fn signed_conn() -> Conn {
+        let mut conn = Conn::new("192.0.2.7".parse().unwrap());
+        conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
+        conn
+    }
+
+    #[test]
+    fn each_domain_gets_its_effective_policy_and_reloads_rebuild_them() {
+        let dir = scratch("domain-policy");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let get = |d: &str| engine.policy_for(&levee_types::Domain::parse(d).unwrap());
+        let (strict, lenient, plain, hard) =
+            (get("strict.test"), get("lenient.test"), get("plain.test"), get("hard.test"));
+        assert_eq!((strict.tag_at, strict.quarantine_at, strict.reject_at), (2.0, 3.0, 4.5));
+        assert_eq!((lenient.quarantine_at, lenient.reject_at), (50.0, 100.0));
+        assert_eq!((hard.weight("TEST_SIGN"), strict.weight("TEST_SIGN")), (9.0, 5.0));
+        // No override: the very same global policy, not a copy.
+        assert!(Arc::ptr_eq(&plain, &engine.policy()));
+        assert!(Arc::ptr_eq(&get("unknown.test"), &engine.policy()));
+        engine.reload(config(&dir, &DOMAINS.replace("reject_at = 4.5", "reject_at = 7.0")));
+        assert_eq!(get("strict.test").reject_at, 7.0);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn mixed_domain_message_gets_each_domains_outcome_in_its_own_copy() {
+        let dir = scratch("mixed");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let conn = signed_conn();
+        let msg = incoming(&["a@lenient.test", "b@strict.test", "c@plain.test", "d@lenient.test"]);
+        let StoreOutcome::Queued(first, reply) = engine.accept_message(msg, &conn).await else {
+            panic!("refused");
+        };
+        assert!(reply.to_string().contains(&first.to_string()), "{reply}");
+        let entries = engine.store().queue_all().unwrap();
+        // lenient and plain both tag at 5 (same verdict: one copy); strict's 5 is past
+        // its reject_at 4.5 but the others take the message, so that copy is held.
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        let rcpts =
+            |e: &QueueEntry| e.recipients.iter().map(|r| r.rcpt.clone()).collect::<Vec<_>>();
+        let held: Vec<_> = entries.iter().filter(|e| e.held).collect();
+        let free: Vec<_> = entries.iter().filter(|e| !e.held).collect();
+        assert_eq!(rcpts(held[0]), ["b@strict.test"]);
+        assert_eq!(rcpts(free[0]), ["a@lenient.test", "c@plain.test", "d@lenient.test"]);
+        // Each copy's record (what the headers and the log are made from) is its own verdict.
+        let log = |id: &QueueId| engine.store().log_get(id).unwrap().unwrap();
+        let held_log = log(&held[0].id);
+        assert_eq!((held_log.action.as_str(), held_log.rcpt_to.len()), ("quarantine", 1));
+        assert!(held_log.findings.iter().any(|(s, _, w)| s == "REJECT_HELD" && *w == 0.0));
+        assert!(engine.store().quarantine_get(&held[0].id).unwrap().is_some());
+        let free_log = log(&free[0].id);
+        assert_eq!(free_log.action, "tag");
+        assert!(!free_log.findings.iter().any(|(s, _, _)| s == "REJECT_HELD"));
+        assert_eq!(held_log.score, free_log.score);
+        assert!(reply.to_string().contains(&held[0].id.to_string()), "{reply}");
+        assert!(reply.to_string().contains(&free[0].id.to_string()), "{reply}");
+        let meta = engine.spool.read_meta(&held[0].id).unwrap();
+        assert_eq!(meta.action, Action::Quarantine);
+
+        // Different weights, same thresholds: hard.test scores 9 and quarantines.
+        let msg = incoming(&["e@plain.test", "f@hard.test"]);
+        assert!(matches!(engine.accept_message(msg, &conn).await, StoreOutcome::Queued(..)));
+        let entries = engine.store().queue_all().unwrap();
+        let hard = entries.iter().find(|e| e.recipients[0].rcpt == "f@hard.test").unwrap();
+        let plain = entries.iter().find(|e| e.recipients[0].rcpt == "e@plain.test").unwrap();
+        assert!(hard.held && !plain.held);
+        assert!((log(&hard.id).score - log(&plain.id).score - 4.0).abs() < 1e-9);
+        assert_eq!(log(&hard.id).action, "quarantine");
+
+        // Every recipient's policy rejects: refused at the end of DATA, nothing stored.
+        let before = engine.store().queue_all().unwrap().len();
+        let msg = incoming(&["g@strict.test"]);
+        match engine.accept_message(msg, &conn).await {
+            StoreOutcome::Refused(r) => assert_eq!(r.code, 550),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(engine.store().queue_all().unwrap().len(), before);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_allow_entry_covers_only_its_own_recipient() {
+        let dir = scratch("allow");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let entry = levee_types::list::ListEntry {
+            kind: levee_types::list::ListKind::Allow,
+            matcher: levee_types::list::Matcher::Sender("alice@sender.example".into()),
+            scope: levee_types::list::ListScope::Recipient("a@strict.test".into()),
+        };
+        engine.add_list_entry(&entry, "test", "test").unwrap();
+        let msg = incoming(&["a@strict.test", "b@strict.test"]);
+        let groups = engine
+            .judge(&msg.envelope, Arc::new(msg.data.clone()), signed_conn().findings, None)
+            .await;
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert_eq!(groups[0].0, [addr("a@strict.test")]);
+        assert_eq!(groups[0].1.action, Action::Accept);
+        assert!(groups[0].1.findings.iter().any(|(f, _)| f.symbol == "ALLOW_LISTED"));
+        assert_eq!(groups[1].0, [addr("b@strict.test")]);
+        assert_eq!(groups[1].1.action, Action::Reject);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn spf_from_mail_refuses_at_rcpt_by_the_recipient_domains_policy() {
+        use mail_auth::{SpfOutput, SpfResult};
+        let dir = scratch("spf-rcpt");
+        let text = DOMAINS.replace("TEST_SIGN = 5.0\n", "TEST_SIGN = 5.0\nSPF_FAIL = 2.0\n");
+        let engine = Engine::open(config(&dir, &text)).unwrap();
+        let mut conn = Conn::new("192.0.2.7".parse().unwrap());
+        conn.findings.push(levee_types::Finding::new("RDNS_NONE", "no PTR"));
+        let ip = conn.ip;
+        let spf = |result| levee_netcheck::MailSpf {
+            ip,
+            helo: "client.example".into(),
+            mail_from: "alice@sender.example".into(),
+            output: Some(SpfOutput::new("sender.example".into()).with_result(result)),
+        };
+        conn.spf = Some(spf(SpfResult::Fail));
+        // RDNS_NONE 1.5 + SPF_FAIL 2.0 = 3.5: under every reject_at here (15, and
+        // strict.test's 4.5), so the message may come and be judged whole.
+        let rcpt = |to: &str| Question::RcptTo { to: addr(to) };
+        assert_eq!(engine.decide(&rcpt("a@plain.test"), &mut conn).await, Decision::Accept);
+        assert_eq!(engine.decide(&rcpt("a@strict.test"), &mut conn).await, Decision::Accept);
+        // A domain whose policy weighs SPF_FAIL high enough refuses at RCPT, naming SPF.
+        let text = format!("{DOMAINS}[[domain]]\nname = \"spf.test\"\ndownstream = \"127.0.0.1:9\"\n[domain.policy.weights]\nSPF_FAIL = 20.0\n")
+            .replace("[policy.weights]\nTEST_SIGN = 5.0\n", "")
+            + "[policy.weights]\nTEST_SIGN = 5.0\n";
+        engine.reload(config(&dir, &text));
+        match engine.decide(&rcpt("a@spf.test"), &mut conn).await {
+            Decision::Reject(r) => {
+                assert_eq!((r.code, r.enhanced.map(|e| (e.1, e.2))), (550, Some((7, 23))), "{r}");
+                let text = r.to_string();
+                assert!(text.contains("SPF fail") && text.contains("sender.example"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(engine.decide(&rcpt("a@plain.test"), &mut conn).await, Decision::Accept);
+        // A pass from the same client is not refused; nor is a timeout (zero weight).
+        conn.spf = Some(spf(SpfResult::Pass));
+        assert_eq!(engine.decide(&rcpt("a@spf.test"), &mut conn).await, Decision::Accept);
+        conn.spf = Some(levee_netcheck::MailSpf { output: None, ..spf(SpfResult::Pass) });
+        assert_eq!(engine.decide(&rcpt("a@spf.test"), &mut conn).await, Decision::Accept);
+        // The recipient's allow list wins over the early verdict.
+        conn.spf = Some(spf(SpfResult::Fail));
+        let entry = levee_types::list::ListEntry {
+            kind: levee_types::list::ListKind::Allow,
+            matcher: levee_types::list::Matcher::Sender("alice@sender.example".into()),
+            scope: levee_types::list::ListScope::Recipient("b@spf.test".into()),
+        };
+        conn.sender = Some("alice@sender.example".into());
+        engine.add_list_entry(&entry, "test", "test").unwrap();
+        assert_eq!(engine.decide(&rcpt("b@spf.test"), &mut conn).await, Decision::Accept);
+        assert!(matches!(engine.decide(&rcpt("c@spf.test"), &mut conn).await, Decision::Reject(_)));
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
