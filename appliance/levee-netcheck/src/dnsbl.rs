@@ -156,13 +156,21 @@ pub(crate) fn report(
     }
 }
 
+/// The name `ip` is looked up under in an IP list (before the zone). An IPv4 client of a
+/// dual-stack (`[::]`) listener arrives as `::ffff:a.b.c.d`; lists index it as IPv4, so the
+/// mapped form would never be found.
+pub fn query_name(ip: IpAddr) -> String {
+    reversed_labels(ip.to_canonical())
+}
+
 /// Looks `ip` up in every list at once.
 pub async fn check_ip(
     dns: &Dns,
     ip: IpAddr,
     lists: &[DnsList],
 ) -> (Vec<Finding>, Vec<HealthWarning>) {
-    let name = reversed_labels(ip);
+    let ip = ip.to_canonical();
+    let name = query_name(ip);
     let answers = join_all(lists.iter().map(|list| query(dns, &name, list))).await;
     let mut findings = Vec::new();
     let mut warnings = Vec::new();
@@ -245,6 +253,15 @@ mod tests {
             symbols(&list, interpret(&list, Err(NetCheckError::Lookup("SERVFAIL".into())))).0,
             vec!["RBL_ZEN_FAILED"]
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_looked_up_as_ipv4() {
+        let mapped: IpAddr = "::ffff:192.0.2.66".parse().unwrap();
+        assert_eq!(query_name(mapped), "66.2.0.192");
+        assert_eq!(query_name("192.0.2.66".parse().unwrap()), "66.2.0.192");
+        // A real IPv6 address keeps its nibbles.
+        assert!(query_name("2001:db8::66".parse().unwrap()).ends_with(".8.b.d.0.1.0.0.2"));
     }
 
     #[test]

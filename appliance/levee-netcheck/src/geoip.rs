@@ -37,7 +37,9 @@ impl GeoIp {
     }
 
     fn lookup(&self, ip: IpAddr) -> Result<Option<String>, maxminddb::MaxMindDbError> {
-        let result = self.reader.lookup(ip)?;
+        // `::ffff:a.b.c.d` (an IPv4 client of a dual-stack listener) is looked up as IPv4:
+        // only some databases alias the mapped range to the IPv4 tree.
+        let result = self.reader.lookup(ip.to_canonical())?;
         for key in ["country", "registered_country"] {
             let path = [PathElement::Key(key), PathElement::Key("iso_code")];
             if let Some(code) = result.decode_path::<String>(&path)? {
@@ -54,6 +56,7 @@ impl GeoIp {
     /// an address the database does not cover (private ranges), `GEOIP_FAILED` for a
     /// database that cannot be read at that address.
     pub fn check(&self, ip: IpAddr) -> Vec<Finding> {
+        let ip = ip.to_canonical();
         match self.lookup(ip) {
             Ok(Some(code)) => {
                 vec![Finding::new(format!("COUNTRY_{code}"), format!("{ip} is in {code}"))]

@@ -15,6 +15,9 @@ const MAX_PTR_NAMES: usize = 10;
 /// to `ip`, nothing when one does; that name is returned for the Received header.
 /// Lookup failures are `RDNS_TIMEOUT` / `RDNS_FAILED`, never "none".
 pub async fn check(dns: &Dns, ip: IpAddr) -> (Vec<Finding>, Option<String>) {
+    // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`: their PTR lives under
+    // in-addr.arpa and their names have A records, not under ip6.arpa / AAAA.
+    let ip = ip.to_canonical();
     let names = match dns.ptr(ip).await {
         Ok(names) if !names.is_empty() => names,
         Ok(_) | Err(NetCheckError::NotFound) => {
