@@ -5,17 +5,18 @@ queries itself and never asks the configured server, so reverse DNS and country 
 shown through SMTP. Here the clients live in their own network namespaces with addresses from
 the documentation ranges, joined to a "box" namespace by veth pairs:
 
-    lvc1-PID  eth0 192.0.2.10-12,66/24 -------- c1 192.0.2.1/24     \
-    lvc2-PID  eth0 198.51.100.7/24 ----------- c2 198.51.100.1/24   lvbox-PID: levee (0.0.0.0:port),
-    lvc3-PID  eth0 203.0.113.9/24 ------------ c3 203.0.113.1/24    /  unbound and smtp-sink on its
-                                                                       own 127.0.0.1
+    lvc1-PID eth0 192.0.2.10,11,12,66/24 2001:db8::10/64 -- c1 192.0.2.1/24 2001:db8::1/64 \
+    lvc2-PID eth0 198.51.100.7/24 ------------------------- c2 198.51.100.1/24              lvbox-PID
+    lvc3-PID eth0 203.0.113.9/24 -------------------------- c3 203.0.113.1/24               /
 
-Levee, unbound (dnsworld.Unbound: tests/dns/netcheck.conf, whose reverse zone says 192.0.2.10
-forward-confirms as mail.good.test, 192.0.2.11 points at liar.good.test which resolves elsewhere,
-192.0.2.12 has no PTR, 192.0.2.66 is listed in bl.test) and smtp-sink all run inside the box
-namespace, so nothing here touches the host's own network or nftables. Clients are swaks
-(`ip netns exec`) and raw sockets opened inside the client namespaces. The country database is
-a MaxMind DB written by this file (`country_mmdb`, no Python package needed).
+Levee (listening on 0.0.0.0 or, dual-stack, [::]), unbound (dnsworld.Unbound with
+tests/dns/netcheck.conf: 192.0.2.10 forward-confirms as mail.good.test, 192.0.2.11 points at
+liar.good.test which resolves elsewhere, 192.0.2.12 has no PTR, 192.0.2.66 is listed in bl.test,
+2001:db8::10 forward-confirms as mail6.good.test) and smtp-sink all run inside lvbox, on its own
+127.0.0.1, so nothing here touches the host's network or nftables. Clients are swaks (`ip netns
+exec`, bound to their address) and raw sockets opened inside the client namespaces. The country
+database is a MaxMind DB written by this file (`country_mmdb`; no Python package needed); the
+`block country` list entry is added through the console, as an admin would.
 
 Needs root and iproute2 (`ip netns`); skipped with the reason otherwise. Debian `unbound`,
 `swaks`, `postfix` (smtp-sink) as for the rest of the suite.
@@ -272,19 +273,19 @@ def box_levee(procs, tmp_path, world, box_sink, request):
     made: list[Levee] = []
 
     def make(weights: dict[str, float], connect_reject_at: float = 10.0, quarantine_at: float = 6.0,
-             reject_at: float = 15.0, geoip: Path | None = None, rdns: bool = True,
+             reject_at: float = 15.0, geoip: Path | None = None,
              listen: str = "0.0.0.0", console: bool = False) -> Levee:
         def build():
             lv = Levee(procs, tmp_path / f"levee{len(made)}",
                        [{"name": "example.test", "downstream": f"127.0.0.1:{box_sink.port}"}],
                        smtp={"greet_pause_ms": 300})
-            # 0.0.0.0: the veth addresses; 127.0.0.1 (inside the box) is what `start` probes.
+            # Every box address (the veths), and 127.0.0.1 inside the box, which `start` probes.
             lv.smtp["listen"] = [f"{listen}:{lv.port}"]
             text = render_config("mx.example.test", str(lv.data_dir), lv.smtp, lv.delivery,
                                  [{"name": "example.test", "downstream": f"127.0.0.1:{box_sink.port}"}])
             text += "\n".join([
                 "", "[checks]", f'dns_server = "{world.addr}"', "dns_timeout_ms = 2000",
-                f"rdns = {'true' if rdns else 'false'}", "auth = true",
+                "rdns = true", "auth = true",
                 f"connect_reject_at = {_num(connect_reject_at)}",
                 *([f'geoip_db = "{geoip}"'] if geoip else []),
                 "", "[[checks.dnsbl]]", 'zone = "bl.test"', 'symbol = "RBL_TEST"',
