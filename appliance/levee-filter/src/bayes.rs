@@ -279,6 +279,10 @@ impl Sink {
                 self.push(format!("url:{host}"));
             }
             self.push(format!("url:{reg}"));
+            // The top-level domain generalises across the throw-away domains of campaigns.
+            if let Some(tld) = reg.rsplit('.').next().filter(|t| t.len() <= 6) {
+                self.push(format!("url:tld:{tld}"));
+            }
         }
         if authority.contains('@') {
             self.push("url:userinfo".into());
@@ -992,6 +996,7 @@ mod tests {
             "html:img",
             "url:login.evil-bank.example.com",
             "url:example.com",
+            "url:tld:com",
             "url:ip",
             "url:path.php",
             "proto:https",

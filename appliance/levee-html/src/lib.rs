@@ -173,7 +173,7 @@ fn scan_tag(html: &str, start: usize, out: &mut HtmlText) -> usize {
         if lower.contains("display:none") || lower.contains("visibility:hidden") {
             out.marks.push("hidden");
         }
-        if lower.contains("font-size:0") || lower.contains("font-size: 0") {
+        if tiny_font(&lower) {
             out.marks.push("tiny_font");
         }
         if name == "script" || name == "style" {
@@ -201,6 +201,26 @@ pub fn url_host(s: &str) -> Option<String> {
     let end = rest.find(['/', '?', '#', ':', ' ']).unwrap_or(rest.len());
     let host = rest[..end].rsplit('@').next().unwrap_or("").trim_end_matches('.');
     (host.contains('.') && !host.is_empty()).then(|| host.to_owned())
+}
+
+/// Whether a tag's (lower-cased) attributes shrink its text below reading size: `font-size`
+/// of 0-3px/pt, `xx-small`, or `<font size=1>`. Hidden filler text ("word salad" meant for
+/// filters, not readers) is set this way.
+fn tiny_font(attrs: &str) -> bool {
+    if let Some(p) = attrs.find("font-size") {
+        let v = attrs[p + 9..].trim_start_matches([':', ' ']);
+        if v.starts_with("xx-small") || v.starts_with("x-small") {
+            return true;
+        }
+        let digits = v.bytes().take_while(u8::is_ascii_digit).count();
+        let unit = &v[digits..];
+        if let Ok(n) = v[..digits].parse::<u32>() {
+            if n == 0 || (n <= 3 && (unit.starts_with("px") || unit.starts_with("pt"))) {
+                return true;
+            }
+        }
+    }
+    matches!(attr(attrs, "size"), Some("1") | Some("-2") | Some("-3"))
 }
 
 /// The value of attribute `key` in a tag's attribute text, quoted or not.
@@ -362,6 +382,22 @@ mod tests {
         assert_eq!(h.urls, ["http://img.relacio namentovivo.example/x"]);
         let h = strip("<a href=\" http://a.exam\tple/\n\">go</a><img src='&#x68;ttp://b.example'>");
         assert_eq!(h.urls, ["http://a.example/", "http://b.example"]);
+    }
+
+    #[test]
+    fn tiny_text_is_marked() {
+        for tag in [
+            "<p style=\"font-size: xx-small\">",
+            "<span style='font-size:1px'>",
+            "<div style=\"color:#fff;font-size:0\">",
+            "<font size=1>",
+        ] {
+            assert!(strip(tag).marks.contains(&"tiny_font"), "{tag}");
+        }
+        for tag in ["<p style=\"font-size: 12px\">", "<font size=3>", "<p style='font-size:10pt'>"]
+        {
+            assert!(!strip(tag).marks.contains(&"tiny_font"), "{tag}");
+        }
     }
 
     #[test]
