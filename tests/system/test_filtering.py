@@ -3,7 +3,8 @@
 Clients connect from 127.0.0.2-4 (127.0.0.1 is trusted and skips the network checks). The DNS world
 is tests/dns/netcheck.conf plus dnsworld.world_records: 127.0.0.2 is listed in bl.test, 127.0.0.3 is
 the only SPF-allowed sender for signed.test (DMARC p=reject, DKIM key generated per run), evil-shop.com
-is listed in dbl.test. rDNS is not tested here: Levee's resolver answers 127/8 PTR queries itself.
+is listed in dbl.test. rDNS is not tested here (Levee's resolver answers 127/8 PTR queries itself):
+test_netns_reputation.py covers it, with country and DNSBL, from non-loopback clients.
 
 Needs: Debian `unbound`, `openssl`, `postfix` (smtp-sink). No Python packages beyond pytest.
 """
