@@ -12,9 +12,11 @@ DELIVERY_TIMEOUT=${DELIVERY_TIMEOUT:-60}  # seconds to wait for the sink to coun
 SETTLE_MS=${SETTLE_MS:-500}               # after N arrived: wait this long, then recount (dups)
 LEVEE_RUST_LOG=${LEVEE_RUST_LOG:-}        # optional RUST_LOG for levee (empty: its default)
 KEEP=${KEEP:-0}                           # 1: keep the temp dir (logs, configs) for inspection
+CORPUS=${CORPUS:-}                        # labelled corpus (train/spam, train/ham) for Levee's model
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
+[[ -z $CORPUS && -d $REPO/../shared/corpus/train ]] && CORPUS=$REPO/../shared/corpus
 LEVEE_BIN=${LEVEE_BIN:-$REPO/target/release/levee}
 
 for tool in smtp-source smtp-sink postfix postconf ss awk; do
@@ -239,6 +241,7 @@ fi
 
 # --- 3. source -> Levee -> sink -------------------------------------------------------------
 LEVEE_HWM=-
+LEVEE_MODEL="untrained (no corpus: set CORPUS=DIR with train/spam and train/ham)"
 setup_levee() { # sink_port -> LEVEE_PORT, LEVEE_PID
     local sink_port=$1 d=$WORK/levee
     LEVEE_PORT=$(free_port)
@@ -257,6 +260,13 @@ name = "example.test"
 downstream = "127.0.0.1:$sink_port"
 tls = "none"
 EOF
+    # Every local check on: the content rules always run; the model is trained first when a
+    # corpus is at hand, so each message is really classified (an untrained model only tokenizes).
+    if [[ -n $CORPUS ]]; then
+        "$LEVEE_BIN" train --data "$d/data" --spam "$CORPUS/train/spam" --ham "$CORPUS/train/ham" \
+            >"$d/train.log" 2>&1 || { echo "levee train failed; its log:" >&2; cat "$d/train.log" >&2; return 1; }
+        LEVEE_MODEL="trained on $CORPUS/train"
+    fi
     local env=()
     [[ -n $LEVEE_RUST_LOG ]] && env=(RUST_LOG="$LEVEE_RUST_LOG")
     env "${env[@]}" "$LEVEE_BIN" run --config "$d/levee.toml" >"$d/levee.log" 2>&1 &
@@ -320,6 +330,7 @@ echo "postfix / ceiling: $(ratio "$(ok_rate postfix)" "$(ok_rate direct)")"
 echo "levee / ceiling:   $(ratio "$(ok_rate levee)" "$(ok_rate direct)")"
 echo "levee / postfix:   $(ratio "$(ok_rate levee)" "$(ok_rate postfix)")"
 echo "levee peak RSS (VmHWM): $LEVEE_HWM"
+echo "levee content model: $LEVEE_MODEL"
 
 # Exit non-zero when a row that ran failed, so CI can tell.
 for row in direct postfix levee; do
