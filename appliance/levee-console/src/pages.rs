@@ -37,6 +37,8 @@ pub fn routes() -> Router<AppState> {
         .route("/dashboard", get(dashboard))
         .route("/domains", get(domains).post(domain_save))
         .route("/domains/delete", post(domain_delete))
+        .route("/domains/policy", post(domain_policy_save))
+        .route("/domains/policy/weight", post(domain_weight_save))
         .route("/policy", get(policy).post(policy_save))
         .route("/policy/weight", post(weight_save))
         .route("/lists", get(lists).post(list_add))
@@ -498,15 +500,25 @@ async fn domains(
         html! {
             (views::notice(m.msg.as_deref()))
             table {
-                tr { th { "Domain" } th { "Downstream" } th { "TLS" } th { "Filtering" } th { "State" } th { "Checks" } @if edit { th { "Edit" } } }
+                tr { th { "Domain" } th { "Downstream" } th { "TLS" } th { "Filtering" } th { "State" } th { "Policy (tag / quarantine / reject)" } th { "Checks" } @if edit { th { "Edit" } } }
                 @for d in &c.domains {
                     @let name = d.domain().to_string();
+                    @let eff = c.policy_for(d.domain());
+                    @let own = d.policy.clone().unwrap_or_default();
                     tr {
                         td { (name) }
                         td { (d.downstream.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "(none)".into())) }
                         td { (format!("{:?}", d.tls).to_lowercase()) }
                         td { (if d.enabled { "on" } else { "off" }) }
                         td { @if d.ready() { span.ok { "ready" } } @else { span.fail { "set-up incomplete (451)" } } }
+                        td.domain-policy {
+                            (threshold(eff.tag_at, own.tag_at)) " / " (threshold(eff.quarantine_at, own.quarantine_at)) " / " (threshold(eff.reject_at, own.reject_at))
+                            @if !own.weights.is_empty() {
+                                br; "own weights: "
+                                @for (i, (sym, w)) in own.weights.iter().enumerate() { @if i > 0 { ", " } code { (sym) } " " (w) }
+                            }
+                            @if own.is_empty() { br; small { "(global policy)" } }
+                        }
                         td { a href=(format!("/mx?domain={name}")) { "MX" } " · " a href=(format!("/downstream?domain={name}")) { "downstream" } }
                         @if edit { td {
                             form.inline method="post" action="/domains" {
@@ -523,6 +535,33 @@ async fn domains(
                                 button.danger type="submit" data-confirm="Remove this domain?" { "Remove" }
                             }
                         } }
+                    }
+                }
+            }
+            @if edit && !c.domains.is_empty() {
+                h2 { "Policy per domain" }
+                p { "A domain may have its own thresholds and weights; what it leaves empty follows the "
+                    a href="/policy" { "global policy" } " (tag " (c.policy.tag_at) ", quarantine " (c.policy.quarantine_at) ", reject " (c.policy.reject_at)
+                    "). Its weights are merged over the global ones. A message for several domains gets each domain's own verdict." }
+                @for d in &c.domains {
+                    @let name = d.domain().to_string();
+                    @let own = d.policy.clone().unwrap_or_default();
+                    h3 { (name) }
+                    form.inline method="post" action="/domains/policy" {
+                        (csrf(&v))
+                        input type="hidden" name="name" value=(name);
+                        @for (field, label, val, global) in [("tag_at", "Tag at", own.tag_at, c.policy.tag_at), ("quarantine_at", "Quarantine at", own.quarantine_at, c.policy.quarantine_at), ("reject_at", "Reject at", own.reject_at, c.policy.reject_at)] {
+                            label { (label) " " input name=(field) size="5" placeholder=(global) value=(val.map(|x| x.to_string()).unwrap_or_default()); }
+                        }
+                        button type="submit" { "Save" }
+                        button type="submit" name="clear" value="on" data-confirm="Remove this domain's own thresholds and weights?" { "Use the global policy" }
+                    }
+                    form.inline method="post" action="/domains/policy/weight" {
+                        (csrf(&v))
+                        input type="hidden" name="name" value=(name);
+                        input name="symbol" placeholder="SYMBOL" required;
+                        input name="weight" placeholder="weight (empty removes)";
+                        button type="submit" { "Set weight" }
                     }
                 }
             }
@@ -583,6 +622,168 @@ async fn domain_delete(State(st): State<AppState>, p: Post<NameForm>) -> AppResu
         config_edit::remove_domain(doc, &p.form.name);
     })?;
     Ok(back("/domains", "Removed."))
+}
+
+/// One effective threshold, marked when it is the domain's own.
+fn threshold(effective: f64, own: Option<f64>) -> Markup {
+    html! { @if own.is_some() { strong title="this domain's own value" { (effective) } } @else { (effective) } }
+}
+
+/// The `[domain.policy]` table of one `[[domain]]` in the document, made on demand;
+/// `None` when no domain has that name.
+fn domain_policy_table<'a>(
+    doc: &'a mut toml_edit::DocumentMut,
+    name: &str,
+) -> Option<&'a mut toml_edit::Table> {
+    let list = doc.get_mut("domain")?.as_array_of_tables_mut()?;
+    let domain = list.iter_mut().find(|t| {
+        t.get("name").and_then(|n| n.as_str()).is_some_and(|n| n.eq_ignore_ascii_case(name))
+    })?;
+    if domain.get("policy").and_then(|p| p.as_table()).is_none() {
+        let mut t = toml_edit::Table::new();
+        t.set_implicit(true);
+        domain["policy"] = toml_edit::Item::Table(t);
+    }
+    domain["policy"].as_table_mut()
+}
+
+/// Drops a domain's `[domain.policy]` (and its weights) when nothing is left in it.
+fn prune_domain_policy(doc: &mut toml_edit::DocumentMut, name: &str) {
+    let Some(list) = doc.get_mut("domain").and_then(|d| d.as_array_of_tables_mut()) else {
+        return;
+    };
+    for domain in list.iter_mut() {
+        if !domain
+            .get("name")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        let Some(policy) = domain.get_mut("policy").and_then(|p| p.as_table_mut()) else {
+            return;
+        };
+        if policy.get("weights").and_then(|w| w.as_table()).is_some_and(|w| w.is_empty()) {
+            policy.remove("weights");
+        }
+        // A table holding only sub-tables is written without its own header.
+        let keys = policy.iter().filter(|(_, v)| !v.is_table()).count();
+        policy.set_implicit(keys == 0);
+        if policy.is_empty() {
+            domain.remove("policy");
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DomainPolicyForm {
+    name: String,
+    #[serde(default)]
+    tag_at: String,
+    #[serde(default)]
+    quarantine_at: String,
+    #[serde(default)]
+    reject_at: String,
+    /// Present: remove every override of the domain.
+    #[serde(default)]
+    clear: Option<String>,
+}
+
+async fn domain_policy_save(
+    State(st): State<AppState>,
+    p: Post<DomainPolicyForm>,
+) -> AppResult<Response> {
+    p.viewer.require(Perm::Settings)?;
+    let f = p.form;
+    let name = f.name.trim().to_lowercase();
+    // Empty: follow the global threshold.
+    let num = |s: &str| match s.trim() {
+        "" => Ok(None),
+        s => s.parse::<f64>().ok().filter(|x| x.is_finite()).map(Some).ok_or(()),
+    };
+    let (Ok(tag), Ok(q), Ok(rej)) = (num(&f.tag_at), num(&f.quarantine_at), num(&f.reject_at))
+    else {
+        return Ok(back("/domains", "Thresholds must be numbers (or empty for the global value)."));
+    };
+    if !st.engine().config().domains.iter().any(|d| d.domain().as_str() == name) {
+        return Ok(back("/domains", &format!("No domain {name}.")));
+    }
+    let clear = f.clear.is_some();
+    let result = edit_config(&st, |doc| {
+        if let Some(policy) = domain_policy_table(doc, &name) {
+            if clear {
+                policy.clear();
+            } else {
+                for (key, v) in [("tag_at", tag), ("quarantine_at", q), ("reject_at", rej)] {
+                    match v {
+                        Some(v) => policy[key] = toml_edit::value(v),
+                        None => {
+                            policy.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+        prune_domain_policy(doc, &name);
+    });
+    match result {
+        Ok(()) => Ok(back("/domains", &format!("Saved the policy of {name}."))),
+        Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DomainWeightForm {
+    name: String,
+    symbol: String,
+    #[serde(default)]
+    weight: String,
+}
+
+async fn domain_weight_save(
+    State(st): State<AppState>,
+    p: Post<DomainWeightForm>,
+) -> AppResult<Response> {
+    p.viewer.require(Perm::Settings)?;
+    let name = p.form.name.trim().to_lowercase();
+    let sym = p.form.symbol.trim().to_string();
+    if sym.is_empty() || !sym.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        return Ok(back("/domains", "A symbol is letters, digits and underscores."));
+    }
+    let w = match p.form.weight.trim() {
+        "" => None,
+        s => match s.parse::<f64>() {
+            Ok(w) if w.is_finite() => Some(w),
+            _ => return Ok(back("/domains", "A weight must be a number.")),
+        },
+    };
+    if !st.engine().config().domains.iter().any(|d| d.domain().as_str() == name) {
+        return Ok(back("/domains", &format!("No domain {name}.")));
+    }
+    let result = edit_config(&st, |doc| {
+        if let Some(policy) = domain_policy_table(doc, &name) {
+            if policy.get("weights").and_then(|w| w.as_table()).is_none() {
+                let mut t = toml_edit::Table::new();
+                t.set_implicit(false);
+                policy["weights"] = toml_edit::Item::Table(t);
+            }
+            if let Some(weights) = policy["weights"].as_table_mut() {
+                match w {
+                    Some(v) => weights[sym.as_str()] = toml_edit::value(v),
+                    None => {
+                        weights.remove(&sym);
+                    }
+                }
+            }
+        }
+        prune_domain_policy(doc, &name);
+    });
+    match result {
+        Ok(()) => Ok(back("/domains", &format!("Saved the weights of {name}."))),
+        Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
+        Err(e) => Err(e),
+    }
 }
 
 // ---- policy ------------------------------------------------------------------------------

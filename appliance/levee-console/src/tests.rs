@@ -428,6 +428,8 @@ const POSTS: &[(&str, &str)] = &[
     ("/domains/delete", "name=example.test"),
     ("/policy", "tag_at=4&quarantine_at=6&reject_at=15&quarantine_days=10"),
     ("/policy/weight", "symbol=X&weight=1"),
+    ("/domains/policy", "name=example.test&reject_at=9"),
+    ("/domains/policy/weight", "name=example.test&symbol=X&weight=1"),
     ("/lists", "entry=block+sender-domain+spam.test"),
     ("/lists/1/delete", ""),
     ("/quarantine/bulk", "action=delete&ids=0000000000000001"),
@@ -971,4 +973,73 @@ async fn the_admin_installs_a_country_database_and_only_a_valid_one() {
     );
     let page = get(&e, "/policy", &admin.cookie).await;
     assert!(page.body.contains("country.mmdb"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_domain_page_shows_and_edits_each_domains_own_policy() {
+    let e = env();
+    add_user(&e, "admin", Role::Admin, &[]);
+    let admin = login(&e, "admin").await;
+    let domain =
+        |name: &str| "name=".to_string() + name + "&downstream=127.0.0.1%3A9&tls=none&enabled=on";
+    for name in ["second.test", "third.test"] {
+        assert_eq!(post(&e, &admin, "/domains", &domain(name)).await.status, StatusCode::SEE_OTHER);
+    }
+    let policy_of = |name: &str| {
+        let c = e.state.engine().config();
+        let d = levee_types::Domain::parse(name).unwrap();
+        (c.domain(&d).unwrap().policy.clone(), c.policy_for(&d))
+    };
+    // Own thresholds for the first domain only; empty fields follow the global policy.
+    let r =
+        post(&e, &admin, "/domains/policy", "name=example.test&tag_at=&quarantine_at=&reject_at=9")
+            .await;
+    assert!(r.location().contains("Saved"), "{}", r.location());
+    let (own, eff) = policy_of("example.test");
+    let own = own.unwrap();
+    assert_eq!((own.tag_at, own.quarantine_at, own.reject_at), (None, None, Some(9.0)));
+    assert_eq!((eff.tag_at, eff.quarantine_at, eff.reject_at), (4.0, 6.0, 9.0));
+    let r = post(
+        &e,
+        &admin,
+        "/domains/policy",
+        "name=example.test&tag_at=2&quarantine_at=3&reject_at=5",
+    )
+    .await;
+    assert!(r.location().contains("Saved"), "{}", r.location());
+    assert_eq!(policy_of("example.test").1.quarantine_at, 3.0);
+    assert!(policy_of("second.test").0.is_none() && policy_of("third.test").0.is_none());
+    // A weight for the last domain; the file stays one domain per table.
+    let r = post(&e, &admin, "/domains/policy/weight", "name=third.test&symbol=SPF_FAIL&weight=9")
+        .await;
+    assert!(r.location().contains("Saved"), "{}", r.location());
+    assert_eq!(policy_of("third.test").1.weights["SPF_FAIL"], 9.0);
+    assert!(policy_of("second.test").0.is_none());
+    assert_eq!(policy_of("example.test").0.unwrap().weights.len(), 0);
+    // Shown on the page: effective thresholds per domain, the own ones marked.
+    let page = get(&e, "/domains", &admin.cookie).await.body;
+    assert!(
+        page.contains("<strong title=\"this domain&#39;s own value\">3</strong>")
+            || page.contains("<strong title=\"this domain's own value\">3</strong>"),
+        "{page}"
+    );
+    assert!(page.contains("SPF_FAIL"), "{page}");
+    // Thresholds out of order once merged are refused by the config's own check.
+    let r = post(&e, &admin, "/domains/policy", "name=second.test&reject_at=2").await;
+    assert!(r.location().contains("msg="), "{}", r.location());
+    assert!(policy_of("second.test").0.is_none());
+    let r = post(&e, &admin, "/domains/policy", "name=second.test&reject_at=many").await;
+    assert!(r.location().contains("msg="), "{}", r.location());
+    // Clearing: the weight, then everything.
+    post(&e, &admin, "/domains/policy/weight", "name=third.test&symbol=SPF_FAIL&weight=").await;
+    assert!(policy_of("third.test").0.is_none(), "an emptied override is removed");
+    post(&e, &admin, "/domains/policy", "name=example.test&clear=on").await;
+    assert!(policy_of("example.test").0.is_none());
+    let text = std::fs::read_to_string(e.state.engine().config_path().unwrap()).unwrap();
+    assert!(!text.contains("policy"), "{text}");
+    // Only admins change settings.
+    add_user(&e, "qm", Role::QuarantineManager, &[]);
+    let qm = login(&e, "qm").await;
+    let r = post(&e, &qm, "/domains/policy", "name=example.test&reject_at=9").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
