@@ -175,7 +175,8 @@ fn domain_thresholds_are_checked_after_merging_and_name_the_domain_policy() {
     assert_eq!(line, 6, "{msg}");
     assert!(msg.contains("example.test") && msg.contains("tag_at <= quarantine_at"), "{msg}");
     // Lowering all three together is fine.
-    let text = format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_at = 2.0\nreject_at = 5.0\n");
+    let text =
+        format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_at = 2.0\nreject_at = 5.0\n");
     assert!(Config::parse(&text, "t").is_ok());
     // A global change that a domain's override no longer fits is refused too.
     let text = format!("{MINIMAL}[domain.policy]\ntag_at = 5.0\n[policy]\nquarantine_at = 4.5\n");
@@ -188,7 +189,8 @@ fn domain_thresholds_are_checked_after_merging_and_name_the_domain_policy() {
 
 #[test]
 fn domain_policy_refuses_unknown_keys_and_bad_values_on_their_line() {
-    let (line, msg) = err(&format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_days = 3\n"));
+    let (line, msg) =
+        err(&format!("{MINIMAL}[domain.policy]\ntag_at = 1.0\nquarantine_days = 3\n"));
     assert_eq!(line, 10, "{msg}");
     assert!(msg.contains("quarantine_days"), "{msg}");
     let (line, msg) = err(&format!("{MINIMAL}[domain.policy]\nreject_at = \"high\"\n"));
