@@ -676,10 +676,6 @@ def test_ipv6_client_forward_confirmed(box_levee, box_sink):
     assert not any(s.startswith("RDNS") for s in findings(m)), m.header("X-Levee-Findings")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "levee-relay: Conn::new keeps an IPv4 client of a [::] listener as ::ffff:a.b.c.d, so the "
-    "Received line, `block ip` list entries, SPF and ban requests see the mapped form; remove "
-    "this mark once Conn::new canonicalises the address (IpAddr::to_canonical)"))
 def test_dual_stack_trace_header_names_the_ipv4_address(box_levee, box_sink):
     lv = box_levee({"RBL_TEST": 20}, listen="[::]")
     token = unique_token("dualrcv")

@@ -69,6 +69,9 @@ pub async fn serve(
                 continue;
             }
         };
+        // An IPv4 client of a dual-stack ([::]) listener arrives as ::ffff:a.b.c.d; from here on
+        // (per-IP limit, lists, checks, trace header, bans) it is the IPv4 address it is.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let config = engine.config();
         let total = engine.connections.clone().try_acquire_owned();

@@ -106,6 +106,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(ip: IpAddr) -> Conn {
+        let ip = ip.to_canonical();
         let trusted = match ip {
             IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
             IpAddr::V6(v6) => {
@@ -946,6 +947,14 @@ mod tests {
             dir.display()
         );
         Config::parse(&text, "test").unwrap()
+    }
+
+    #[test]
+    fn a_mapped_ipv4_client_is_its_ipv4_address() {
+        let c = Conn::new("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!((c.ip, c.trusted), ("192.0.2.7".parse::<IpAddr>().unwrap(), false));
+        assert!(Conn::new("::ffff:127.0.0.1".parse().unwrap()).trusted);
+        assert!(!Conn::new("2001:db8::7".parse().unwrap()).trusted);
     }
 
     #[test]
