@@ -55,6 +55,22 @@ guest_init_to_smtp() {
 			END { if (s != "" && l != "") printf "%.2f", l - s; else print "?" }'
 }
 
+# guest_milestones: the boot's stages by the guest's clock, seconds after the initramfs' start.
+guest_milestones() {
+	gsh "journalctl --no-pager -o short-monotonic -b | grep -E 'levee-initramfs: (start|storage drivers)|levee-init: (rcS|data mounted|network and netfilter|levee supervise)|Journal started|SMTP listening'" |
+		sed 's/\x1b\[[0-9;]*m//g' | awk -F'[][]' '
+			/initramfs: start/ && s == "" { s = $2 }
+			s != "" {
+				t = $0
+				sub(/^[^]]*\] [^ ]+ /, "", t)                 # "[ 1.23] host " off
+				sub(/^(levee-init|levee-initramfs|systemd-journald\[[0-9]+\]|levee\[[0-9]+\]): /, "", t)
+				sub(/ uptime=.*/, "", t)
+				printf "%s %.2f %s", sep, $2 - s, t
+				sep = ","
+			}
+			END { print "" }'
+}
+
 for boot in first second; do
 	t0=$(now)
 	if [ "$boot" = first ]; then
@@ -69,6 +85,7 @@ for boot in first second; do
 	guest_wait_shell 300 || { echo "no guest shell"; exit 1; }
 	say "$boot boot ($accel): QEMU start/reboot -> SMTP banner ${banner_s} s (host clock)"
 	say "$boot boot ($accel): init start -> SMTP listening $(guest_init_to_smtp) s (guest clock; goal < 2 s)"
+	say "$boot boot stages (s after init start):$(guest_milestones)"
 done
 guest_poweroff 60
 echo "written to $report"

@@ -38,10 +38,14 @@ DATA_UUID=4c657665-652d-4469-736b-000000000004
 ESP_SERIAL=4c455645
 
 # Modules: the initramfs loads what finds the root partition; rcS loads the rest at boot.
+# The initramfs loads its storage drivers in this order and stops as soon as the root partition
+# shows up (each driver probes its disks while it loads), so the likely disks come first.
 # Netfilter modules are all shipped so `nft` can auto-load any expression the gate uses.
-INITRD_MODULES="virtio_pci virtio_blk virtio_scsi sd_mod ahci ata_piix nvme xhci_pci ehci_pci
-	uas usb_storage sdhci_pci mmc_block squashfs"
-BOOT_MODULES="qemu_fw_cfg virtio_net virtio_rng e1000 e1000e igb igc r8169 ext4
+INITRD_MODULES="squashfs virtio_pci virtio_blk virtio_scsi sd_mod ahci nvme ata_piix xhci_pci
+	ehci_pci uas usb_storage sdhci_pci mmc_block"
+# rcS loads EARLY_MODULES before it mounts /data, and BOOT_MODULES alongside (NICs, the gate).
+EARLY_MODULES="ext4 qemu_fw_cfg"
+BOOT_MODULES="virtio_net virtio_rng e1000 e1000e igb igc r8169
 	nf_tables nft_ct nft_limit nft_reject_inet nf_conntrack"
 KERNEL_ARGS="console=tty0 console=ttyS0,115200 quiet loglevel=4 panic=10"
 
@@ -166,11 +170,17 @@ mod_path() {
 	done
 	order+=("$path")
 }
-mod_closure $INITRD_MODULES
-initrd_order=("${order[@]}")
+# The initramfs' list: after each named driver (and what it needs), a "?" line: look for the
+# root partition there.
+initrd_list=()
+for m in $INITRD_MODULES; do
+	n=${#order[@]}
+	mod_closure "$m"
+	initrd_list+=("${order[@]:n}" "?")
+done
 nf_modules=$(cd "$moddir/kernel" && find net/netfilter net/ipv4/netfilter net/ipv6/netfilter -name '*.ko' \
 	\( -name 'nf_*' -o -name 'nft_*' -o -name 'nfnetlink*' \) -printf '%f\n' | sed 's/\.ko$//' | sort)
-mod_closure $BOOT_MODULES $nf_modules
+mod_closure $EARLY_MODULES $BOOT_MODULES $nf_modules
 for path in "${order[@]}"; do
 	rel=${path#"$moddir"/}
 	mkdir -p "$root/usr/lib/modules/$KV/$(dirname "$rel")"
@@ -180,11 +190,13 @@ cp "$moddir"/modules.order "$moddir"/modules.builtin "$moddir"/modules.builtin.m
 	"$root/usr/lib/modules/$KV/"
 depmod -b "$root/usr" "$KV"
 printf '%s\n' $BOOT_MODULES >"$root/etc/levee-modules.tmp"
+printf '%s\n' $EARLY_MODULES >"$root/etc/levee-modules-early.tmp"
 
 # The overlay shared with the Buildroot build, then what only this build needs.
 cp -a "$repo/overlay/." "$root/"
 cp -a "$here/skel/." "$root/"
 mv "$root/etc/levee-modules.tmp" "$root/etc/levee/modules"
+mv "$root/etc/levee-modules-early.tmp" "$root/etc/levee/modules.early"
 ln -s /run/resolv.conf "$root/etc/resolv.conf"
 ln -s /run/machine-id "$root/etc/machine-id"
 ln -s /proc/self/mounts "$root/etc/mtab"
@@ -212,7 +224,11 @@ for a in sh mount umount insmod switch_root sleep grep sed cat mkdir echo reboot
 	ln -s busybox "$initrd/bin/$a"
 done
 : >"$initrd/etc-modules"
-for path in "${initrd_order[@]}"; do
+for path in "${initrd_list[@]}"; do
+	if [ "$path" = "?" ]; then
+		echo "?" >>"$initrd/etc-modules"
+		continue
+	fi
 	cp "$path" "$initrd/lib/modules/"
 	basename "$path" >>"$initrd/etc-modules"
 done
