@@ -109,6 +109,94 @@ pub fn set_weight(doc: &mut DocumentMut, symbol: &str, weight: Option<f64>) {
     }
 }
 
+/// The `[domain.policy]` table of one `[[domain]]` in the document, made on demand;
+/// `None` when no domain has that name.
+fn domain_policy_table<'a>(doc: &'a mut DocumentMut, name: &str) -> Option<&'a mut Table> {
+    let list = doc.get_mut("domain")?.as_array_of_tables_mut()?;
+    let domain = list.iter_mut().find(|t| {
+        t.get("name").and_then(|n| n.as_str()).is_some_and(|n| n.eq_ignore_ascii_case(name))
+    })?;
+    if domain.get("policy").and_then(|p| p.as_table()).is_none() {
+        let mut t = Table::new();
+        t.set_implicit(true);
+        domain["policy"] = Item::Table(t);
+    }
+    domain["policy"].as_table_mut()
+}
+
+/// Drops a domain's `[domain.policy]` (and its weights) when nothing is left in it.
+fn prune_domain_policy(doc: &mut DocumentMut, name: &str) {
+    let Some(list) = doc.get_mut("domain").and_then(|d| d.as_array_of_tables_mut()) else {
+        return;
+    };
+    for domain in list.iter_mut() {
+        if !domain
+            .get("name")
+            .and_then(|n| n.as_str())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        let Some(policy) = domain.get_mut("policy").and_then(|p| p.as_table_mut()) else {
+            return;
+        };
+        if policy.get("weights").and_then(|w| w.as_table()).is_some_and(|w| w.is_empty()) {
+            policy.remove("weights");
+        }
+        // A table holding only sub-tables is written without its own header.
+        let keys = policy.iter().filter(|(_, v)| !v.is_table()).count();
+        policy.set_implicit(keys == 0);
+        if policy.is_empty() {
+            domain.remove("policy");
+        }
+    }
+}
+
+/// Sets a domain's own thresholds (`[tag_at, quarantine_at, reject_at]`, `None` = follow
+/// `[policy]`), or with `None` drops every override of the domain, weights included.
+pub fn set_domain_thresholds(
+    doc: &mut DocumentMut,
+    name: &str,
+    thresholds: Option<[Option<f64>; 3]>,
+) {
+    if let Some(policy) = domain_policy_table(doc, name) {
+        match thresholds {
+            None => policy.clear(),
+            Some(values) => {
+                for (key, v) in ["tag_at", "quarantine_at", "reject_at"].into_iter().zip(values) {
+                    match v {
+                        Some(v) => policy[key] = value(v),
+                        None => {
+                            policy.remove(key);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    prune_domain_policy(doc, name);
+}
+
+/// Sets (or with `None` removes) one weight in a domain's `[domain.policy.weights]`.
+pub fn set_domain_weight(doc: &mut DocumentMut, name: &str, symbol: &str, weight: Option<f64>) {
+    if let Some(policy) = domain_policy_table(doc, name) {
+        if policy.get("weights").and_then(|w| w.as_table()).is_none() {
+            let mut t = Table::new();
+            t.set_implicit(false);
+            policy["weights"] = Item::Table(t);
+        }
+        if let Some(weights) = policy["weights"].as_table_mut() {
+            match weight {
+                Some(v) => weights[symbol] = value(v),
+                None => {
+                    weights.remove(symbol);
+                }
+            }
+        }
+    }
+    prune_domain_policy(doc, name);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +249,27 @@ mod tests {
         let c = levee_config::Config::parse(&doc.to_string(), "edited").unwrap();
         assert_eq!(c.domains.len(), 1);
         assert!(c.policy.weights.is_empty());
+    }
+
+    #[test]
+    fn domain_policy_is_set_merged_and_cleared() {
+        let mut doc = parse(BASE).unwrap();
+        set_domain_thresholds(&mut doc, "EXAMPLE.test", Some([None, Some(4.0), Some(10.0)]));
+        set_domain_weight(&mut doc, "example.test", "SPF_FAIL", Some(6.0));
+        // An unknown domain is left alone (the handler refuses it first).
+        set_domain_weight(&mut doc, "nope.test", "SPF_FAIL", Some(1.0));
+        let c = levee_config::Config::parse(&doc.to_string(), "edited").unwrap();
+        let p = c.policy_for(c.domains[0].domain());
+        assert_eq!((p.tag_at, p.quarantine_at, p.reject_at), (c.policy.tag_at, 4.0, 10.0));
+        assert_eq!(p.weights.get("SPF_FAIL"), Some(&6.0));
+
+        set_domain_weight(&mut doc, "example.test", "SPF_FAIL", None);
+        set_domain_thresholds(&mut doc, "example.test", Some([None, None, None]));
+        assert!(!doc.to_string().contains("policy"), "{doc}");
+        set_domain_thresholds(&mut doc, "example.test", Some([Some(1.0), None, None]));
+        set_domain_weight(&mut doc, "example.test", "X", Some(2.0));
+        set_domain_thresholds(&mut doc, "example.test", None);
+        assert!(!doc.to_string().contains("policy"), "{doc}");
     }
 
     #[test]

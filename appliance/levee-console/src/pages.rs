@@ -629,52 +629,6 @@ fn threshold(effective: f64, own: Option<f64>) -> Markup {
     html! { @if own.is_some() { strong title="this domain's own value" { (effective) } } @else { (effective) } }
 }
 
-/// The `[domain.policy]` table of one `[[domain]]` in the document, made on demand;
-/// `None` when no domain has that name.
-fn domain_policy_table<'a>(
-    doc: &'a mut toml_edit::DocumentMut,
-    name: &str,
-) -> Option<&'a mut toml_edit::Table> {
-    let list = doc.get_mut("domain")?.as_array_of_tables_mut()?;
-    let domain = list.iter_mut().find(|t| {
-        t.get("name").and_then(|n| n.as_str()).is_some_and(|n| n.eq_ignore_ascii_case(name))
-    })?;
-    if domain.get("policy").and_then(|p| p.as_table()).is_none() {
-        let mut t = toml_edit::Table::new();
-        t.set_implicit(true);
-        domain["policy"] = toml_edit::Item::Table(t);
-    }
-    domain["policy"].as_table_mut()
-}
-
-/// Drops a domain's `[domain.policy]` (and its weights) when nothing is left in it.
-fn prune_domain_policy(doc: &mut toml_edit::DocumentMut, name: &str) {
-    let Some(list) = doc.get_mut("domain").and_then(|d| d.as_array_of_tables_mut()) else {
-        return;
-    };
-    for domain in list.iter_mut() {
-        if !domain
-            .get("name")
-            .and_then(|n| n.as_str())
-            .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        let Some(policy) = domain.get_mut("policy").and_then(|p| p.as_table_mut()) else {
-            return;
-        };
-        if policy.get("weights").and_then(|w| w.as_table()).is_some_and(|w| w.is_empty()) {
-            policy.remove("weights");
-        }
-        // A table holding only sub-tables is written without its own header.
-        let keys = policy.iter().filter(|(_, v)| !v.is_table()).count();
-        policy.set_implicit(keys == 0);
-        if policy.is_empty() {
-            domain.remove("policy");
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct DomainPolicyForm {
     name: String,
@@ -709,22 +663,9 @@ async fn domain_policy_save(
         return Ok(back("/domains", &format!("No domain {name}.")));
     }
     let clear = f.clear.is_some();
+    let thresholds = if clear { None } else { Some([tag, q, rej]) };
     let result = edit_config(&st, |doc| {
-        if let Some(policy) = domain_policy_table(doc, &name) {
-            if clear {
-                policy.clear();
-            } else {
-                for (key, v) in [("tag_at", tag), ("quarantine_at", q), ("reject_at", rej)] {
-                    match v {
-                        Some(v) => policy[key] = toml_edit::value(v),
-                        None => {
-                            policy.remove(key);
-                        }
-                    }
-                }
-            }
-        }
-        prune_domain_policy(doc, &name);
+        config_edit::set_domain_thresholds(doc, &name, thresholds);
     });
     match result {
         Ok(()) => Ok(back("/domains", &format!("Saved the policy of {name}."))),
@@ -761,24 +702,7 @@ async fn domain_weight_save(
     if !st.engine().config().domains.iter().any(|d| d.domain().as_str() == name) {
         return Ok(back("/domains", &format!("No domain {name}.")));
     }
-    let result = edit_config(&st, |doc| {
-        if let Some(policy) = domain_policy_table(doc, &name) {
-            if policy.get("weights").and_then(|w| w.as_table()).is_none() {
-                let mut t = toml_edit::Table::new();
-                t.set_implicit(false);
-                policy["weights"] = toml_edit::Item::Table(t);
-            }
-            if let Some(weights) = policy["weights"].as_table_mut() {
-                match w {
-                    Some(v) => weights[sym.as_str()] = toml_edit::value(v),
-                    None => {
-                        weights.remove(&sym);
-                    }
-                }
-            }
-        }
-        prune_domain_policy(doc, &name);
-    });
+    let result = edit_config(&st, |doc| config_edit::set_domain_weight(doc, &name, &sym, w));
     match result {
         Ok(()) => Ok(back("/domains", &format!("Saved the weights of {name}."))),
         Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
