@@ -380,13 +380,7 @@ impl Engine {
                 ),
             ))
         } else {
-            let why = verdict
-                .findings
-                .iter()
-                .filter(|(_, w)| *w > 0.0)
-                .map(|(f, _)| f.symbol.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let why = verdict.spam_symbols();
             Decision::Reject(Reply::with(550, 7, 1, format!("message refused: {why}")))
         }
     }
@@ -411,13 +405,7 @@ impl Engine {
         if verdict.score >= self.config().checks.connect_reject_at {
             info!(client = %conn.ip, score = verdict.score, findings = %verdict.findings_summary(), "refused at connect");
             self.ban(conn.ip, "connection checks");
-            let why = verdict
-                .findings
-                .iter()
-                .filter(|(_, w)| *w > 0.0)
-                .map(|(f, _)| f.symbol.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
+            let why = verdict.spam_symbols();
             return Decision::Reject(Reply::with(554, 7, 1, format!("client refused: {why}")));
         }
         Decision::Accept
@@ -652,23 +640,29 @@ impl Engine {
         let ids: Vec<QueueId> = metas.iter().map(|m| m.id.clone()).collect();
         let result = tokio::task::spawn_blocking(move || {
             let days = engine.config().policy.quarantine_days;
-            let mut stored: Vec<SpoolMeta> = Vec::with_capacity(metas.len());
-            for meta in metas {
+            let mut written: Vec<&SpoolMeta> = Vec::with_capacity(metas.len());
+            let mut outcome = Ok(());
+            for meta in &metas {
                 let quarantine = (meta.action == Action::Quarantine)
-                    .then(|| manage::quarantine_entry(&meta, &data, days));
-                match engine.write_durably(&meta, &data, quarantine) {
-                    Ok(meta) => stored.push(meta),
-                    Err(e) => {
-                        for mut done in stored {
-                            engine.unwrite(&done.id);
-                            done.action = Action::Tempfail;
-                            let _ = engine.store.log_put(&log_entry(&done, size));
-                        }
-                        return Err(e);
-                    }
+                    .then(|| manage::quarantine_entry(meta, &data, days));
+                if let Err(e) = engine.write_copy(meta, &data, quarantine) {
+                    engine.unwrite(&meta.id);
+                    outcome = Err(e);
+                    break;
                 }
+                written.push(meta);
             }
-            Ok(stored)
+            // One directory fsync + index flush makes every copy durable at once.
+            let outcome = outcome.and_then(|()| engine.commit.commit().map_err(RelayError::from));
+            if let Err(e) = outcome {
+                for done in written {
+                    engine.unwrite(&done.id);
+                    let undone = SpoolMeta { action: Action::Tempfail, ..done.clone() };
+                    let _ = engine.store.log_put(&log_entry(&undone, size));
+                }
+                return Err(e);
+            }
+            Ok(metas)
         })
         .await;
         let failed = |what: String| {
@@ -705,7 +699,7 @@ impl Engine {
         StoreOutcome::Queued(ids[0].clone(), reply)
     }
 
-    /// Takes back a copy stored by [`Engine::enqueue_copies`] whose siblings failed.
+    /// Takes back what [`Engine::write_copy`] wrote of a message that will not get its 250.
     fn unwrite(&self, id: &QueueId) {
         let _ = self.spool.remove(id);
         let _ = self.store.queue_remove(id);
@@ -713,31 +707,21 @@ impl Engine {
         let _ = self.store.flush();
     }
 
-    /// Blocking: spool file (fsynced, renamed), index and log records, then one shared
-    /// directory fsync + index flush. Undoes what it can on failure.
-    fn write_durably(
+    /// Blocking: spool file (fsynced, renamed), index and log records of one copy. Not
+    /// durable until the group commit that follows.
+    fn write_copy(
         &self,
         meta: &SpoolMeta,
         data: &[u8],
         quarantine: Option<levee_store::QuarantineEntry>,
-    ) -> Result<SpoolMeta, RelayError> {
-        let result = (|| {
-            self.spool.write(meta, data)?;
-            self.store.queue_put(&queue_entry(meta, quarantine.is_some()))?;
-            if let Some(q) = &quarantine {
-                self.store.quarantine_put(q)?;
-            }
-            self.store.log_put(&log_entry(meta, data.len() as u64))?;
-            self.commit.commit()?;
-            Ok::<_, RelayError>(())
-        })();
-        if let Err(e) = result {
-            let _ = self.spool.remove(&meta.id);
-            let _ = self.store.queue_remove(&meta.id);
-            let _ = self.store.quarantine_remove(&meta.id);
-            return Err(e);
+    ) -> Result<(), RelayError> {
+        self.spool.write(meta, data)?;
+        self.store.queue_put(&queue_entry(meta, quarantine.is_some()))?;
+        if let Some(q) = &quarantine {
+            self.store.quarantine_put(q)?;
         }
-        Ok(meta.clone())
+        self.store.log_put(&log_entry(meta, data.len() as u64))?;
+        Ok(())
     }
 
     /// Serves SMTP on every listener and runs delivery until `shutdown` turns true.

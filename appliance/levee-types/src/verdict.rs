@@ -70,10 +70,46 @@ impl Verdict {
         Verdict { action: Action::Accept, score: 0.0, findings: Vec::new() }
     }
 
+    /// The symbols that pushed towards spam (positive weight), space-separated: the reason a
+    /// refusal gives the client.
+    pub fn spam_symbols(&self) -> String {
+        let parts: Vec<&str> = self
+            .findings
+            .iter()
+            .filter(|(_, w)| *w > 0.0)
+            .map(|(f, _)| f.symbol.as_str())
+            .collect();
+        parts.join(" ")
+    }
+
     /// `SYMBOL(weight) SYMBOL(weight)` for the X-Levee-Findings header and logs.
     pub fn findings_summary(&self) -> String {
         let parts: Vec<String> =
             self.findings.iter().map(|(f, w)| format!("{}({:.2})", f.symbol, w)).collect();
         parts.join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spam_symbols_name_only_what_pushed_towards_spam() {
+        let v = Verdict {
+            action: Action::Reject,
+            score: 9.5,
+            findings: vec![
+                (Finding::new("RBL_X", "listed"), 8.0),
+                (Finding::new("DKIM_PASS", "ok"), -0.5),
+                (Finding::new("SPF_TIMEOUT", "dns"), 0.0),
+                (Finding::new("RDNS_NONE", "no ptr"), 2.0),
+            ],
+        };
+        assert_eq!(v.spam_symbols(), "RBL_X RDNS_NONE");
+        assert_eq!(
+            v.findings_summary(),
+            "RBL_X(8.00) DKIM_PASS(-0.50) SPF_TIMEOUT(0.00) RDNS_NONE(2.00)"
+        );
     }
 }
