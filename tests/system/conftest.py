@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import LEVEE_BIN, Levee, ProcessRegistry, PySink, Sink
+from harness import LEVEE_BIN, Levee, ProcessRegistry, PySink, Sink, finish_levees
 
 # A hard ceiling per test, on top of the bounded waits inside: a hung test fails instead of hanging CI.
 TEST_CEILING_SECS = int(os.environ.get("LEVEE_SYSTEST_CEILING", "240"))
@@ -90,14 +90,7 @@ def levee_factory(procs, tmp_path, request):
         return lv
 
     yield make
-    for lv in made:
-        if lv.alive():
-            lv.kill9()
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for lv in made:
-            print(f"\n===== levee log ({lv.workdir}) =====\n{lv.log()[-20000:]}")
-            print(f"===== config =====\n{lv.config_path.read_text()}")
+    finish_levees(request, made)
 
 
 @pytest.fixture

@@ -541,6 +541,19 @@ class Levee:
         return swaks(self.port, *args, timeout=timeout)
 
 
+def finish_levees(request, made: list["Levee"]) -> None:
+    """Fixture teardown: kill what is still running and, when the test failed, print each
+    Levee's log tail and config (the first thing to read after a failure)."""
+    for lv in made:
+        if lv.alive():
+            lv.kill9()
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        for lv in made:
+            print(f"\n===== levee log ({lv.workdir}) =====\n{lv.log()[-20000:]}")
+            print(f"===== config =====\n{lv.config_path.read_text()}")
+
+
 def swaks(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     argv = [SWAKS, "--server", f"127.0.0.1:{port}", "--timeout", "15", "--helo", "client.test", *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)

@@ -44,7 +44,7 @@ import pytest
 
 import dnsworld
 from harness import (IO_TIMEOUT, QUEUED_RE, SWAKS, Levee, RawSMTP, Sink, free_port, render_config, unique_token,
-                     wait_until)
+                     finish_levees, wait_until)
 
 PID = os.getpid()
 BOX = f"lvbox-{PID}"
@@ -306,14 +306,7 @@ def box_levee(procs, tmp_path, world, box_sink, request):
         return in_ns(BOX, build)
 
     yield make
-    for lv in made:
-        if lv.alive():
-            lv.kill9()
-    rep = getattr(request.node, "rep_call", None)
-    if rep is not None and rep.failed:
-        for lv in made:
-            print(f"\n===== levee log ({lv.workdir}) =====\n{lv.log()[-20000:]}")
-            print(f"===== config =====\n{lv.config_path.read_text()}")
+    finish_levees(request, made)
 
 
 # ----------------------------------------------------------------------------------------------
