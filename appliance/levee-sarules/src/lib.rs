@@ -1,0 +1,676 @@
+//! SpamAssassin's `.cf` rule language as a Levee rule source.
+//!
+//! [`load_dirs`] reads the `*.cf` files of some directories (SpamAssassin's stock set, or
+//! local rules) and compiles what Levee can run into an immutable [`RuleSet`];
+//! [`RuleSet::check`] runs it on a [`SaMessage`], parsed once per message.
+//!
+//! Design:
+//! - **Loading** (`parse`): comments, `if`/`ifplugin`/`else`/`endif` (SA 4.0.1's version and
+//!   only the plugins and features we implement are true), rule definitions, `score`,
+//!   `describe`, `tflags`, `freemail_domains` and the ReplaceTags directives. Later files and
+//!   directories override earlier ones. Admin settings are counted and ignored. A malformed
+//!   line refuses the whole load with `FILE:LINE: reason`; a valid rule we cannot run is
+//!   skipped and counted under a reason in the [`LoadReport`].
+//! - **Regexes** (`perlre`): Perl syntax translated to `regex::bytes` with Unicode off, so
+//!   `\w`, `\b`, `\s`, `\d` and `/i` are ASCII as in SpamAssassin's byte matching, and a
+//!   pattern's non-ASCII bytes match the UTF-8 bytes of the (decoded) text. Patterns that
+//!   need look-around or back-references go to `fancy-regex` (on text, so a `\xNN` there is
+//!   a code point) with a backtrack limit, and every backtracking match of one message
+//!   shares one time budget: past it, such rules count as not hit and are reported.
+//! - **Matching**: each rule type's linear-time patterns are batched into one `RegexSet`
+//!   run once per text (body line, rawbody chunk, URI, full message); only the rules it
+//!   reports, and `multiple` rules that must count, run their own regex. Metas are
+//!   evaluated afterwards in dependency order; a name that did not run reads as 0.
+//! - **Message** (`message`): headers raw and decoded; `body` is SA's rendering (subject
+//!   line, then text parts with HTML rendered to text, one line per paragraph, whitespace
+//!   collapsed); `rawbody` the decoded parts unrendered; `full` the raw message; URIs from
+//!   text and HTML, canonicalised. SpamAssassin's pseudo-headers from Received parsing
+//!   (`X-Spam-Relays-*`) are not synthesised: rules on them do not hit.
+
+mod eval;
+mod message;
+mod meta;
+mod parse;
+mod perlre;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use message::{HeaderField, SaMessage};
+use parse::{HeaderTarget, HeaderTest, RuleKind, Test};
+
+/// A rule file that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RulesError {
+    #[error("{}:{line}: {reason}", file.display())]
+    Parse { file: PathBuf, line: usize, reason: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// What loading did: files read, rules loaded, rules skipped by reason.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub files: usize,
+    pub loaded: usize,
+    pub skipped: BTreeMap<String, Vec<String>>,
+    /// Directives read past (admin settings, plugin options), with counts.
+    pub ignored: BTreeMap<String, usize>,
+    /// Patterns that went to the backtracking engine.
+    pub backtracking: usize,
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let skipped: usize = self.skipped.values().map(Vec::len).sum();
+        let ignored: usize = self.ignored.values().sum();
+        writeln!(
+            f,
+            "{} files: {} rules loaded ({} need backtracking), {} skipped, {} directives ignored",
+            self.files, self.loaded, self.backtracking, skipped, ignored
+        )?;
+        let mut by_count: Vec<_> = self.skipped.iter().collect();
+        by_count.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
+        for (reason, names) in by_count {
+            writeln!(f, "  skipped {:5}  {reason}", names.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Loading options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// SA's score set: 0 plain, 1 net, 2 Bayes, 3 Bayes and net. Levee's default is 2.
+    pub score_set: usize,
+    /// Time all backtracking matches of one message may take together.
+    pub budget: Duration,
+    /// Backtracking steps one match may take.
+    pub backtrack_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { score_set: 2, budget: Duration::from_millis(20), backtrack_limit: 200_000 }
+    }
+}
+
+/// A rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub name: String,
+    pub score: f64,
+    pub describe: String,
+}
+
+/// The outcome of one check, with what the time budget cut.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub hits: Vec<Hit>,
+    /// Rules not run, or cut, because the backtracking budget ran out.
+    pub out_of_budget: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Matcher {
+    /// Index of the pattern in its type's `RegexSet`, and the regex itself for counting.
+    Fast(usize, regex::bytes::Regex),
+    Fancy(fancy_regex::Regex),
+}
+
+#[derive(Debug)]
+enum Kind {
+    Header { target: HeaderTarget, m: Matcher, neg: bool, unset: Option<String> },
+    Exists(String),
+    Body(Matcher),
+    RawBody(Matcher),
+    Uri(Matcher),
+    Full(Matcher),
+    MimeHeader { target: HeaderTarget, m: Matcher, neg: bool },
+    Eval(parse::EvalCall),
+    Meta(meta::Expr),
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    score: f64,
+    describe: String,
+    kind: Kind,
+    /// How many hits count (1 unless `tflags multiple`).
+    maxhits: usize,
+    nosubject: bool,
+}
+
+/// The fast patterns of one text type, batched.
+#[derive(Debug)]
+struct Batch {
+    set: regex::bytes::RegexSet,
+    /// Set index -> rule index.
+    rules: Vec<usize>,
+}
+
+/// Compiled rules, immutable after load.
+#[derive(Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    /// Metas in evaluation order.
+    meta_order: Vec<usize>,
+    body: Batch,
+    rawbody: Batch,
+    uri: Batch,
+    full: Batch,
+    freemail: HashSet<String>,
+    opts: Options,
+}
+
+/// Loads the `*.cf` files of each directory with the default [`Options`].
+pub fn load_dirs(dirs: &[&Path]) -> Result<(RuleSet, LoadReport), RulesError> {
+    load_dirs_with(dirs, Options::default())
+}
+
+fn fancy_pattern(p: &str) -> String {
+    // fancy-regex matches text: drop the bytes-only flag
+    p.replacen("(?-u", "(?", 1)
+}
+
+/// Loads the `*.cf` files of each directory.
+pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadReport), RulesError> {
+    let conf = parse::read_dirs(dirs)?;
+    let mut report = LoadReport { files: conf.files, ignored: conf.ignored.clone(), ..Default::default() };
+    let skip = |report: &mut LoadReport, reason: String, name: &str| {
+        report.skipped.entry(reason).or_default().push(name.to_string());
+    };
+    for (name, reason) in &conf.disabled {
+        skip(&mut report, reason.clone(), name);
+    }
+    let set = opts.score_set.min(3);
+    let compile = |re: &perlre::PerlRe, report: &mut LoadReport| -> Result<Matcher, String> {
+        let t = perlre::translate(re);
+        if !t.needs_fancy {
+            if let Ok(r) = regex::bytes::RegexBuilder::new(&t.pattern).size_limit(50 << 20).build() {
+                return Ok(Matcher::Fast(0, r));
+            }
+        }
+        match fancy_regex::RegexBuilder::new(&fancy_pattern(&t.pattern))
+            .backtrack_limit(opts.backtrack_limit)
+            .build()
+        {
+            Ok(r) => {
+                report.backtracking += 1;
+                Ok(Matcher::Fancy(r))
+            }
+            Err(_) => Err("regex not supported by either engine".into()),
+        }
+    };
+    let mut rules: Vec<Rule> = Vec::new();
+    for def in &conf.rules {
+        let name = def.name.as_str();
+        let tflags = conf.tflags.get(name).map(String::as_str).unwrap_or("");
+        let flags: Vec<&str> = tflags.split_whitespace().collect();
+        if flags.contains(&"net") {
+            skip(&mut report, "network".into(), name);
+            continue;
+        }
+        if flags.contains(&"learn") {
+            skip(&mut report, "bayes (Levee has its own)".into(), name);
+            continue;
+        }
+        let kind = match &def.kind {
+            RuleKind::Header { target, test: HeaderTest::Exists } => {
+                Kind::Exists(target.names.first().cloned().unwrap_or_default())
+            }
+            RuleKind::Header { target, test: HeaderTest::Re { re, neg, unset } } => {
+                match compile(re, &mut report) {
+                    Ok(m) => Kind::Header { target: target.clone(), m, neg: *neg, unset: unset.clone() },
+                    Err(e) => {
+                        skip(&mut report, e, name);
+                        continue;
+                    }
+                }
+            }
+            RuleKind::MimeHeader { target, re, neg } => match compile(re, &mut report) {
+                Ok(m) => Kind::MimeHeader { target: target.clone(), m, neg: *neg },
+                Err(e) => {
+                    skip(&mut report, e, name);
+                    continue;
+                }
+            },
+            RuleKind::Body(t) | RuleKind::RawBody(t) | RuleKind::Uri(t) | RuleKind::Full(t) => {
+                match t {
+                    Test::Eval(call) => {
+                        if let Some(r) = eval::unavailable(&call.func) {
+                            skip(&mut report, r.into(), name);
+                            continue;
+                        }
+                        if !eval::supported(call) {
+                            skip(&mut report, format!("eval {} not implemented", call.func), name);
+                            continue;
+                        }
+                        Kind::Eval(call.clone())
+                    }
+                    Test::Re(re) => match compile(re, &mut report) {
+                        Ok(m) => match &def.kind {
+                            RuleKind::Body(_) => Kind::Body(m),
+                            RuleKind::RawBody(_) => Kind::RawBody(m),
+                            RuleKind::Uri(_) => Kind::Uri(m),
+                            _ => Kind::Full(m),
+                        },
+                        Err(e) => {
+                            skip(&mut report, e, name);
+                            continue;
+                        }
+                    },
+                }
+            }
+            RuleKind::Eval(call) => {
+                if let Some(r) = eval::unavailable(&call.func) {
+                    skip(&mut report, r.into(), name);
+                    continue;
+                }
+                if !eval::supported(call) {
+                    skip(&mut report, format!("eval {} not implemented", call.func), name);
+                    continue;
+                }
+                Kind::Eval(call.clone())
+            }
+            RuleKind::Meta(e) => Kind::Meta(e.clone()),
+        };
+        let nice = flags.contains(&"nice");
+        let score = match conf.scores.get(name) {
+            Some(s) => s[set],
+            None if name.starts_with("__") => 0.0,
+            None => {
+                let s = if name.starts_with("T_") { 0.01 } else { 1.0 };
+                if nice {
+                    -s
+                } else {
+                    s
+                }
+            }
+        };
+        let multiple = flags.contains(&"multiple");
+        let maxhits = flags
+            .iter()
+            .find_map(|f| f.strip_prefix("maxhits="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(if multiple { 1000 } else { 1 });
+        rules.push(Rule {
+            name: name.to_string(),
+            score,
+            describe: conf.describes.get(name).cloned().unwrap_or_default(),
+            kind,
+            maxhits: if multiple { maxhits.max(1) } else { 1 },
+            nosubject: flags.contains(&"nosubject"),
+        });
+    }
+
+    // metas: resolve names, order by dependencies, drop loops
+    let index: HashMap<String, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    for r in &mut rules {
+        if let Kind::Meta(e) = &mut r.kind {
+            e.resolve(&|n| index.get(n).copied());
+        }
+    }
+    let mut meta_order = Vec::new();
+    let mut state = vec![0u8; rules.len()]; // 0 new, 1 visiting, 2 done, 3 loop
+    for i in 0..rules.len() {
+        order_meta(i, &rules, &mut state, &mut meta_order);
+    }
+    let looped: HashSet<usize> = (0..rules.len()).filter(|&i| state[i] == 3).collect();
+    meta_order.retain(|i| !looped.contains(i));
+    for &i in &looped {
+        skip(&mut report, "meta dependency loop".into(), &rules[i].name);
+    }
+
+    let body = batch(&mut rules, |k| matches!(k, Kind::Body(_)));
+    let rawbody = batch(&mut rules, |k| matches!(k, Kind::RawBody(_)));
+    let uri = batch(&mut rules, |k| matches!(k, Kind::Uri(_)));
+    let full = batch(&mut rules, |k| matches!(k, Kind::Full(_)));
+    report.loaded = rules.len() - looped.len();
+    for v in report.skipped.values_mut() {
+        v.sort();
+    }
+    Ok((
+        RuleSet { rules, meta_order, body, rawbody, uri, full, freemail: conf.freemail, opts },
+        report,
+    ))
+}
+
+fn meta_deps(e: &meta::Expr, out: &mut Vec<usize>) {
+    match e {
+        meta::Expr::Idx(i) => out.push(*i),
+        meta::Expr::Not(x) | meta::Expr::Neg(x) => meta_deps(x, out),
+        meta::Expr::Bin(_, a, b) => {
+            meta_deps(a, out);
+            meta_deps(b, out);
+        }
+        _ => {}
+    }
+}
+
+/// Depth-first: a meta comes after the metas it reads. Iterative-enough for real sets
+/// (depth is bounded by the chain length of metas, a few dozen in SA's set).
+fn order_meta(i: usize, rules: &[Rule], state: &mut [u8], out: &mut Vec<usize>) -> bool {
+    let Kind::Meta(e) = &rules[i].kind else { return true };
+    match state[i] {
+        2 => return true,
+        1 | 3 => {
+            state[i] = 3;
+            return false;
+        }
+        _ => {}
+    }
+    state[i] = 1;
+    let mut deps = Vec::new();
+    meta_deps(e, &mut deps);
+    let mut ok = true;
+    for d in deps {
+        if !order_meta(d, rules, state, out) {
+            ok = false;
+        }
+    }
+    if ok && state[i] == 1 {
+        state[i] = 2;
+        out.push(i);
+        true
+    } else {
+        state[i] = 3;
+        false
+    }
+}
+
+fn batch(rules: &mut [Rule], pick: impl Fn(&Kind) -> bool) -> Batch {
+    let mut pats = Vec::new();
+    let mut idx = Vec::new();
+    for (i, r) in rules.iter_mut().enumerate() {
+        if !pick(&r.kind) {
+            continue;
+        }
+        if let Kind::Body(Matcher::Fast(slot, re))
+        | Kind::RawBody(Matcher::Fast(slot, re))
+        | Kind::Uri(Matcher::Fast(slot, re))
+        | Kind::Full(Matcher::Fast(slot, re)) = &mut r.kind
+        {
+            *slot = pats.len();
+            pats.push(re.as_str().to_string());
+            idx.push(i);
+        }
+    }
+    let set = regex::bytes::RegexSetBuilder::new(&pats)
+        .size_limit(200 << 20)
+        .dfa_size_limit(8 << 20)
+        .build()
+        .unwrap_or_else(|_| regex::bytes::RegexSet::empty());
+    // an empty set for a failed build means every rule runs alone (see `texts_hit`)
+    let rules = if set.len() == pats.len() { idx } else { Vec::new() };
+    Batch { set, rules }
+}
+
+/// Time left for backtracking on one message.
+struct Budget {
+    start: Instant,
+    limit: Duration,
+    cut: Vec<String>,
+}
+
+impl Budget {
+    fn fancy(&mut self, re: &fancy_regex::Regex, text: &str, name: &str) -> bool {
+        if self.start.elapsed() > self.limit {
+            self.cut.push(name.to_string());
+            return false;
+        }
+        match re.is_match(text) {
+            Ok(m) => m,
+            Err(_) => {
+                self.cut.push(name.to_string());
+                false
+            }
+        }
+    }
+
+    fn fancy_count(&mut self, re: &fancy_regex::Regex, text: &str, name: &str, max: usize) -> usize {
+        if self.start.elapsed() > self.limit {
+            self.cut.push(name.to_string());
+            return 0;
+        }
+        let mut n = 0;
+        for m in re.find_iter(text) {
+            match m {
+                Ok(_) => n += 1,
+                Err(_) => {
+                    self.cut.push(name.to_string());
+                    break;
+                }
+            }
+            if n >= max {
+                break;
+            }
+        }
+        n
+    }
+}
+
+impl RuleSet {
+    /// Rules loaded (including sub-rules and metas).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Every rule with a non-zero score: name, score, description.
+    pub fn symbols(&self) -> impl Iterator<Item = (&str, f64, &str)> {
+        self.rules
+            .iter()
+            .filter(|r| r.score != 0.0)
+            .map(|r| (r.name.as_str(), r.score, r.describe.as_str()))
+    }
+
+    /// The rules that fired with a non-zero score.
+    pub fn check(&self, msg: &SaMessage) -> Vec<Hit> {
+        self.check_report(msg).hits
+    }
+
+    /// [`RuleSet::check`], also naming the rules the time budget cut.
+    pub fn check_report(&self, msg: &SaMessage) -> CheckReport {
+        let mut budget = Budget { start: Instant::now(), limit: self.opts.budget, cut: Vec::new() };
+        let mut vals = vec![0.0f64; self.rules.len()];
+        let body_all: Vec<&str> = msg.body.iter().map(String::as_str).collect();
+        let body_nosubj: Vec<&str> = body_all.iter().skip(1).copied().collect();
+        let rawbody: Vec<&str> = msg.rawbody.iter().map(String::as_str).collect();
+        let uris: Vec<&str> = msg.uris.iter().map(String::as_str).collect();
+        let full = [msg.full.as_str()];
+        let hit_body = self.body.hits(&body_all);
+        let hit_raw = self.rawbody.hits(&rawbody);
+        let hit_uri = self.uri.hits(&uris);
+        let hit_full = self.full.hits(&full);
+        for (i, r) in self.rules.iter().enumerate() {
+            let n = match &r.kind {
+                Kind::Meta(_) => continue,
+                Kind::Body(m) => {
+                    let texts = if r.nosubject { &body_nosubj } else { &body_all };
+                    run_texts(m, texts, &hit_body, r, &mut budget)
+                }
+                Kind::RawBody(m) => run_texts(m, &rawbody, &hit_raw, r, &mut budget),
+                Kind::Uri(m) => run_texts(m, &uris, &hit_uri, r, &mut budget),
+                Kind::Full(m) => run_texts(m, &full, &hit_full, r, &mut budget),
+                Kind::Exists(h) => usize::from(msg.get(h).is_some()),
+                Kind::Header { target, m, neg, unset } => {
+                    match header_value(msg, target).or_else(|| unset.clone()) {
+                        Some(v) => {
+                            let hit = match_one(m, &v, r, &mut budget);
+                            usize::from(hit != *neg)
+                        }
+                        None => 0,
+                    }
+                }
+                Kind::MimeHeader { target, m, neg } => {
+                    let mut hit = false;
+                    for p in &msg.parts {
+                        let vals: Vec<&str> = p
+                            .headers
+                            .iter()
+                            .filter(|h| target.names.iter().any(|n| h.name.eq_ignore_ascii_case(n)))
+                            .map(|h| if target.raw { h.raw.as_str() } else { h.decoded.as_str() })
+                            .collect();
+                        if vals.is_empty() {
+                            continue;
+                        }
+                        let v = vals.join("\n") + "\n";
+                        if match_one(m, &v, r, &mut budget) != *neg {
+                            hit = true;
+                            break;
+                        }
+                    }
+                    usize::from(hit)
+                }
+                Kind::Eval(call) => usize::from(eval::run(call, msg, &self.freemail)),
+            };
+            vals[i] = n as f64;
+        }
+        for &i in &self.meta_order {
+            if let Kind::Meta(e) = &self.rules[i].kind {
+                vals[i] = if e.eval(&vals) != 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        let hits = self
+            .rules
+            .iter()
+            .zip(&vals)
+            .filter(|(r, v)| **v > 0.0 && r.score != 0.0)
+            .map(|(r, _)| Hit { name: r.name.clone(), score: r.score, describe: r.describe.clone() })
+            .collect();
+        budget.cut.sort();
+        budget.cut.dedup();
+        CheckReport { hits, out_of_budget: budget.cut }
+    }
+}
+
+impl Batch {
+    /// Which set patterns matched any of the texts; `None` if there is no usable set.
+    fn hits(&self, texts: &[&str]) -> Option<Vec<bool>> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let mut hit = vec![false; self.set.len()];
+        for t in texts {
+            for i in self.set.matches(t.as_bytes()).iter() {
+                hit[i] = true;
+            }
+        }
+        Some(hit)
+    }
+}
+
+fn match_one(m: &Matcher, text: &str, r: &Rule, budget: &mut Budget) -> bool {
+    match m {
+        Matcher::Fast(_, re) => re.is_match(text.as_bytes()),
+        Matcher::Fancy(re) => budget.fancy(re, text, &r.name),
+    }
+}
+
+/// Hit count of a text rule over its texts (each text counted separately, like SA's lines).
+fn run_texts(m: &Matcher, texts: &[&str], set_hits: &Option<Vec<bool>>, r: &Rule, budget: &mut Budget) -> usize {
+    match m {
+        Matcher::Fast(slot, re) => {
+            if let Some(h) = set_hits {
+                // the set ran on all lines; nosubject rules recheck below without line 0
+                if !h.get(*slot).copied().unwrap_or(true) {
+                    return 0;
+                }
+                if r.maxhits == 1 && !r.nosubject {
+                    return 1;
+                }
+            }
+            let mut n = 0;
+            for t in texts {
+                if r.maxhits == 1 {
+                    if re.is_match(t.as_bytes()) {
+                        return 1;
+                    }
+                } else {
+                    n += re.find_iter(t.as_bytes()).take(r.maxhits - n).count();
+                    if n >= r.maxhits {
+                        break;
+                    }
+                }
+            }
+            n
+        }
+        Matcher::Fancy(re) => {
+            let mut n = 0;
+            for t in texts {
+                if r.maxhits == 1 {
+                    if budget.fancy(re, t, &r.name) {
+                        return 1;
+                    }
+                } else {
+                    n += budget.fancy_count(re, t, &r.name, r.maxhits - n);
+                    if n >= r.maxhits {
+                        break;
+                    }
+                }
+            }
+            n
+        }
+    }
+}
+
+/// The value a header rule reads, or `None` when the header is absent.
+fn header_value(msg: &SaMessage, t: &HeaderTarget) -> Option<String> {
+    let mut fields: Vec<&HeaderField> = Vec::new();
+    let mut all = false;
+    for name in &t.names {
+        match name.as_str() {
+            "ALL" => all = true,
+            "ToCc" => {
+                fields.extend(msg.get_all("To"));
+                fields.extend(msg.get_all("Cc"));
+            }
+            "MESSAGEID" => {
+                for h in ["Message-Id", "Resent-Message-Id", "X-Message-Id", "X-Original-Message-ID"] {
+                    fields.extend(msg.get_all(h));
+                }
+            }
+            "EnvelopeFrom" => {
+                let f = msg.get("X-Envelope-From").or_else(|| msg.get("Return-Path"))?;
+                let v = f.decoded.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+                return Some(v + "\n");
+            }
+            n => fields.extend(msg.get_all(n)),
+        }
+    }
+    if all {
+        let s: String = msg
+            .headers
+            .iter()
+            .map(|h| format!("{}: {}\n", h.name, if t.raw { h.raw.trim_start() } else { &h.decoded }))
+            .collect();
+        return Some(s);
+    }
+    let first = fields.first()?;
+    if t.addr {
+        let a = first.addr.clone().unwrap_or_else(|| {
+            let d = &first.decoded;
+            match (d.rfind('<'), d.rfind('>')) {
+                (Some(s), Some(e)) if s < e => d[s + 1..e].to_string(),
+                _ => d.trim().to_string(),
+            }
+        });
+        return Some(a);
+    }
+    if t.name {
+        return Some(first.display.clone().unwrap_or_default());
+    }
+    let mut s = String::new();
+    for f in &fields {
+        s.push_str(if t.raw { f.raw.trim_start() } else { &f.decoded });
+        s.push('\n');
+    }
+    Some(s)
+}

@@ -1,0 +1,395 @@
+//! A message as the rule types read it, built once per message.
+
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+
+/// SpamAssassin splits body text into lines no longer than this (at a space if it can).
+const MAX_LINE: usize = 2048;
+/// Bounds on what one hostile message can make us hold.
+const MAX_URIS: usize = 500;
+const MAX_HEADERS: usize = 1000;
+
+/// One header field: its name, the raw value (folding kept) and the decoded one (unfolded,
+/// RFC 2047 words decoded).
+#[derive(Debug, Clone)]
+pub struct HeaderField {
+    pub name: String,
+    pub raw: String,
+    pub decoded: String,
+    /// First address and display name, when the field holds addresses.
+    pub addr: Option<String>,
+    pub display: Option<String>,
+}
+
+/// Facts about one HTML part, for the HTML evals.
+#[derive(Debug, Clone, Default)]
+pub struct HtmlFacts {
+    /// Every tag name seen (lower case), opening or closing.
+    pub tags: Vec<String>,
+    /// Length of the visible text.
+    pub length: usize,
+    pub images: usize,
+    pub open_body: i64,
+    pub open_head: i64,
+}
+
+/// One MIME part's header fields and what it is.
+#[derive(Debug, Clone, Default)]
+pub struct MimePart {
+    pub headers: Vec<HeaderField>,
+    pub content_type: String,
+    pub transfer_encoding: String,
+    /// Decoded text, for text parts.
+    pub text: Option<String>,
+    pub is_html: bool,
+}
+
+/// What the rules read of one message. See the crate doc for how each view is rendered.
+#[derive(Debug, Clone, Default)]
+pub struct SaMessage {
+    pub headers: Vec<HeaderField>,
+    /// `body`: subject line first, then the rendered text, one paragraph per line.
+    pub body: Vec<String>,
+    /// `rawbody`: decoded text parts, not rendered, in chunks.
+    pub rawbody: Vec<String>,
+    /// `full`: the raw message (lossy UTF-8).
+    pub full: String,
+    pub uris: Vec<String>,
+    pub parts: Vec<MimePart>,
+    pub html: Vec<HtmlFacts>,
+    /// The header section was not followed by a blank line.
+    pub missing_hb_separator: bool,
+    /// The Date header, and the dates of the Received headers, as Unix times.
+    pub date_time: Option<i64>,
+    pub received_times: Vec<i64>,
+}
+
+impl SaMessage {
+    /// Parses a raw message. Never fails: what cannot be parsed is simply absent.
+    pub fn parse(raw: &[u8]) -> SaMessage {
+        let mut m = SaMessage { full: String::from_utf8_lossy(raw).into_owned(), ..Default::default() };
+        m.missing_hb_separator =
+            !raw.windows(2).any(|w| w == b"\n\n") && !raw.windows(4).any(|w| w == b"\r\n\r\n");
+        let Some(msg) = MessageParser::default().parse(raw) else {
+            return m;
+        };
+        let raw_msg = msg.raw_message();
+        m.headers = fields(raw_msg, msg.headers());
+        m.date_time = msg.date().map(|d| d.to_timestamp());
+        for h in msg.headers() {
+            if let HeaderValue::Received(r) = &h.value {
+                if let Some(d) = r.date() {
+                    m.received_times.push(d.to_timestamp());
+                }
+            }
+        }
+        let subject = m.get("Subject").map(|s| s.decoded.clone()).unwrap_or_default();
+
+        let mut rendered = String::new();
+        for (i, part) in msg.parts.iter().enumerate() {
+            let mut p = MimePart {
+                headers: fields(raw_msg, part.headers()),
+                content_type: part
+                    .content_type()
+                    .map(|c| {
+                        format!("{}/{}", c.ctype(), c.subtype().unwrap_or("")).to_ascii_lowercase()
+                    })
+                    .unwrap_or_default(),
+                transfer_encoding: part
+                    .content_transfer_encoding()
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
+                ..Default::default()
+            };
+            match &part.body {
+                PartType::Text(t) => {
+                    push_chunks(&mut m.rawbody, t);
+                    rendered.push_str(t);
+                    rendered.push('\n');
+                    find_text_uris(t, &mut m.uris);
+                    p.text = Some(t.to_string());
+                }
+                PartType::Html(h) => {
+                    push_chunks(&mut m.rawbody, h);
+                    let out = levee_html::strip(h);
+                    rendered.push_str(&out.text);
+                    rendered.push('\n');
+                    for u in &out.urls {
+                        push_uri(&mut m.uris, u);
+                    }
+                    find_text_uris(&out.text, &mut m.uris);
+                    m.html.push(html_facts(h, &out));
+                    p.text = Some(h.to_string());
+                    p.is_html = true;
+                }
+                _ => {}
+            }
+            // the root of a single-part message is its own only part; keep it once
+            if i > 0 || msg.parts.len() == 1 {
+                m.parts.push(p);
+            }
+        }
+        m.body = render_body(&subject, &rendered);
+        m.uris = canonicalize(std::mem::take(&mut m.uris));
+        m
+    }
+
+    /// The first header field of that name (case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&HeaderField> {
+        self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))
+    }
+
+    /// All header fields of that name.
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HeaderField> + 'a {
+        self.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
+    }
+}
+
+fn fields(raw: &[u8], headers: &[mail_parser::Header<'_>]) -> Vec<HeaderField> {
+    headers
+        .iter()
+        .take(MAX_HEADERS)
+        .map(|h| {
+            let start = (h.offset_start as usize).min(raw.len());
+            let end = (h.offset_end as usize).clamp(start, raw.len());
+            let raw_v = String::from_utf8_lossy(&raw[start..end]).into_owned();
+            let unfolded = unfold(&raw_v);
+            let (addr, display) = match &h.value {
+                HeaderValue::Address(a) => match a.first() {
+                    Some(f) => (
+                        f.address().map(str::to_string),
+                        Some(f.name().unwrap_or("").to_string()),
+                    ),
+                    None => (None, None),
+                },
+                _ => (None, None),
+            };
+            // only re-render what carried encoded words: mail-parser's structured rendering
+            // loses detail (angle brackets, comments) that rules look at
+            let decoded = if unfolded.contains("=?") {
+                match &h.value {
+                    HeaderValue::Text(t) => t.to_string(),
+                    HeaderValue::TextList(l) => l.join(", "),
+                    HeaderValue::Address(a) => a
+                        .iter()
+                        .map(|x| match (x.name(), x.address()) {
+                            (Some(n), Some(ad)) => format!("{n} <{ad}>"),
+                            (Some(n), None) => n.to_string(),
+                            (None, Some(ad)) => ad.to_string(),
+                            (None, None) => String::new(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => unfolded,
+                }
+            } else {
+                unfolded
+            };
+            HeaderField { name: h.name.as_str().to_string(), raw: raw_v, decoded, addr, display }
+        })
+        .collect()
+}
+
+fn unfold(v: &str) -> String {
+    let mut s = v.replace("\r\n", "\n");
+    s = s.replace('\n', "");
+    s.trim().to_string()
+}
+
+fn push_chunks(out: &mut Vec<String>, text: &str) {
+    let mut rest = text;
+    while rest.len() > MAX_LINE * 2 {
+        let mut cut = rest[..MAX_LINE * 2].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        if cut < MAX_LINE {
+            cut = floor_char(rest, MAX_LINE * 2);
+        }
+        out.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_string());
+    }
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i.max(1).min(s.len())
+}
+
+/// SA's rendering: blank-line-separated paragraphs, every whitespace run one space, the
+/// subject as the first line, long lines split.
+fn render_body(subject: &str, text: &str) -> Vec<String> {
+    let mut paragraphs: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let mut blank_run = false;
+    for line in text.split('\n') {
+        if line.trim().is_empty() {
+            blank_run = true;
+            continue;
+        }
+        if blank_run && !cur.is_empty() {
+            paragraphs.push(std::mem::take(&mut cur));
+        }
+        blank_run = false;
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(line);
+    }
+    if !cur.is_empty() {
+        paragraphs.push(cur);
+    }
+    let mut out = vec![format!("{subject}\n")];
+    let n = paragraphs.len();
+    for (i, p) in paragraphs.into_iter().enumerate() {
+        let mut line: String = p.split_whitespace().collect::<Vec<_>>().join(" ");
+        if i + 1 < n {
+            line.push('\n');
+        }
+        let mut rest = line.as_str();
+        while rest.len() > MAX_LINE {
+            let cut = match rest[..floor_char(rest, MAX_LINE)].rfind(' ') {
+                Some(i) if i > 0 => i + 1,
+                _ => floor_char(rest, MAX_LINE),
+            };
+            out.push(rest[..cut].to_string());
+            rest = &rest[cut..];
+        }
+        out.push(rest.to_string());
+    }
+    out
+}
+
+fn html_facts(html: &str, out: &levee_html::HtmlText) -> HtmlFacts {
+    let mut f = HtmlFacts {
+        length: out.text.chars().filter(|c| !c.is_whitespace()).count(),
+        images: out.images,
+        ..Default::default()
+    };
+    let b = html.as_bytes();
+    let mut i = 0;
+    while let Some(off) = b[i..].iter().position(|&c| c == b'<') {
+        i += off + 1;
+        let closing = b.get(i) == Some(&b'/');
+        let start = if closing { i + 1 } else { i };
+        let end = b[start..]
+            .iter()
+            .position(|c| !c.is_ascii_alphanumeric())
+            .map_or(b.len(), |e| start + e);
+        if end > start && b[start].is_ascii_alphabetic() {
+            let name = String::from_utf8_lossy(&b[start..end]).to_ascii_lowercase();
+            let delta = if closing { -1 } else { 1 };
+            match name.as_str() {
+                "body" => f.open_body += delta,
+                "head" => f.open_head += delta,
+                _ => {}
+            }
+            if f.tags.len() < 256 && !f.tags.contains(&name) {
+                f.tags.push(name);
+            }
+        }
+    }
+    f
+}
+
+fn push_uri(uris: &mut Vec<String>, u: &str) {
+    if uris.len() < MAX_URIS {
+        uris.push(u.trim().to_string());
+    }
+}
+
+/// Web and mail addresses written in plain text.
+fn find_text_uris(text: &str, uris: &mut Vec<String>) {
+    for word in text.split(|c: char| c.is_whitespace() || c == '<' || c == '>' || c == '"') {
+        if uris.len() >= MAX_URIS {
+            return;
+        }
+        let w = word.trim_matches(|c: char| matches!(c, '(' | ')' | ',' | '.' | ';' | '\'' | '[' | ']'));
+        let lower = w.to_ascii_lowercase();
+        if let Some(i) = ["http://", "https://", "ftp://"].iter().filter_map(|p| lower.find(p)).min()
+        {
+            push_uri(uris, &w[i..]);
+        } else if lower.starts_with("www.") && w.len() > 4 {
+            push_uri(uris, &format!("http://{w}"));
+        } else if lower.starts_with("mailto:") {
+            push_uri(uris, w);
+        } else if let Some(at) = w.find('@') {
+            let dom = &w[at + 1..];
+            if at > 0 && dom.contains('.') && !dom.contains('@') {
+                push_uri(uris, &format!("mailto:{w}"));
+            }
+        }
+    }
+}
+
+/// SA's canonical forms: schemeless hosts get `http://`, percent-escapes are decoded into
+/// an extra variant, duplicates go.
+fn canonicalize(list: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    let add = |s: String, out: &mut Vec<String>| {
+        if !s.is_empty() && !out.contains(&s) && out.len() < MAX_URIS * 2 {
+            out.push(s);
+        }
+    };
+    for u in list {
+        let u: String = u.chars().filter(|c| !c.is_whitespace()).collect();
+        let lower = u.to_ascii_lowercase();
+        let u = if lower.starts_with("www.") {
+            format!("http://{u}")
+        } else if lower.starts_with("ftp.") {
+            format!("ftp://{u}")
+        } else {
+            u
+        };
+        if u.contains('%') {
+            add(percent_decode(&u), &mut out);
+        }
+        add(u, &mut out);
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            if let Some(v) = hex {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_like_sa() {
+        let m = SaMessage::parse(
+            b"Subject: Hello =?utf-8?q?W=C3=B6rld?=\r\nFrom: \"Bob\" <bob@example.com>\r\n\r\nline one\r\nline   two\r\n\r\n\r\npara two www.example.com/x\r\n",
+        );
+        assert_eq!(m.body[0], "Hello W\u{f6}rld\n");
+        assert_eq!(m.body[1], "line one line two\n");
+        assert_eq!(m.body[2], "para two www.example.com/x");
+        assert_eq!(m.get("from").and_then(|f| f.addr.clone()).as_deref(), Some("bob@example.com"));
+        assert!(m.uris.iter().any(|u| u == "http://www.example.com/x"));
+        assert_eq!(percent_decode("a%41%4"), "aA%4");
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for raw in [&b""[..], b"\xff\xfe", b"Subject: x", b"a\r\n\r\n%%%<<<>>>=?=?"] {
+            let _ = SaMessage::parse(raw);
+        }
+    }
+}
