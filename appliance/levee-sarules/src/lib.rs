@@ -173,7 +173,7 @@ pub fn load_dirs(dirs: &[&Path]) -> Result<(RuleSet, LoadReport), RulesError> {
 
 fn fancy_pattern(p: &str) -> String {
     // fancy-regex matches text: drop the bytes-only flag
-    p.replacen("(?-u", "(?", 1)
+    p.replacen("(?-u)", "", 1).replacen("(?-u", "(?", 1)
 }
 
 /// Loads the `*.cf` files of each directory.
@@ -202,7 +202,12 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
                 report.backtracking += 1;
                 Ok(Matcher::Fancy(r))
             }
-            Err(_) => Err("regex not supported by either engine".into()),
+            Err(e) => {
+                if std::env::var_os("SARULES_DEBUG").is_some() {
+                    eprintln!("{} => {}: {e}", re.source, t.pattern);
+                }
+                Err("regex not supported by either engine".into())
+            }
         }
     };
     let mut rules: Vec<Rule> = Vec::new();

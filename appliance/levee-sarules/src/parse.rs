@@ -582,7 +582,17 @@ pub fn read_dirs(dirs: &[&Path]) -> Result<Conf, RulesError> {
         files.sort();
         for f in files {
             let bytes = std::fs::read(&f).map_err(|e| RulesError::Io { path: f.clone(), source: e })?;
-            conf.read(&f, &String::from_utf8_lossy(&bytes))?;
+            // a Latin-1 file: its 8-bit bytes become `\xNN`, which the rules' regexes read
+            // as the same bytes (SA matches bytes)
+            let text = match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(e) => e
+                    .into_bytes()
+                    .iter()
+                    .map(|&b| if b < 0x80 { (b as char).to_string() } else { format!("\\x{b:02x}") })
+                    .collect(),
+            };
+            conf.read(&f, &text)?;
         }
     }
     conf.apply_replace_tags();

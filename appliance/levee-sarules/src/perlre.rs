@@ -249,12 +249,46 @@ impl Translator<'_> {
                 return;
             }
         }
-        if rest.starts_with(b"?^") {
-            self.out.push_str("(?");
-            self.pos += 2;
+        // flags and non-capturing groups: (?i) (?i-s:...) (?:...) (?<name>...) (?P<name>...)
+        self.out.push_str("(?");
+        self.pos += 1;
+        if self.peek(0) == Some(b'^') {
+            self.pos += 1;
+        }
+        if matches!(self.peek(0), Some(b'<') | Some(b'P')) {
+            if self.peek(0) == Some(b'P') {
+                self.pos += 1;
+            }
+            while let Some(c) = self.peek(0) {
+                self.out.push(c as char);
+                self.pos += 1;
+                if c == b'>' {
+                    break;
+                }
+            }
             return;
         }
-        self.out.push('(');
+        while let Some(c) = self.peek(0) {
+            if c.is_ascii_alphabetic() || c == b'-' {
+                // only flags `regex` knows; Perl's others (a, l, u, n, p) do not matter here
+                if matches!(c, b'i' | b'm' | b's' | b'x' | b'U' | b'-') {
+                    self.out.push(c as char);
+                }
+                self.pos += 1;
+            } else {
+                break;
+            }
+        }
+        if self.out.ends_with("(?") && self.peek(0) == Some(b')') {
+            // `(?)` or only unknown flags: nothing left to say
+            self.out.truncate(self.out.len() - 2);
+            self.pos += 1;
+            return;
+        }
+        if let Some(c @ (b':' | b')')) = self.peek(0) {
+            self.out.push(c as char);
+            self.pos += 1;
+        }
     }
 
     /// A character class, copied with Perl's literal `[`, `&&`, `~~`, `--` escaped.
