@@ -117,7 +117,9 @@ pub struct CheckReport {
 enum Matcher {
     /// Index of the pattern in its type's `RegexSet`, and the regex itself for counting.
     Fast(usize, regex::bytes::Regex),
-    Fancy(fancy_regex::Regex),
+    /// A backtracking pattern, with its linear-time superset (see `perlre::relax`) and that
+    /// superset's index in the type's `RegexSet`.
+    Fancy { re: fancy_regex::Regex, pre: Option<(usize, regex::bytes::Regex)> },
 }
 
 #[derive(Debug)]
@@ -147,7 +149,11 @@ struct Rule {
 /// The fast patterns of one text type, batched.
 #[derive(Debug)]
 struct Batch {
-    set: regex::bytes::RegexSet,
+    /// Sets of `chunk` patterns: one set of a thousand patterns overflows the lazy DFA's
+    /// cache and falls back to the (slow) PikeVM.
+    sets: Vec<regex::bytes::RegexSet>,
+    chunk: usize,
+    len: usize,
     /// Set index -> rule index.
     rules: Vec<usize>,
 }
@@ -200,7 +206,12 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
         {
             Ok(r) => {
                 report.backtracking += 1;
-                Ok(Matcher::Fancy(r))
+                let pre = regex::bytes::RegexBuilder::new(&perlre::relax(&t.pattern))
+                    .size_limit(50 << 20)
+                    .build()
+                    .ok()
+                    .map(|p| (0, p));
+                Ok(Matcher::Fancy { re: r, pre })
             }
             Err(e) => {
                 if std::env::var_os("SARULES_DEBUG").is_some() {
@@ -394,25 +405,36 @@ fn batch(rules: &mut [Rule], pick: impl Fn(&Kind) -> bool) -> Batch {
         if !pick(&r.kind) {
             continue;
         }
-        if let Kind::Body(Matcher::Fast(slot, re))
-        | Kind::RawBody(Matcher::Fast(slot, re))
-        | Kind::Uri(Matcher::Fast(slot, re))
-        | Kind::Full(Matcher::Fast(slot, re)) = &mut r.kind
-        {
+        let m = match &mut r.kind {
+            Kind::Body(m) | Kind::RawBody(m) | Kind::Uri(m) | Kind::Full(m) => m,
+            _ => continue,
+        };
+        if let Matcher::Fast(slot, re) | Matcher::Fancy { pre: Some((slot, re)), .. } = m {
             *slot = pats.len();
             pats.push(re.as_str().to_string());
             idx.push(i);
         }
     }
-    let set = regex::bytes::RegexSetBuilder::new(&pats)
-        .size_limit(200 << 20)
-        .dfa_size_limit(8 << 20)
-        .build()
-        .unwrap_or_else(|_| regex::bytes::RegexSet::empty());
-    // an empty set for a failed build means every rule runs alone (see `texts_hit`)
-    let rules = if set.len() == pats.len() { idx } else { Vec::new() };
-    Batch { set, rules }
+    let chunk = std::env::var("SARULES_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(SET_CHUNK);
+    let mut sets = Vec::new();
+    if chunk > 0 {
+        for c in pats.chunks(chunk) {
+            match regex::bytes::RegexSetBuilder::new(c).size_limit(50 << 20).dfa_size_limit(2 << 20).build() {
+                Ok(s) => sets.push(s),
+                Err(_) => {
+                    sets.clear();
+                    break;
+                }
+            }
+        }
+    }
+    // no sets (or a failed build) means every rule runs alone
+    let rules = if sets.is_empty() { Vec::new() } else { idx };
+    Batch { sets, chunk, len: pats.len(), rules }
 }
+
+/// Patterns per `RegexSet`.
+const SET_CHUNK: usize = 32;
 
 /// Time left for backtracking on one message.
 struct Budget {
@@ -562,10 +584,14 @@ impl Batch {
         if self.rules.is_empty() {
             return None;
         }
-        let mut hit = vec![false; self.set.len()];
-        for t in texts {
-            for i in self.set.matches(t.as_bytes()).iter() {
-                hit[i] = true;
+        let mut hit = vec![false; self.len];
+        for (k, set) in self.sets.iter().enumerate() {
+            for t in texts {
+                for i in set.matches(t.as_bytes()).iter() {
+                    if let Some(h) = hit.get_mut(k * self.chunk + i) {
+                        *h = true;
+                    }
+                }
             }
         }
         Some(hit)
@@ -575,7 +601,9 @@ impl Batch {
 fn match_one(m: &Matcher, text: &str, r: &Rule, budget: &mut Budget) -> bool {
     match m {
         Matcher::Fast(_, re) => re.is_match(text.as_bytes()),
-        Matcher::Fancy(re) => budget.fancy(re, text, &r.name),
+        Matcher::Fancy { re, pre } => {
+            pre.as_ref().is_none_or(|(_, p)| p.is_match(text.as_bytes())) && budget.fancy(re, text, &r.name)
+        }
     }
 }
 
@@ -607,9 +635,17 @@ fn run_texts(m: &Matcher, texts: &[&str], set_hits: &Option<Vec<bool>>, r: &Rule
             }
             n
         }
-        Matcher::Fancy(re) => {
+        Matcher::Fancy { re, pre } => {
+            if let (Some(h), Some((slot, _))) = (set_hits, pre) {
+                if !h.get(*slot).copied().unwrap_or(true) {
+                    return 0;
+                }
+            }
             let mut n = 0;
             for t in texts {
+                if pre.as_ref().is_some_and(|(_, p)| !p.is_match(t.as_bytes())) {
+                    continue;
+                }
                 if r.maxhits == 1 {
                     if budget.fancy(re, t, &r.name) {
                         return 1;

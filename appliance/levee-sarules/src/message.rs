@@ -198,9 +198,10 @@ fn unfold(v: &str) -> String {
 fn push_chunks(out: &mut Vec<String>, text: &str) {
     let mut rest = text;
     while rest.len() > MAX_LINE * 2 {
-        let mut cut = rest[..MAX_LINE * 2].rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let window = floor_char(rest, MAX_LINE * 2);
+        let mut cut = rest[..window].rfind('\n').map(|i| i + 1).unwrap_or(0);
         if cut < MAX_LINE {
-            cut = floor_char(rest, MAX_LINE * 2);
+            cut = window;
         }
         out.push(rest[..cut].to_string());
         rest = &rest[cut..];

@@ -463,6 +463,120 @@ impl Translator<'_> {
     }
 }
 
+/// A linear-time superset of a backtracking-only pattern, to run first: look-around and
+/// `\K` removed, back-references widened to any text, atomic groups and possessive
+/// quantifiers made ordinary. Where it does not match, the real pattern cannot either.
+pub fn relax(pattern: &str) -> String {
+    let b = pattern.as_bytes();
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    let mut in_class = false;
+    let mut last_quant = false;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\\' && i + 1 < b.len() {
+            let n = b[i + 1];
+            if !in_class && (n.is_ascii_digit() && n != b'0') {
+                out.push_str("(?s:.*?)");
+                i += 2;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+            } else if !in_class && n == b'k' {
+                out.push_str("(?s:.*?)");
+                i += 2;
+                if let Some(end) = b[i..].iter().position(|&c| c == b'>' || c == b'}' || c == b'\'') {
+                    i += end + 1;
+                }
+            } else if !in_class && matches!(n, b'K' | b'G') {
+                i += 2;
+            } else {
+                out.push('\\');
+                out.push(n as char);
+                i += 2;
+            }
+            last_quant = false;
+            continue;
+        }
+        if in_class {
+            if c == b']' {
+                in_class = false;
+            }
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        match c {
+            b'[' => {
+                in_class = true;
+                out.push('[');
+                i += 1;
+                if b.get(i) == Some(&b'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if b.get(i) == Some(&b']') {
+                    out.push(']');
+                    i += 1;
+                }
+                last_quant = false;
+            }
+            b'(' if b[i..].starts_with(b"(?=")
+                || b[i..].starts_with(b"(?!")
+                || b[i..].starts_with(b"(?<=")
+                || b[i..].starts_with(b"(?<!") =>
+            {
+                i = skip_group(b, i);
+                last_quant = false;
+            }
+            b'(' if b[i..].starts_with(b"(?>") => {
+                out.push_str("(?:");
+                i += 3;
+                last_quant = false;
+            }
+            b'+' if last_quant => {
+                i += 1;
+                last_quant = false;
+            }
+            b'*' | b'+' | b'?' | b'}' => {
+                out.push(c as char);
+                i += 1;
+                last_quant = c != b'?' || !out[..out.len() - 1].ends_with(['*', '+', '?', '}']);
+            }
+            _ => {
+                out.push(c as char);
+                i += 1;
+                last_quant = false;
+            }
+        }
+    }
+    out
+}
+
+/// The index after the group opening at `start`.
+fn skip_group(b: &[u8], start: usize) -> usize {
+    let mut depth = 0;
+    let mut i = start;
+    let mut in_class = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'(' if !in_class => depth += 1,
+            b')' if !in_class => {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,5 +617,13 @@ mod tests {
         }
         assert!(translate(&read_delimited(r"/(?!x)y/").expect("ok").0).needs_fancy);
         assert!(translate(&read_delimited(r"/(a)\1/").expect("ok").0).needs_fancy);
+        for (p, want) in [
+            (r"(?!x)y", "y"),
+            (r"(a)\1b", "(a)(?s:.*?)b"),
+            (r"a++(?>b)c*+d+?", "a+(?:b)c*d+?"),
+            (r"[(?=]x(?<!\))", "[(?=]x"),
+        ] {
+            assert_eq!(relax(p), want, "{p}");
+        }
     }
 }
