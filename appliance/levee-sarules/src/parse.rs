@@ -54,7 +54,7 @@ pub enum Test {
     Eval(EvalCall),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct HeaderTarget {
     pub names: Vec<String>,
     pub raw: bool,
