@@ -181,7 +181,7 @@ pub fn load_dirs(dirs: &[&Path]) -> Result<(RuleSet, LoadReport), RulesError> {
 
 fn fancy_pattern(p: &str) -> String {
     // fancy-regex matches text: drop the bytes-only flag
-    p.replacen("(?-u)", "", 1).replacen("(?-u", "(?", 1)
+    p.replacen("(?-u)", "", 1).replacen("-u)", ")", 1)
 }
 
 /// Loads the `*.cf` files of each directory.

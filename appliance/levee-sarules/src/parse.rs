@@ -281,7 +281,7 @@ impl Conf {
                     continue;
                 }
                 "if" => {
-                    let yes = eval_if(rest).map_err(|e| perr(file, line_no, e))?;
+                    let yes = eval_if(rest).map_err(|e| perr(file, line_no, format!("if: {e}")))?;
                     conds.push(Cond {
                         active: yes,
                         reason: format!("condition false: if {rest}"),

@@ -83,13 +83,14 @@ pub fn translate(re: &PerlRe) -> Translated {
         extended: re.flags.contains('x'),
         multiline: re.flags.contains('m'),
     };
-    let mut prefix = String::from("(?-u");
+    // flags first: everything after `-` is switched off
+    let mut prefix = String::from("(?");
     for f in ['i', 's', 'm'] {
         if re.flags.contains(f) {
             prefix.push(f);
         }
     }
-    prefix.push(')');
+    prefix.push_str("-u)");
     t.run();
     Translated { pattern: format!("{prefix}{}", t.out), needs_fancy: t.fancy }
 }
