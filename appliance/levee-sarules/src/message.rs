@@ -51,7 +51,7 @@ pub struct SaMessage {
     pub body: Vec<String>,
     /// `rawbody`: decoded text parts, not rendered, in chunks.
     pub rawbody: Vec<String>,
-    /// `full`: the raw message (lossy UTF-8).
+    /// `full`: the raw message (lossy UTF-8, CRLF as LF).
     pub full: String,
     pub uris: Vec<String>,
     pub parts: Vec<MimePart>,
@@ -66,7 +66,9 @@ pub struct SaMessage {
 impl SaMessage {
     /// Parses a raw message. Never fails: what cannot be parsed is simply absent.
     pub fn parse(raw: &[u8]) -> SaMessage {
-        let mut m = SaMessage { full: String::from_utf8_lossy(raw).into_owned(), ..Default::default() };
+        // line ends as SpamAssassin sees mail from an MTA (LF), whatever SMTP delivered
+        let full = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        let mut m = SaMessage { full, ..Default::default() };
         m.missing_hb_separator =
             !raw.windows(2).any(|w| w == b"\n\n") && !raw.windows(4).any(|w| w == b"\r\n\r\n");
         let Some(msg) = MessageParser::default().parse(raw) else {
