@@ -59,7 +59,12 @@ fn main() {
         }
     }
     times.sort_by(f64::total_cmp);
-    let pct = |p: f64| times.get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        times
+            .get(((times.len() as f64 * p) as usize).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     println!(
         "{} messages: per message p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} hit the backtracking budget",
         times.len(),
@@ -74,7 +79,7 @@ fn main() {
         100.0 * ham5 as f64 / ham.max(1) as f64
     );
     let mut top: Vec<_> = rule_hits.into_iter().collect();
-    top.sort_by(|a, b| (b.1 .0 + b.1 .1).cmp(&(a.1 .0 + a.1 .1)));
+    top.sort_by_key(|(_, (s, h))| std::cmp::Reverse(s + h));
     println!("most frequent hits (spam, ham):");
     for (n, (s, h)) in top.iter().take(25) {
         println!("  {n:30} {s:6} {h:6}");

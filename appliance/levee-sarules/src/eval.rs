@@ -10,11 +10,28 @@ use crate::parse::EvalCall;
 /// Evals that need the network or state Levee keeps elsewhere: the skip reason.
 pub fn unavailable(func: &str) -> Option<&'static str> {
     const NET: &[&str] = &[
-        "check_rbl", "check_uridnsbl", "check_dns", "check_razor", "check_pyzor", "check_dcc",
-        "check_dkim", "check_spf", "check_dmarc", "check_asn", "check_hashbl", "askdns",
-        "check_uri_host_listed", "check_from_in_auto", "check_senders_reputation", "check_arc",
-        "check_for_def_spf", "check_for_def_dkim", "check_for_spf", "check_for_dkim",
-        "short_url", "check_https",
+        "check_rbl",
+        "check_uridnsbl",
+        "check_dns",
+        "check_razor",
+        "check_pyzor",
+        "check_dcc",
+        "check_dkim",
+        "check_spf",
+        "check_dmarc",
+        "check_asn",
+        "check_hashbl",
+        "askdns",
+        "check_uri_host_listed",
+        "check_from_in_auto",
+        "check_senders_reputation",
+        "check_arc",
+        "check_for_def_spf",
+        "check_for_def_dkim",
+        "check_for_spf",
+        "check_for_dkim",
+        "short_url",
+        "check_https",
     ];
     if func == "check_bayes" {
         return Some("bayes (Levee has its own)");
@@ -78,7 +95,9 @@ fn is_freemail(addr: &str, domains: &HashSet<String>) -> bool {
 pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool {
     let a0 = call.args.first().map(String::as_str).unwrap_or("");
     match call.func.as_str() {
-        "check_for_missing_to_header" => msg.get("To").is_none() && msg.get("Apparently-To").is_none(),
+        "check_for_missing_to_header" => {
+            msg.get("To").is_none() && msg.get("Apparently-To").is_none()
+        }
         "subject_is_all_caps" => {
             let Some(s) = msg.get("Subject") else { return false };
             if s.raw.to_ascii_lowercase().contains("=?") && {
@@ -92,9 +111,10 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
             let mut t = s.decoded.trim();
             loop {
                 let lower = t.to_ascii_lowercase();
-                let pre = ["re:", "fwd:", "fw:", "aw:", "antwort:", "wg:", "sv:", "vb:", "vs:", "vl:"]
-                    .iter()
-                    .find(|p| lower.starts_with(*p));
+                let pre =
+                    ["re:", "fwd:", "fw:", "aw:", "antwort:", "wg:", "sv:", "vb:", "vs:", "vl:"]
+                        .iter()
+                        .find(|p| lower.starts_with(*p));
                 match pre {
                     Some(p) => t = t[p.len()..].trim_start(),
                     None => break,
@@ -112,7 +132,9 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
             .is_some_and(|a| is_freemail(a, freemail)),
         "check_freemail_header" => {
             let addr = match a0 {
-                "EnvelopeFrom" => msg.get("Return-Path").map(|h| h.decoded.trim_matches(['<', '>', ' ']).to_string()),
+                "EnvelopeFrom" => msg
+                    .get("Return-Path")
+                    .map(|h| h.decoded.trim_matches(['<', '>', ' ']).to_string()),
                 h => msg.get(h).map(|f| f.addr.clone().unwrap_or_else(|| f.decoded.clone())),
             };
             let Some(addr) = addr else { return false };
@@ -120,25 +142,38 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
                 return false;
             }
             match call.args.get(1) {
-                Some(re) => fancy_regex::Regex::new(re).ok().is_some_and(|r| r.is_match(&addr).unwrap_or(false)),
+                Some(re) => fancy_regex::Regex::new(re)
+                    .ok()
+                    .is_some_and(|r| r.is_match(&addr).unwrap_or(false)),
                 None => true,
             }
         }
         "check_freemail_replyto" => {
             // Reply-To is freemail and differs from a From that is also checked
-            let from = msg.get("From").and_then(|f| f.addr.clone()).unwrap_or_default().to_ascii_lowercase();
-            let reply = msg.get("Reply-To").and_then(|f| f.addr.clone()).unwrap_or_default().to_ascii_lowercase();
+            let from = msg
+                .get("From")
+                .and_then(|f| f.addr.clone())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let reply = msg
+                .get("Reply-To")
+                .and_then(|f| f.addr.clone())
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             !reply.is_empty() && reply != from && is_freemail(&reply, freemail)
         }
         "check_for_mime_html_only" => {
-            !msg.html.is_empty() && msg.parts.iter().all(|p| !p.content_type.starts_with("text/") || p.is_html)
+            !msg.html.is_empty()
+                && msg.parts.iter().all(|p| !p.content_type.starts_with("text/") || p.is_html)
         }
         "check_for_mime_html" => !msg.html.is_empty(),
         "html_charset_faraway" => false,
         "html_tag_exists" => msg.html.iter().any(|h| h.tags.iter().any(|t| t == a0)),
         "html_test" => match a0 {
             "html" => !msg.html.is_empty(),
-            "embeds" => msg.html.iter().any(|h| h.tags.iter().any(|t| t == "embed" || t == "object")),
+            "embeds" => {
+                msg.html.iter().any(|h| h.tags.iter().any(|t| t == "embed" || t == "object"))
+            }
             _ => false,
         },
         "html_image_only" => {
@@ -168,8 +203,8 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
                 diffs.pop();
             }
             let diff = diffs.iter().copied().min_by_key(|d| d.abs()).unwrap_or(0) as f64;
-            let lo = num(call, 0).map_or(true, |m| diff >= 3600.0 * m);
-            let hi = num(call, 1).map_or(true, |m| diff < 3600.0 * m);
+            let lo = num(call, 0).is_none_or(|m| diff >= 3600.0 * m);
+            let hi = num(call, 1).is_none_or(|m| diff < 3600.0 * m);
             lo && hi
         }
         "check_header_count_range" => {
@@ -191,7 +226,10 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
             }
             // text that is valid UTF-8 without controls is legal (our text is always UTF-8
             // after decoding, so only raw bytes that were not count)
-            let bad = s.bytes().filter(|&b| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f)).count()
+            let bad = s
+                .bytes()
+                .filter(|&b| matches!(b, 0..=8 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f))
+                .count()
                 + s.matches('\u{fffd}').count();
             let ratio = bad as f64 / s.len() as f64;
             ratio >= num(call, 1).unwrap_or(1.0) && bad as f64 >= num(call, 2).unwrap_or(1.0)
@@ -202,10 +240,12 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
                 .iter()
                 .filter(|p| {
                     p.content_type.starts_with("image/")
-                        && (a0 == "all" || p.content_type.contains(a0) || (a0 == "jpeg" && p.content_type.contains("jpg")))
+                        && (a0 == "all"
+                            || p.content_type.contains(a0)
+                            || (a0 == "jpeg" && p.content_type.contains("jpg")))
                 })
                 .count() as f64;
-            n >= num(call, 1).unwrap_or(0.0) && num(call, 2).map_or(true, |m| n <= m)
+            n >= num(call, 1).unwrap_or(0.0) && num(call, 2).is_none_or(|m| n <= m)
         }
         "check_body_length" => {
             let len: usize = msg.body.iter().skip(1).map(String::len).sum();
@@ -228,8 +268,10 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
                 .parts
                 .iter()
                 .any(|p| p.content_type.starts_with("text/") && p.transfer_encoding == "base64"),
-            "mime_qp_long_line" => msg.parts.iter().any(|p| p.transfer_encoding == "quoted-printable")
-                && msg.full.lines().any(|l| l.len() > 77 && !l.contains(':')),
+            "mime_qp_long_line" => {
+                msg.parts.iter().any(|p| p.transfer_encoding == "quoted-printable")
+                    && msg.full.lines().any(|l| l.len() > 77 && !l.contains(':'))
+            }
             "mime_bad_iso_charset" => msg.parts.iter().any(|p| {
                 p.headers.iter().any(|h| {
                     h.name.eq_ignore_ascii_case("Content-Type")
@@ -243,7 +285,13 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
         "check_msg_parse_flags" => a0 == "missing_head_body_separator" && msg.missing_hb_separator,
         "check_mime_multipart_ratio" => {
             // text length of the HTML part against the text/plain alternative, in percent
-            let plain: usize = msg.parts.iter().filter(|p| p.content_type == "text/plain").filter_map(|p| p.text.as_ref()).map(String::len).sum();
+            let plain: usize = msg
+                .parts
+                .iter()
+                .filter(|p| p.content_type == "text/plain")
+                .filter_map(|p| p.text.as_ref())
+                .map(String::len)
+                .sum();
             let html: usize = msg.html.iter().map(|h| h.length).sum();
             if plain == 0 || html == 0 {
                 return false;
@@ -251,12 +299,14 @@ pub fn run(call: &EvalCall, msg: &SaMessage, freemail: &HashSet<String>) -> bool
             let ratio = plain as f64 / html as f64;
             ratio >= num(call, 0).unwrap_or(0.0) && ratio < num(call, 1).unwrap_or(0.0)
         }
-        "check_ma_non_text" => msg
-            .get("Content-Type")
-            .is_some_and(|c| c.decoded.to_ascii_lowercase().contains("multipart/alternative"))
-            && msg.parts.iter().any(|p| {
-                !p.content_type.starts_with("text/") && !p.content_type.starts_with("multipart/")
-            }),
+        "check_ma_non_text" => {
+            msg.get("Content-Type")
+                .is_some_and(|c| c.decoded.to_ascii_lowercase().contains("multipart/alternative"))
+                && msg.parts.iter().any(|p| {
+                    !p.content_type.starts_with("text/")
+                        && !p.content_type.starts_with("multipart/")
+                })
+        }
         _ => false,
     }
 }

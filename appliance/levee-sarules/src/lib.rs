@@ -187,7 +187,8 @@ fn fancy_pattern(p: &str) -> String {
 /// Loads the `*.cf` files of each directory.
 pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadReport), RulesError> {
     let conf = parse::read_dirs(dirs)?;
-    let mut report = LoadReport { files: conf.files, ignored: conf.ignored.clone(), ..Default::default() };
+    let mut report =
+        LoadReport { files: conf.files, ignored: conf.ignored.clone(), ..Default::default() };
     let skip = |report: &mut LoadReport, reason: String, name: &str| {
         report.skipped.entry(reason).or_default().push(name.to_string());
     };
@@ -216,7 +217,9 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
             }
             RuleKind::Header { target, test: HeaderTest::Re { re, neg, unset } } => {
                 match compile(re, &mut report) {
-                    Ok(m) => Kind::Header { target: target.clone(), m, neg: *neg, unset: unset.clone() },
+                    Ok(m) => {
+                        Kind::Header { target: target.clone(), m, neg: *neg, unset: unset.clone() }
+                    }
                     Err(e) => {
                         skip(&mut report, e, name);
                         continue;
@@ -301,7 +304,8 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
     }
 
     // metas: resolve names, order by dependencies, drop loops
-    let index: HashMap<String, usize> = rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    let index: HashMap<String, usize> =
+        rules.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
     for r in &mut rules {
         if let Kind::Meta(e) = &mut r.kind {
             e.resolve(&|n| index.get(n).copied());
@@ -333,8 +337,12 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
 }
 
 /// Compiles one pattern: `regex` if it can, else `fancy-regex` with a linear-time superset.
-fn compile_re(re: &perlre::PerlRe, report: &mut LoadReport, opts: &Options) -> Result<Matcher, String> {
-        let t = perlre::translate(re);
+fn compile_re(
+    re: &perlre::PerlRe,
+    report: &mut LoadReport,
+    opts: &Options,
+) -> Result<Matcher, String> {
+    let t = perlre::translate(re);
     if !t.needs_fancy {
         if let Ok(r) = regex::bytes::RegexBuilder::new(&t.pattern).size_limit(50 << 20).build() {
             return Ok(Matcher::Fast(0, r));
@@ -360,7 +368,12 @@ fn compile_re(re: &perlre::PerlRe, report: &mut LoadReport, opts: &Options) -> R
 /// For line-wise texts: multi-line mode, so one search over the joined lines finds what a
 /// search per line would (`^`/`$` at line ends), unless the pattern anchors on the whole
 /// text (`\A`, `\z`, `\Z`, `\G`).
-fn compile_lines(re: &perlre::PerlRe, report: &mut LoadReport, opts: &Options, joined: &mut bool) -> Result<Matcher, String> {
+fn compile_lines(
+    re: &perlre::PerlRe,
+    report: &mut LoadReport,
+    opts: &Options,
+    joined: &mut bool,
+) -> Result<Matcher, String> {
     let whole = ["\\A", "\\z", "\\Z", "\\G"].iter().any(|a| re.source.contains(a));
     if whole || re.flags.contains('m') {
         *joined = !whole;
@@ -431,11 +444,16 @@ fn batch(rules: &mut [Rule], pick: impl Fn(&Kind) -> bool) -> Batch {
             idx.push(i);
         }
     }
-    let chunk = std::env::var("SARULES_SET_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(SET_CHUNK);
+    let chunk =
+        std::env::var("SARULES_SET_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(SET_CHUNK);
     let mut sets = Vec::new();
     if chunk > 0 {
         for c in pats.chunks(chunk) {
-            match regex::bytes::RegexSetBuilder::new(c).size_limit(50 << 20).dfa_size_limit(2 << 20).build() {
+            match regex::bytes::RegexSetBuilder::new(c)
+                .size_limit(50 << 20)
+                .dfa_size_limit(2 << 20)
+                .build()
+            {
                 Ok(s) => sets.push(s),
                 Err(_) => {
                     sets.clear();
@@ -478,7 +496,13 @@ impl Budget {
         }
     }
 
-    fn fancy_count(&mut self, re: &fancy_regex::Regex, text: &str, name: &str, max: usize) -> usize {
+    fn fancy_count(
+        &mut self,
+        re: &fancy_regex::Regex,
+        text: &str,
+        name: &str,
+        max: usize,
+    ) -> usize {
         if self.start.elapsed() > self.limit {
             self.cut.push(name.to_string());
             return 0;
@@ -605,7 +629,11 @@ impl RuleSet {
             .iter()
             .zip(&vals)
             .filter(|(r, v)| **v > 0.0 && r.score != 0.0)
-            .map(|(r, _)| Hit { name: r.name.clone(), score: r.score, describe: r.describe.clone() })
+            .map(|(r, _)| Hit {
+                name: r.name.clone(),
+                score: r.score,
+                describe: r.describe.clone(),
+            })
             .collect();
         budget.cut.sort();
         budget.cut.dedup();
@@ -637,7 +665,8 @@ fn match_one(m: &Matcher, text: &str, r: &Rule, budget: &mut Budget) -> bool {
     match m {
         Matcher::Fast(_, re) => re.is_match(text.as_bytes()),
         Matcher::Fancy { re, pre } => {
-            pre.as_ref().is_none_or(|(_, p)| p.is_match(text.as_bytes())) && budget.fancy(re, text, &r.name)
+            pre.as_ref().is_none_or(|(_, p)| p.is_match(text.as_bytes()))
+                && budget.fancy(re, text, &r.name)
         }
     }
 }
@@ -741,7 +770,9 @@ fn header_value(msg: &SaMessage, t: &HeaderTarget) -> Option<String> {
                 fields.extend(msg.get_all("Cc"));
             }
             "MESSAGEID" => {
-                for h in ["Message-Id", "Resent-Message-Id", "X-Message-Id", "X-Original-Message-ID"] {
+                for h in
+                    ["Message-Id", "Resent-Message-Id", "X-Message-Id", "X-Original-Message-ID"]
+                {
                     fields.extend(msg.get_all(h));
                 }
             }
@@ -757,7 +788,9 @@ fn header_value(msg: &SaMessage, t: &HeaderTarget) -> Option<String> {
         let s: String = msg
             .headers
             .iter()
-            .map(|h| format!("{}: {}\n", h.name, if t.raw { h.raw.trim_start() } else { &h.decoded }))
+            .map(|h| {
+                format!("{}: {}\n", h.name, if t.raw { h.raw.trim_start() } else { &h.decoded })
+            })
             .collect();
         return Some(s);
     }

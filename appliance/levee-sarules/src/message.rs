@@ -157,10 +157,9 @@ fn fields(raw: &[u8], headers: &[mail_parser::Header<'_>]) -> Vec<HeaderField> {
             let unfolded = unfold(&raw_v);
             let (addr, display) = match &h.value {
                 HeaderValue::Address(a) => match a.first() {
-                    Some(f) => (
-                        f.address().map(str::to_string),
-                        Some(f.name().unwrap_or("").to_string()),
-                    ),
+                    Some(f) => {
+                        (f.address().map(str::to_string), Some(f.name().unwrap_or("").to_string()))
+                    }
                     None => (None, None),
                 },
                 _ => (None, None),
@@ -308,9 +307,11 @@ fn find_text_uris(text: &str, uris: &mut Vec<String>) {
         if uris.len() >= MAX_URIS {
             return;
         }
-        let w = word.trim_matches(|c: char| matches!(c, '(' | ')' | ',' | '.' | ';' | '\'' | '[' | ']'));
+        let w = word
+            .trim_matches(|c: char| matches!(c, '(' | ')' | ',' | '.' | ';' | '\'' | '[' | ']'));
         let lower = w.to_ascii_lowercase();
-        if let Some(i) = ["http://", "https://", "ftp://"].iter().filter_map(|p| lower.find(p)).min()
+        if let Some(i) =
+            ["http://", "https://", "ftp://"].iter().filter_map(|p| lower.find(p)).min()
         {
             push_uri(uris, &w[i..]);
         } else if lower.starts_with("www.") && w.len() > 4 {
@@ -359,7 +360,9 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             if let Some(v) = hex {
                 out.push(v);
                 i += 3;

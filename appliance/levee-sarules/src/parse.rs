@@ -29,8 +29,24 @@ const PLUGINS: &[&str] = &[
 
 /// Plugins whose rules need the network; their rules are reported as such.
 const NET_PLUGINS: &[&str] = &[
-    "DNSEval", "URIDNSBL", "AskDNS", "SPF", "DKIM", "DMARC", "Dmarc", "Razor2", "Pyzor", "DCC",
-    "ASN", "AWL", "TxRep", "HashBL", "AccessDB", "AntiVirus", "URILocalBL", "DecodeShortURLs",
+    "DNSEval",
+    "URIDNSBL",
+    "AskDNS",
+    "SPF",
+    "DKIM",
+    "DMARC",
+    "Dmarc",
+    "Razor2",
+    "Pyzor",
+    "DCC",
+    "ASN",
+    "AWL",
+    "TxRep",
+    "HashBL",
+    "AccessDB",
+    "AntiVirus",
+    "URILocalBL",
+    "DecodeShortURLs",
 ];
 
 /// `can(...)` features we honour.
@@ -291,7 +307,8 @@ impl Conf {
                     continue;
                 }
                 "else" => {
-                    let c = conds.last_mut().ok_or_else(|| perr(file, line_no, "else without if"))?;
+                    let c =
+                        conds.last_mut().ok_or_else(|| perr(file, line_no, "else without if"))?;
                     if c.seen_else {
                         return Err(perr(file, line_no, "second else for one if"));
                     }
@@ -331,7 +348,13 @@ impl Conf {
         Ok(())
     }
 
-    fn directive(&mut self, file: &Path, ln: usize, dir: &str, rest: &str) -> Result<(), RulesError> {
+    fn directive(
+        &mut self,
+        file: &Path,
+        ln: usize,
+        dir: &str,
+        rest: &str,
+    ) -> Result<(), RulesError> {
         let err = |r: String| perr(file, ln, r);
         let (name, arg) = match rest.find(char::is_whitespace) {
             Some(i) => (&rest[..i], rest[i..].trim()),
@@ -345,7 +368,8 @@ impl Conf {
                 if arg.is_empty() {
                     return Err(err(format!("{dir} {name}: missing test")));
                 }
-                let kind = self.rule_kind(dir, name, arg).map_err(|e| err(format!("{name}: {e}")))?;
+                let kind =
+                    self.rule_kind(dir, name, arg).map_err(|e| err(format!("{name}: {e}")))?;
                 self.define(name, kind);
             }
             "score" => {
@@ -356,12 +380,17 @@ impl Conf {
                 let mut nums = Vec::new();
                 for v in &vals {
                     let v = v.trim_start_matches('(').trim_end_matches(')');
-                    nums.push(v.parse::<f64>().map_err(|_| err(format!("score {name}: {v:?} is not a number")))?);
+                    nums.push(
+                        v.parse::<f64>()
+                            .map_err(|_| err(format!("score {name}: {v:?} is not a number")))?,
+                    );
                 }
                 let s = match nums.len() {
                     1 => [nums[0]; 4],
                     4 => [nums[0], nums[1], nums[2], nums[3]],
-                    n => return Err(err(format!("score {name}: expected 1 or 4 numbers, got {n}"))),
+                    n => {
+                        return Err(err(format!("score {name}: expected 1 or 4 numbers, got {n}")))
+                    }
                 };
                 self.scores.insert(name.to_string(), s);
             }
@@ -422,10 +451,12 @@ impl Conf {
                     return Ok(RuleKind::Eval(parse_eval(e)?));
                 }
                 if let Some(h) = arg.strip_prefix("exists:") {
-                    let t = HeaderTarget { names: vec![h.trim().to_string()], ..Default::default() };
+                    let t =
+                        HeaderTarget { names: vec![h.trim().to_string()], ..Default::default() };
                     return Ok(RuleKind::Header { target: t, test: HeaderTest::Exists });
                 }
-                let (spec, rest) = arg.split_once(char::is_whitespace).ok_or("header: missing operator")?;
+                let (spec, rest) =
+                    arg.split_once(char::is_whitespace).ok_or("header: missing operator")?;
                 let rest = rest.trim_start();
                 let neg = if rest.starts_with("=~") {
                     false
@@ -443,10 +474,14 @@ impl Conf {
                 } else {
                     return Err(format!("unexpected {after:?} after the regular expression"));
                 };
-                RuleKind::Header { target: header_target(spec), test: HeaderTest::Re { re, neg, unset } }
+                RuleKind::Header {
+                    target: header_target(spec),
+                    test: HeaderTest::Re { re, neg, unset },
+                }
             }
             "mimeheader" => {
-                let (spec, rest) = arg.split_once(char::is_whitespace).ok_or("mimeheader: missing operator")?;
+                let (spec, rest) =
+                    arg.split_once(char::is_whitespace).ok_or("mimeheader: missing operator")?;
                 let rest = rest.trim_start();
                 let neg = rest.starts_with("!~");
                 if !neg && !rest.starts_with("=~") {
@@ -454,7 +489,10 @@ impl Conf {
                 }
                 let (re, after) = read_delimited(&rest[2..])?;
                 if !after.trim().is_empty() {
-                    return Err(format!("unexpected {:?} after the regular expression", after.trim()));
+                    return Err(format!(
+                        "unexpected {:?} after the regular expression",
+                        after.trim()
+                    ));
                 }
                 RuleKind::MimeHeader { target: header_target(spec), re, neg }
             }
@@ -581,7 +619,8 @@ pub fn read_dirs(dirs: &[&Path]) -> Result<Conf, RulesError> {
             .collect();
         files.sort();
         for f in files {
-            let bytes = std::fs::read(&f).map_err(|e| RulesError::Io { path: f.clone(), source: e })?;
+            let bytes =
+                std::fs::read(&f).map_err(|e| RulesError::Io { path: f.clone(), source: e })?;
             // a Latin-1 file: its 8-bit bytes become `\xNN`, which the rules' regexes read
             // as the same bytes (SA matches bytes)
             let text = match String::from_utf8(bytes) {
@@ -589,7 +628,9 @@ pub fn read_dirs(dirs: &[&Path]) -> Result<Conf, RulesError> {
                 Err(e) => e
                     .into_bytes()
                     .iter()
-                    .map(|&b| if b < 0x80 { (b as char).to_string() } else { format!("\\x{b:02x}") })
+                    .map(
+                        |&b| if b < 0x80 { (b as char).to_string() } else { format!("\\x{b:02x}") },
+                    )
                     .collect(),
             };
             conf.read(&f, &text)?;

@@ -424,9 +424,19 @@ impl Translator<'_> {
             b'e' => self.out.push_str("\\x1B"),
             b'a' => self.out.push_str("\\x07"),
             b'h' => self.out.push_str(if in_class { " \\t" } else { "[ \\t]" }),
-            b'H' => self.out.push_str(if in_class { "\\x00-\\x08\\x0A-\\x1F!-\\xFF" } else { "[^ \\t]" }),
-            b'v' => self.out.push_str(if in_class { "\\n\\x0B\\x0C\\r" } else { "[\\n\\x0B\\x0C\\r]" }),
-            b'V' => self.out.push_str(if in_class { "\\x00-\\x09\\x0E-\\xFF" } else { "[^\\n\\x0B\\x0C\\r]" }),
+            b'H' => self.out.push_str(if in_class {
+                "\\x00-\\x08\\x0A-\\x1F!-\\xFF"
+            } else {
+                "[^ \\t]"
+            }),
+            b'v' => {
+                self.out.push_str(if in_class { "\\n\\x0B\\x0C\\r" } else { "[\\n\\x0B\\x0C\\r]" })
+            }
+            b'V' => self.out.push_str(if in_class {
+                "\\x00-\\x09\\x0E-\\xFF"
+            } else {
+                "[^\\n\\x0B\\x0C\\r]"
+            }),
             b'R' if !in_class => self.out.push_str("(?:\\r\\n|[\\n\\x0B\\x0C\\r])"),
             b'K' | b'G' | b'k' | b'g' => {
                 self.fancy = true;
@@ -486,7 +496,8 @@ pub fn relax(pattern: &str) -> String {
             } else if !in_class && n == b'k' {
                 out.push_str("(?s:.*?)");
                 i += 2;
-                if let Some(end) = b[i..].iter().position(|&c| c == b'>' || c == b'}' || c == b'\'') {
+                if let Some(end) = b[i..].iter().position(|&c| c == b'>' || c == b'}' || c == b'\'')
+                {
                     i += end + 1;
                 }
             } else if !in_class && matches!(n, b'K' | b'G') {

@@ -85,14 +85,18 @@ fn scores_defaults_and_descriptions() {
     assert_eq!(get("T_NICE_DEFAULT").1, -0.01);
     assert!(!sym.iter().any(|s| s.0 == "T_ZERO" || s.0 == "__T_DOLLAR"));
 
-    let (set0, _) = load_dirs_with(&[&fixtures().join("rules")], Options { score_set: 0, ..Options::default() })
-        .expect("load");
+    let (set0, _) = load_dirs_with(
+        &[&fixtures().join("rules")],
+        Options { score_set: 0, ..Options::default() },
+    )
+    .expect("load");
     assert_eq!(set0.symbols().find(|s| s.0 == "T_SUBJ_FREE").map(|s| s.1), Some(1.0));
 }
 
 #[test]
 fn later_dirs_override() {
-    let (set, _) = load_dirs(&[&fixtures().join("rules"), &fixtures().join("override")]).expect("load");
+    let (set, _) =
+        load_dirs(&[&fixtures().join("rules"), &fixtures().join("override")]).expect("load");
     let s = set.symbols().find(|s| s.0 == "T_SUBJ_FREE").map(|(_, s, d)| (s, d.to_string()));
     assert_eq!(s, Some((4.0, "Overridden description".to_string())));
     assert!(hits(&set, "spam.eml").contains("T_BODY_WIRE"));

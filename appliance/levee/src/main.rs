@@ -3,6 +3,7 @@
 mod gate;
 mod logging;
 mod notify;
+mod rules;
 mod supervise;
 
 use anyhow::{Context, Result};
@@ -71,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: gate::GateCommand,
     },
+    /// SpamAssassin-language rule files.
+    Rules {
+        #[command(subcommand)]
+        command: rules::RulesCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Supervise { config } => supervise::supervise(&config),
         Command::Engine { config } => supervise::engine(&config),
         Command::Gate { command } => gate::run(command),
+        Command::Rules { command } => return rules::run(command),
         Command::Train { data, spam, ham } => train(&data, &spam, &ham),
         Command::Eval { data, manifest } => eval(&data, &manifest),
     };
