@@ -549,6 +549,21 @@ impl RuleSet {
 
     /// [`RuleSet::check`], also naming the rules the time budget cut.
     pub fn check_report(&self, msg: &SaMessage) -> CheckReport {
+        self.check_inner(msg, None)
+    }
+
+    /// Time each rule took on this message (metas excluded), slowest first: for finding
+    /// the rules that dominate the check time.
+    pub fn profile(&self, msg: &SaMessage) -> Vec<(String, Duration)> {
+        let mut times = vec![Duration::ZERO; self.rules.len()];
+        self.check_inner(msg, Some(&mut times));
+        let mut out: Vec<(String, Duration)> =
+            self.rules.iter().map(|r| r.name.clone()).zip(times).collect();
+        out.sort_by_key(|t| std::cmp::Reverse(t.1));
+        out
+    }
+
+    fn check_inner(&self, msg: &SaMessage, mut times: Option<&mut [Duration]>) -> CheckReport {
         let mut budget = Budget { start: Instant::now(), limit: self.opts.budget, cut: Vec::new() };
         let mut vals = vec![0.0f64; self.rules.len()];
         let body_all: Vec<&str> = msg.body.iter().map(String::as_str).collect();
@@ -566,6 +581,7 @@ impl RuleSet {
         let hit_uri = self.uri.hits(&uris);
         let hit_full = self.full.hits(&full);
         for (i, r) in self.rules.iter().enumerate() {
+            let t0 = times.as_ref().map(|_| Instant::now());
             let n = match &r.kind {
                 Kind::Meta(_) => continue,
                 Kind::Body(m) => {
@@ -618,6 +634,11 @@ impl RuleSet {
                 Kind::Eval(call) => usize::from(eval::run(call, msg, &self.freemail)),
             };
             vals[i] = n as f64;
+            if let (Some(t), Some(t0)) = (times.as_deref_mut(), t0) {
+                if let Some(slot) = t.get_mut(i) {
+                    *slot = t0.elapsed();
+                }
+            }
         }
         for &i in &self.meta_order {
             if let Kind::Meta(e) = &self.rules[i].kind {
