@@ -197,4 +197,22 @@ fn stock_spamassassin_set_loads() {
     let spam = hits(&set, "spam.eml");
     assert!(!spam.is_empty());
     let _ = hits(&set, "ham.eml");
+    // hostile shapes must neither panic nor hang
+    let mut nested = String::new();
+    for i in 0..200 {
+        nested.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=\"b{i}\"\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    let long_line =
+        format!("Subject: {}\r\n\r\n{}\r\n", "\u{1F600}".repeat(3000), "\u{30B4}".repeat(5000));
+    for raw in [
+        &b""[..],
+        b"\xff\xfe\x00",
+        b"Subject: =?x?q?\xff?=\r\n",
+        nested.as_bytes(),
+        long_line.as_bytes(),
+    ] {
+        let _ = set.check_report(&SaMessage::parse(raw));
+    }
 }
