@@ -1,8 +1,8 @@
 //! Runs SpamAssassin's stock rules over a labelled corpus and prints load figures, time per
 //! message and the share of spam and ham scoring 5 or more (rules only, no Bayes, no network).
 //!
-//! `cargo run --release -p levee-sarules --example corpus -- [MANIFEST] [RULES_DIR]`
-//! (defaults: /work/shared/corpus/train.tsv, /usr/share/spamassassin).
+//! `cargo run --release -p levee-sarules --example corpus -- [MANIFEST] [RULES_DIR] [SCORE_SET]`
+//! (defaults: /work/shared/corpus/train.tsv, /usr/share/spamassassin, 2).
 
 use std::path::Path;
 use std::time::Instant;
@@ -12,7 +12,9 @@ fn main() {
     let manifest = args.first().map_or("/work/shared/corpus/train.tsv", String::as_str);
     let rules = args.get(1).map_or("/usr/share/spamassassin", String::as_str);
     let t0 = Instant::now();
-    let (set, report) = match levee_sarules::load_dirs(&[Path::new(rules)]) {
+    let score_set = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let opts = levee_sarules::Options { score_set, ..Default::default() };
+    let (set, report) = match levee_sarules::load_dirs_with(&[Path::new(rules)], opts) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
