@@ -850,3 +850,13 @@ fn header_value(msg: &SaMessage, t: &HeaderTarget) -> Option<String> {
     }
     Some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ruleset_is_shareable() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::RuleSet>();
+        send_sync::<super::SaMessage>();
+    }
+}
