@@ -13,7 +13,9 @@ fn main() {
     let rules = args.get(1).map_or("/usr/share/spamassassin", String::as_str);
     let t0 = Instant::now();
     let score_set = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let opts = levee_sarules::Options { score_set, ..Default::default() };
+    // FAST=1: without the backtracking-only rules
+    let backtracking = std::env::var_os("FAST").is_none();
+    let opts = levee_sarules::Options { score_set, backtracking, ..Default::default() };
     let (set, report) = match levee_sarules::load_dirs_with(&[Path::new(rules)], opts) {
         Ok(x) => x,
         Err(e) => {

@@ -96,11 +96,19 @@ pub struct Options {
     pub budget: Duration,
     /// Backtracking steps one match may take.
     pub backtrack_limit: usize,
+    /// Load the rules only a backtracking engine can run (about 220 of the stock set, and
+    /// roughly half the check time); off, they are skipped as "backtracking disabled".
+    pub backtracking: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { score_set: 2, budget: Duration::from_millis(20), backtrack_limit: 200_000 }
+        Options {
+            score_set: 2,
+            budget: Duration::from_millis(20),
+            backtrack_limit: 200_000,
+            backtracking: true,
+        }
     }
 }
 
@@ -127,6 +135,36 @@ enum Matcher {
     /// A backtracking pattern, with its linear-time superset (see `perlre::relax`) and that
     /// superset's index in the type's `RegexSet`.
     Fancy { re: fancy_regex::Regex, pre: Option<(usize, regex::bytes::Regex)> },
+    /// `(?!not)main` run without backtracking: find `main`, reject a start where `not`
+    /// matches, search on from the next byte.
+    Guarded { main: regex::bytes::Regex, not: regex::bytes::Regex },
+}
+
+/// Guarded matches in `text`, up to `max`; `None` if the search gave up (hostile input).
+fn guarded_count(
+    main: &regex::bytes::Regex,
+    not: &regex::bytes::Regex,
+    text: &[u8],
+    max: usize,
+) -> Option<usize> {
+    let mut pos = 0;
+    let mut n = 0;
+    for _ in 0..10_000 {
+        let Some(m) = main.find_at(text, pos) else { return Some(n) };
+        if not.is_match(text.get(m.start()..).unwrap_or_default()) {
+            pos = m.start() + 1;
+        } else {
+            n += 1;
+            if n >= max {
+                return Some(n);
+            }
+            pos = m.end().max(m.start() + 1);
+        }
+        if pos > text.len() {
+            return Some(n);
+        }
+    }
+    None
 }
 
 #[derive(Debug)]
@@ -354,6 +392,17 @@ fn compile_re(
         if let Ok(r) = regex::bytes::RegexBuilder::new(&t.pattern).size_limit(50 << 20).build() {
             return Ok(Matcher::Fast(0, r));
         }
+    }
+    if let Some((flags, not, main)) = perlre::leading_negative_lookahead(&t.pattern) {
+        let build = |p: String| regex::bytes::RegexBuilder::new(&p).size_limit(50 << 20).build();
+        if let (Ok(main), Ok(not)) =
+            (build(format!("{flags}{main}")), build(format!("{flags}\\A(?:{not})")))
+        {
+            return Ok(Matcher::Guarded { main, not });
+        }
+    }
+    if !opts.backtracking {
+        return Err("backtracking disabled".into());
     }
     match fancy_regex::RegexBuilder::new(&fancy_pattern(&t.pattern))
         .backtrack_limit(opts.backtrack_limit)
@@ -699,6 +748,13 @@ impl Batch {
 fn match_one(m: &Matcher, text: &str, r: &Rule, budget: &mut Budget) -> bool {
     match m {
         Matcher::Fast(_, re) => re.is_match(text.as_bytes()),
+        Matcher::Guarded { main, not } => match guarded_count(main, not, text.as_bytes(), 1) {
+            Some(n) => n > 0,
+            None => {
+                budget.cut.push(r.name.clone());
+                false
+            }
+        },
         Matcher::Fancy { re, pre } => {
             pre.as_ref().is_none_or(|(_, p)| p.is_match(text.as_bytes()))
                 && budget.fancy(re, text, &r.name)
@@ -757,6 +813,22 @@ fn run_texts(
                     if n >= r.maxhits {
                         break;
                     }
+                }
+            }
+            n
+        }
+        Matcher::Guarded { main, not } => {
+            let mut n = 0;
+            for t in texts {
+                match guarded_count(main, not, t.as_bytes(), r.maxhits - n) {
+                    Some(k) => n += k,
+                    None => {
+                        budget.cut.push(r.name.clone());
+                        break;
+                    }
+                }
+                if n >= r.maxhits {
+                    break;
                 }
             }
             n
@@ -858,5 +930,17 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<super::RuleSet>();
         send_sync::<super::SaMessage>();
+    }
+
+    #[test]
+    fn guarded_lookahead_matches_like_perl() {
+        let re = crate::perlre::PerlRe { source: "(?!billion)b.llion".into(), flags: "i".into() };
+        let mut report = super::LoadReport::default();
+        let m = super::compile_re(&re, &mut report, &super::Options::default()).expect("compiles");
+        let super::Matcher::Guarded { main, not } = m else { panic!("not guarded: {m:?}") };
+        let count = |t: &str| super::guarded_count(&main, &not, t.as_bytes(), 10);
+        assert_eq!(count("a Billion dollars"), Some(0));
+        assert_eq!(count("a b1llion dollars, a billion, a bi11ion"), Some(1));
+        assert_eq!(report.backtracking, 0);
     }
 }

@@ -565,8 +565,27 @@ pub fn relax(pattern: &str) -> String {
     out
 }
 
+/// Splits `(?flags)(?!X)REST` into the flags, X and REST, for patterns whose only
+/// backtracking need is a leading negative look-ahead (the ReplaceTags `FUZZY_*` rules).
+pub fn leading_negative_lookahead(pattern: &str) -> Option<(&str, &str, &str)> {
+    let flags_end = if pattern.starts_with("(?") && !pattern.starts_with("(?!") {
+        pattern.find(')')? + 1
+    } else {
+        0
+    };
+    let (flags, rest) = pattern.split_at(flags_end);
+    if !rest.starts_with("(?!") {
+        return None;
+    }
+    let end = skip_group(rest.as_bytes(), 0);
+    if end < 4 || end > rest.len() {
+        return None;
+    }
+    Some((flags, &rest[3..end - 1], &rest[end..]))
+}
+
 /// The index after the group opening at `start`.
-fn skip_group(b: &[u8], start: usize) -> usize {
+pub fn skip_group(b: &[u8], start: usize) -> usize {
     let mut depth = 0;
     let mut i = start;
     let mut in_class = false;
