@@ -234,3 +234,115 @@ impl Engine {
         Ok(if applied { (spam, ham) } else { (0, 0) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Conn, StoreOutcome};
+    use levee_smtp::Incoming;
+    use levee_types::{Action, Address, Envelope};
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("levee-learning-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    /// `TEST_SIGN` weighs 7: past quarantine_at (6), short of reject_at (15).
+    fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n\
+             [[domain]]\nname = \"example.test\"\ndownstream = \"127.0.0.1:9\"\n\
+             [policy.weights]\nTEST_SIGN = 7.0\n",
+            dir.display()
+        );
+        Engine::open(levee_config::Config::parse(&text, "test").unwrap()).unwrap()
+    }
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s, false).unwrap()
+    }
+
+    fn incoming(rcpts: &[&str]) -> Incoming {
+        let data = b"From: Deals <deals@sender.example>\r\nTo: you@example.test\r\n\
+            Subject: this week's offer\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\
+            Message-ID: <m1@sender.example>\r\n\r\nOur weekly offer: garden chairs and tables at half price.\r\n"
+            .to_vec();
+        Incoming {
+            envelope: Envelope {
+                mail_from: Some(addr("deals@sender.example")),
+                rcpt_to: rcpts.iter().map(|r| addr(r)).collect(),
+                helo: "client.example".into(),
+                client_ip: "192.0.2.7".parse().unwrap(),
+                client_name: None,
+                tls: false,
+                body: levee_types::Body::SevenBit,
+                smtputf8: false,
+                declared_size: None,
+            },
+            data,
+        }
+    }
+
+    fn conn() -> Conn {
+        let mut conn = Conn::new("192.0.2.7".parse().unwrap());
+        conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
+        conn
+    }
+
+    #[tokio::test]
+    async fn a_release_by_one_user_changes_only_that_users_verdict() {
+        let dir = scratch("overlay");
+        let engine = engine(&dir);
+        let msg = incoming(&["a@example.test", "b@example.test"]);
+        let StoreOutcome::Queued(id, _) = engine.accept_message(msg, &conn()).await else {
+            panic!("refused");
+        };
+        assert!(engine.store().quarantine_get(&id).unwrap().is_some(), "held for both");
+        // A releases their copy: a vote for ham by a@example.test.
+        engine.quarantine_release_for(&id, &["A@example.test".into()], "a").await.unwrap();
+        let left = engine.store().quarantine_get(&id).unwrap().unwrap();
+        assert_eq!(left.rcpt_to, ["b@example.test"]);
+
+        // The same message again, to both: A gets it, B's copy is still held.
+        let again = incoming(&["a@example.test", "b@example.test"]);
+        let groups = engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
+        let action = |who: &str| {
+            let (_, v) = groups.iter().find(|(r, _)| r.contains(&addr(who))).unwrap();
+            v.clone()
+        };
+        let a = action("a@example.test");
+        assert_eq!(a.action, Action::Accept, "{}", a.findings_summary());
+        assert!(a.findings.iter().any(|(f, _)| f.symbol == votes::USER_HAM_VOTE));
+        let b = action("b@example.test");
+        assert_eq!(b.action, Action::Quarantine, "{}", b.findings_summary());
+        assert!(!b.findings.iter().any(|(f, _)| f.symbol.starts_with("USER_")));
+
+        // Votes survive a restart; without a held-back sample the global model is unchanged.
+        assert_eq!(engine.bayes().counts(), (0, 0));
+        drop(groups);
+        drop(engine);
+        let engine = self::engine(&dir);
+        let again = incoming(&["a@example.test"]);
+        let groups = engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
+        assert_eq!(groups[0].1.action, Action::Accept);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_staff_report_is_an_admin_vote_and_bad_voters_are_refused() {
+        let dir = scratch("admin");
+        let engine = engine(&dir);
+        let msg = incoming(&["a@example.test"]);
+        let out = engine.learn_vote("admin:root", &msg.data, true).await.unwrap();
+        assert!(!out.personal);
+        assert_eq!(out.global, votes::GlobalOutcome::Queued);
+        assert!(matches!(
+            engine.learn_vote("not a voter", &msg.data, true).await,
+            Err(RelayError::Vote(_))
+        ));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
