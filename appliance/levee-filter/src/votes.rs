@@ -89,8 +89,8 @@ impl Default for Limits {
             max_lead: 10,
             max_pending: 100,
             pending_ttl_secs: 7 * 86_400,
-            user_step: 0.25,
-            admin_step: 0.5,
+            user_step: 0.1,
+            admin_step: 0.2,
             auto_step: 0.25,
             auto_per_hour: 10,
             auto_per_day: 100,
@@ -369,6 +369,9 @@ pub struct Global {
     pub applied_spam: u64,
     pub applied_ham: u64,
     pub refused: u64,
+    /// The held-back sample's `made_at` and the model's rates on it then.
+    #[serde(default)]
+    pub baseline: Option<(u64, Rates)>,
 }
 
 /// What became of a vote.
@@ -688,6 +691,18 @@ impl Learner {
         Batch { items }
     }
 
+    /// The baseline rates of this sample, once measured.
+    pub fn baseline(&self, sample: &HeldBack) -> Option<Rates> {
+        self.global.baseline.filter(|(made, _)| *made == sample.made_at).map(|(_, r)| r)
+    }
+
+    /// Keeps the first measurement of a sample as its baseline.
+    pub fn note_baseline(&mut self, sample: &HeldBack, v: &Validation) {
+        if self.baseline(sample).is_none() {
+            self.global.baseline = Some((sample.made_at, v.baseline));
+        }
+    }
+
     /// The batch was validated and the model swapped: its messages are learned.
     pub fn commit(&mut self, batch: &Batch, now: u64) {
         let max = i64::from(self.limits.max_lead);
@@ -727,6 +742,10 @@ impl Learner {
 /// every change of the global model.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeldBack {
+    /// When the sample was made (with the model it belongs to): a new sample starts a new
+    /// baseline.
+    #[serde(default)]
+    pub made_at: u64,
     pub spam: Vec<Vec<String>>,
     pub ham: Vec<Vec<String>>,
 }
@@ -753,7 +772,7 @@ impl HeldBack {
 }
 
 /// Catch and false positives of a model on the held-back sample, in percent.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Rates {
     pub caught_pct: f64,
     pub fp_pct: f64,
@@ -787,34 +806,53 @@ pub enum Refusal {
     NoSample,
     #[error("the candidate model has no opinion on the held-back sample")]
     Untrained,
-    #[error("false positives would rise from {:.2}% to {:.2}% (margin {margin:.2} points)", .before.fp_pct, .after.fp_pct)]
-    FalsePositives { before: Rates, after: Rates, margin: f64 },
-    #[error("catch would drop from {:.2}% to {:.2}% (margin {margin:.2} points)", .before.caught_pct, .after.caught_pct)]
-    Catch { before: Rates, after: Rates, margin: f64 },
+    #[error("false positives on the held-back ham would rise from {:.2}% to {:.2}% (margin {margin:.2} points)", .reference.fp_pct, .after.fp_pct)]
+    FalsePositives { reference: Rates, after: Rates, margin: f64 },
+    #[error("catch on the held-back spam would drop from {:.2}% to {:.2}% (margin {margin:.2} points)", .reference.caught_pct, .after.caught_pct)]
+    Catch { reference: Rates, after: Rates, margin: f64 },
 }
 
-/// Measures the current and the candidate model on the held-back sample; the candidate passes
-/// when false positives rise by at most `max_fp_rise` points and catch drops by at most
-/// `max_catch_drop` points. Returns (before, after).
+/// What validation measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Validation {
+    /// The current model.
+    pub before: Rates,
+    /// The candidate.
+    pub after: Rates,
+    /// The model's rates when the sample was made: the candidate is held to the better of this
+    /// and `before`, so many small steps cannot add up to a large loss.
+    pub baseline: Rates,
+}
+
+/// Measures the current and the candidate model on the held-back sample. The candidate passes
+/// when, against the better of the current model and the `baseline` (the first measurement of
+/// this sample when `None`), false positives rise by at most `max_fp_rise` points and catch
+/// drops by at most `max_catch_drop` points.
 pub fn validate(
     current: &Model,
     candidate: &Model,
     sample: &HeldBack,
+    baseline: Option<Rates>,
     limits: &Limits,
-) -> Result<(Rates, Rates), Refusal> {
+) -> Result<Validation, Refusal> {
     if !sample.usable() {
         return Err(Refusal::NoSample);
     }
     let after = measure(candidate, sample, limits.spam_at).ok_or(Refusal::Untrained)?;
-    // An untrained current model has nothing to lose: measure from zero.
+    // An untrained current model has nothing to lose: measure from the candidate.
     let before = measure(current, sample, limits.spam_at).unwrap_or(after);
-    if after.fp_pct - before.fp_pct > limits.max_fp_rise {
-        return Err(Refusal::FalsePositives { before, after, margin: limits.max_fp_rise });
+    let baseline = baseline.unwrap_or(before);
+    let reference = Rates {
+        caught_pct: before.caught_pct.max(baseline.caught_pct),
+        fp_pct: before.fp_pct.min(baseline.fp_pct),
+    };
+    if after.fp_pct - reference.fp_pct > limits.max_fp_rise {
+        return Err(Refusal::FalsePositives { reference, after, margin: limits.max_fp_rise });
     }
-    if before.caught_pct - after.caught_pct > limits.max_catch_drop {
-        return Err(Refusal::Catch { before, after, margin: limits.max_catch_drop });
+    if reference.caught_pct - after.caught_pct > limits.max_catch_drop {
+        return Err(Refusal::Catch { reference, after, margin: limits.max_catch_drop });
     }
-    Ok((before, after))
+    Ok(Validation { before, after, baseline })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1116,19 +1154,31 @@ mod tests {
                 step: 0.25,
             }],
         };
-        assert!(validate(&model, &good.apply(&model), &sample, &limits).is_ok());
+        let v = validate(&model, &good.apply(&model), &sample, None, &limits).unwrap();
+        assert_eq!(v.before, v.baseline);
+        // Held to its baseline: a model already a point under it may not lose another.
+        let high = Rates { caught_pct: v.before.caught_pct + 0.9, ..v.before };
+        assert!(validate(&model, &good.apply(&model), &sample, Some(high), &limits).is_ok());
+        let higher = Rates { caught_pct: v.before.caught_pct + 5.0, ..v.before };
+        assert!(matches!(
+            validate(&model, &good.apply(&model), &sample, Some(higher), &limits),
+            Err(Refusal::Catch { .. })
+        ));
         // A flood of spam tokens learned as ham with unbounded steps: catch collapses.
         let mut bad = model.clone();
         for _ in 0..400 {
             bad.train(&toks("cheap pills winner prize offer"), false);
         }
-        match validate(&model, &bad, &sample, &limits) {
-            Err(Refusal::Catch { before, after, .. }) => {
-                assert!(after.caught_pct < before.caught_pct - 1.0)
+        match validate(&model, &bad, &sample, None, &limits) {
+            Err(Refusal::Catch { reference, after, .. }) => {
+                assert!(after.caught_pct < reference.caught_pct - 1.0)
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(validate(&model, &bad, &HeldBack::default(), &limits), Err(Refusal::NoSample));
+        assert_eq!(
+            validate(&model, &bad, &HeldBack::default(), None, &limits),
+            Err(Refusal::NoSample)
+        );
     }
 
     #[test]

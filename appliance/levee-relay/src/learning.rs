@@ -196,30 +196,31 @@ impl Engine {
             }
             return Ok((0, 0));
         };
-        let (batch, limits) = {
+        let (batch, limits, baseline) = {
             let mut l = self.learning.lock();
-            (l.take_batch(now), l.limits.clone())
+            (l.take_batch(now), l.limits.clone(), l.baseline(&sample))
         };
         if batch.is_empty() {
             return Ok((0, 0));
         }
         let (spam, ham) = batch.counts();
         let current = self.bayes();
-        let (batch, candidate, result) = tokio::task::spawn_blocking(move || {
+        let (batch, candidate, result, sample) = tokio::task::spawn_blocking(move || {
             let candidate = batch.apply(&current);
-            let result = votes::validate(&current, &candidate, &sample, &limits);
-            (batch, candidate, result)
+            let result = votes::validate(&current, &candidate, &sample, baseline, &limits);
+            (batch, candidate, result, sample)
         })
         .await
         .map_err(|e| RelayError::Io(std::io::Error::other(e)))?;
         let applied = match result {
-            Ok((before, after)) => {
+            Ok(v) => {
                 self.store.blob_put(BAYES_BLOB, &candidate.to_bytes())?;
                 *self.bayes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(candidate);
                 let mut l = self.learning.lock();
                 l.commit(&batch, now);
+                l.note_baseline(&sample, &v);
                 self.store.learning_put(LEARN_GLOBAL, &l.global)?;
-                info!(spam, ham, %before, %after, "learned a validated batch");
+                info!(spam, ham, before = %v.before, after = %v.after, baseline = %v.baseline, "learned a validated batch");
                 true
             }
             Err(refusal) => {
@@ -243,7 +244,8 @@ mod tests {
     use levee_types::{Action, Address, Envelope};
 
     fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("levee-learning-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("levee-learning-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
     }
@@ -306,7 +308,8 @@ mod tests {
 
         // The same message again, to both: A gets it, B's copy is still held.
         let again = incoming(&["a@example.test", "b@example.test"]);
-        let groups = engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
+        let groups =
+            engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
         let action = |who: &str| {
             let (_, v) = groups.iter().find(|(r, _)| r.contains(&addr(who))).unwrap();
             v.clone()
@@ -324,7 +327,8 @@ mod tests {
         drop(engine);
         let engine = self::engine(&dir);
         let again = incoming(&["a@example.test"]);
-        let groups = engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
+        let groups =
+            engine.judge(&again.envelope, Arc::new(again.data), conn().findings, None).await;
         assert_eq!(groups[0].1.action, Action::Accept);
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
