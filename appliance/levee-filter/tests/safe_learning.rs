@@ -73,8 +73,7 @@ fn release_all(
                 learner.commit(&batch, now);
                 applied += batch.items.len();
             }
-            Err(why) => {
-                let _ = why;
+            Err(_) => {
                 learner.refuse(&batch);
                 refused += batch.items.len();
             }
