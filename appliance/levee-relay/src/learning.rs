@@ -75,7 +75,7 @@ pub fn store_heldback_from_dirs(
 ) -> Result<(usize, usize), RelayError> {
     const EVERY: usize = 5;
     const MAX_EACH: usize = 300;
-    let mut sample = HeldBack::default();
+    let mut sample = HeldBack { made_at: now_unix(), ..HeldBack::default() };
     for (dir, is_spam) in [(spam, true), (ham, false)] {
         let mut files = Vec::new();
         walk(dir, &mut files)?;
