@@ -28,8 +28,8 @@ pub struct Learning {
 
 impl Learning {
     /// Loads the state from the store; unreadable records start empty (and say so).
-    pub fn load(store: &Store) -> Result<Learning, RelayError> {
-        let mut learner = Learner::new(Limits::default());
+    pub fn load(store: &Store, config: &levee_config::Learning) -> Result<Learning, RelayError> {
+        let mut learner = Learner::new(limits(config));
         match store.learning_get(LEARN_GLOBAL) {
             Ok(Some(g)) => learner.global = g,
             Ok(None) => {}
@@ -57,12 +57,42 @@ impl Learning {
         })
     }
 
+    /// Follows a config reload.
+    pub fn reconfigure(&self, config: &levee_config::Learning) {
+        self.lock().limits = limits(config);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Learner> {
         self.learner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn heldback(&self) -> Option<Arc<HeldBack>> {
         self.heldback.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The limits of a `[learning]` section: the built-in defaults where it says nothing.
+fn limits(c: &levee_config::Learning) -> Limits {
+    let d = Limits::default();
+    Limits {
+        user_global_per_day: c.user_global_per_day.unwrap_or(d.user_global_per_day),
+        admin_global_per_day: c.admin_global_per_day.unwrap_or(d.admin_global_per_day),
+        apply_per_hour: c.apply_per_hour.unwrap_or(d.apply_per_hour),
+        apply_per_day: c.apply_per_day.unwrap_or(d.apply_per_day),
+        max_lead: c.max_lead.unwrap_or(d.max_lead),
+        auto_max_lead: c.auto_max_lead.unwrap_or(d.auto_max_lead),
+        // Autolearn off is a cap of zero.
+        auto_per_hour: if c.autolearn == Some(false) {
+            0
+        } else {
+            c.auto_per_hour.unwrap_or(d.auto_per_hour)
+        },
+        auto_per_day: c.auto_per_day.unwrap_or(d.auto_per_day),
+        max_fp_rise: c.max_fp_rise.unwrap_or(d.max_fp_rise),
+        max_catch_drop: c.max_catch_drop.unwrap_or(d.max_catch_drop),
+        user_step: c.user_step.unwrap_or(d.user_step),
+        admin_step: c.admin_step.unwrap_or(d.admin_step),
+        ..d
     }
 }
 

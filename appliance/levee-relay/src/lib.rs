@@ -201,7 +201,7 @@ impl Engine {
         };
         let (nspam, nham) = bayes.counts();
         info!(nspam, nham, "Bayes model loaded");
-        let learning = learning::Learning::load(&store)?;
+        let learning = learning::Learning::load(&store, &config.learning)?;
         let lists = store.list_entries()?;
         let net = net_checks(&config);
         let policies = Policies::build(&config);
@@ -239,6 +239,7 @@ impl Engine {
     /// Swaps in a new, already validated config; live sessions keep the one they began with.
     pub fn reload(&self, config: Config) {
         let net = net_checks(&config).map(Arc::new);
+        self.learning.reconfigure(&config.learning);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Policies::build(&config));
