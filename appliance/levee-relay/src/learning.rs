@@ -379,4 +379,46 @@ mod tests {
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[tokio::test]
+    async fn listed_spam_is_autolearned_once_and_not_into_any_overlay() {
+        let dir = scratch("autolearn");
+        let engine = engine(&dir);
+        let extra = "[[checks.dnsbl]]\nzone = \"bl.example.net\"\nsymbol = \"BL\"\n";
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n\
+             [[domain]]\nname = \"example.test\"\ndownstream = \"127.0.0.1:9\"\n\
+             [policy.weights]\nTEST_SIGN = 7.0\n{extra}",
+            dir.display()
+        );
+        engine.reload(levee_config::Config::parse(&text, "test").unwrap());
+        let mut listed = conn();
+        listed.findings.push(levee_types::Finding::new("BL", "192.0.2.7 listed in bl.example.net"));
+        for _ in 0..2 {
+            let msg = incoming(&["a@example.test"]);
+            engine.judge(&msg.envelope, Arc::new(msg.data), listed.findings.clone(), None).await;
+        }
+        {
+            let l = engine.learning.lock();
+            assert_eq!(l.global.pending.len(), 1, "the same message is learned once");
+            assert_eq!(l.global.auto_spam.len(), 1);
+            assert!(l.users.is_empty());
+        }
+        // Without the list hit the same score is no evidence.
+        let msg = incoming(&["b@example.test"]);
+        let other = msg.data.iter().map(|b| if *b == b'G' { b'g' } else { *b }).collect();
+        engine.judge(&msg.envelope, Arc::new(other), conn().findings, None).await;
+        assert_eq!(engine.learning.lock().global.pending.len(), 1);
+        // Turned off by config: a cap of zero.
+        engine.reload(
+            levee_config::Config::parse(&format!("{text}[learning]\nautolearn = false\n"), "test")
+                .unwrap(),
+        );
+        let msg = incoming(&["a@example.test"]);
+        let third = [msg.data.clone(), b"P.S. more chairs\r\n".to_vec()].concat();
+        engine.judge(&msg.envelope, Arc::new(third), listed.findings.clone(), None).await;
+        assert_eq!(engine.learning.lock().global.pending.len(), 1);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
