@@ -97,20 +97,21 @@ fn limits(c: &levee_config::Learning) -> Limits {
 }
 
 /// Builds and stores the held-back sample from corpus folders (as `levee train` reads them):
-/// every `every`-th file, at most `max_each` per class. Returns (spam, ham) kept.
+/// up to 300 files per class, evenly spread. They are training messages too (`levee train`
+/// learns every file), so the sample measures change, not generalisation. Returns (spam, ham).
 pub fn store_heldback_from_dirs(
     store: &Store,
     spam: &Path,
     ham: &Path,
 ) -> Result<(usize, usize), RelayError> {
-    const EVERY: usize = 5;
     const MAX_EACH: usize = 300;
     let mut sample = HeldBack { made_at: now_unix(), ..HeldBack::default() };
     for (dir, is_spam) in [(spam, true), (ham, false)] {
         let mut files = Vec::new();
         walk(dir, &mut files)?;
         let into = if is_spam { &mut sample.spam } else { &mut sample.ham };
-        for f in files.iter().step_by(EVERY).take(MAX_EACH) {
+        // Evenly spread over the folder (sources are often sorted together).
+        for f in files.iter().step_by(files.len().div_ceil(MAX_EACH).max(1)).take(MAX_EACH) {
             into.push(levee_filter::bayes::tokenize(&std::fs::read(f)?));
         }
     }

@@ -16,6 +16,7 @@ pub mod tls;
 
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
+pub use levee_filter::votes::{GlobalOutcome, VoteOutcome};
 pub use manage::BAYES_BLOB;
 
 use levee_config::Config;
