@@ -170,8 +170,8 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// The overlay findings and autolearn, at judging: `findings` are the message's findings
-    /// weighed by the global policy. Returns the message key when a recipient has votes, for
+    /// The overlay findings and autolearn, at judging: `verdict` is the message's verdict by
+    /// the global `policy`, without allow lists or overlays. Returns the message key when a recipient has votes, for
     /// [`Engine::overlay`]. Never fails the message: learning is best effort.
     pub(crate) async fn learning_at_judge(
         &self,
@@ -253,6 +253,11 @@ impl Engine {
                 self.store.learning_put(LEARN_GLOBAL, &l.global)?;
                 info!(spam, ham, before = %v.before, after = %v.after, baseline = %v.baseline, "learned a validated batch");
                 true
+            }
+            Err(votes::Refusal::Untrained) => {
+                // Not the batch's fault: it waits until the model is trained.
+                info!(spam, ham, "learning waits: the model is not trained enough to validate");
+                false
             }
             Err(refusal) => {
                 let mut l = self.learning.lock();
