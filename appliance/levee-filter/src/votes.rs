@@ -347,6 +347,9 @@ pub struct Pending {
     pub tokens: Vec<String>,
     pub source: Source,
     pub at: u64,
+    /// An admin's correction: the class the message was learned as, forgotten first.
+    #[serde(default)]
+    pub undo: Option<bool>,
 }
 
 /// The global path's state: one of these per appliance.
@@ -417,6 +420,8 @@ pub struct BatchItem {
     pub tokens: Vec<String>,
     pub spam: bool,
     pub step: f64,
+    /// The class to forget first (an admin's correction).
+    pub undo: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -439,6 +444,10 @@ impl Batch {
     pub fn apply(&self, model: &Model) -> Model {
         let mut m = model.clone();
         for i in &self.items {
+            if let Some(was) = i.undo {
+                // The counts forget exactly; the linear step below corrects the rest.
+                m.untrain(&i.tokens, was);
+            }
             m.learn_bounded(&i.tokens, i.spam, i.step);
         }
         m
@@ -521,11 +530,19 @@ impl Learner {
                 }
             }
         }
-        let global = match seen.state {
-            SeenState::Applied { .. } | SeenState::Refused => GlobalOutcome::Settled,
-            _ if seen.label().is_none() => GlobalOutcome::Disputed,
-            SeenState::Pending => GlobalOutcome::Counted,
-            SeenState::Counted => {
+        // What to queue: a counted message with a class, or an admin's correction of a learned
+        // one (forget the old class, learn the new).
+        let is_admin = matches!(voter, Voter::Admin(_));
+        let queue: Option<Option<bool>> = match seen.state {
+            SeenState::Applied { spam: was } if is_admin && was != spam => Some(Some(was)),
+            SeenState::Counted if seen.label().is_some() => Some(None),
+            _ => None,
+        };
+        let global = match (queue, seen.state) {
+            (None, SeenState::Applied { .. } | SeenState::Refused) => GlobalOutcome::Settled,
+            (None, SeenState::Pending) if seen.label().is_some() => GlobalOutcome::Counted,
+            (None, _) => GlobalOutcome::Disputed,
+            (Some(undo), _) => {
                 let day = now / DAY;
                 let allowed = match voter {
                     Voter::User(_) => self.limits.user_global_per_day,
@@ -540,13 +557,13 @@ impl Learner {
                 } else {
                     q.1 += 1;
                     seen.state = SeenState::Pending;
-                    let source =
-                        if matches!(voter, Voter::Admin(_)) { Source::Admin } else { Source::User };
+                    let source = if is_admin { Source::Admin } else { Source::User };
                     g.pending.push_back(Pending {
                         hash: key.hash.clone(),
                         tokens: key.tokens.clone(),
                         source,
                         at: now,
+                        undo,
                     });
                     GlobalOutcome::Queued
                 }
@@ -594,6 +611,7 @@ impl Learner {
             tokens: key.tokens.clone(),
             source: Source::Auto,
             at: now,
+            undo: None,
         });
         self.trim(now);
         AutoOutcome::Queued
@@ -686,7 +704,13 @@ impl Learner {
                 Source::Admin => l.admin_step,
                 Source::Auto => l.auto_step,
             };
-            items.push(BatchItem { hash: p.hash.clone(), tokens: p.tokens.clone(), spam, step });
+            items.push(BatchItem {
+                hash: p.hash.clone(),
+                tokens: p.tokens.clone(),
+                spam,
+                step,
+                undo: p.undo.filter(|was| *was != spam),
+            });
         }
         Batch { items }
     }
@@ -980,6 +1004,32 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_corrects_a_learned_message_users_cannot() {
+        let (model, _) = trained();
+        let mut l = Learner::default();
+        let k = MessageKey {
+            hash: "h".into(),
+            tokens: toks("cheap pills winner prize offer s7 n1"),
+            sig: Signature(vec![]),
+        };
+        l.vote(&user("a@example.test"), &k, false, 10);
+        let b = l.take_batch(10);
+        l.commit(&b, 10);
+        assert_eq!(b.items[0].undo, None);
+        let model = b.apply(&model);
+        // A user's contrary vote moves their tally only; an admin's queues a correction.
+        assert_eq!(l.vote(&user("b@example.test"), &k, true, 11).global, GlobalOutcome::Settled);
+        let root = Voter::Admin("root".into());
+        assert_eq!(l.vote(&root, &k, true, 12).global, GlobalOutcome::Queued);
+        let b = l.take_batch(12);
+        assert_eq!((b.items.len(), b.items[0].spam, b.items[0].undo), (1, true, Some(false)));
+        let (s, h) = model.counts();
+        assert_eq!(b.apply(&model).counts(), (s + 1, h - 1));
+        l.commit(&b, 12);
+        assert_eq!(l.vote(&root, &k, true, 13).global, GlobalOutcome::Settled);
+    }
+
+    #[test]
     fn the_overlay_answers_only_for_its_own_user() {
         let mut l = Learner::default();
         let words: String = (0..100).map(|i| format!("word{i} ")).collect();
@@ -1148,6 +1198,7 @@ mod tests {
         assert!(before.caught_pct > 90.0 && before.fp_pct < 1.0, "{before}");
         let good = Batch {
             items: vec![BatchItem {
+                undo: None,
                 hash: "a".into(),
                 tokens: toks("cheap pills s1"),
                 spam: true,
