@@ -45,6 +45,57 @@ pub struct Config {
     pub policy: Policy,
     #[serde(default)]
     pub checks: Checks,
+    #[serde(default)]
+    pub learning: Learning,
+}
+
+/// Safe learning (`levee_filter::votes`): how fast votes and autolearn may move the global
+/// model. A key left out keeps the built-in default, which lives beside the logic.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learning {
+    /// Learn strong-evidence mail automatically (default true).
+    pub autolearn: Option<bool>,
+    /// Messages one user's / one admin's votes may queue for the global model per day.
+    pub user_global_per_day: Option<u32>,
+    pub admin_global_per_day: Option<u32>,
+    /// Messages applied to the global model per hour and per day.
+    pub apply_per_hour: Option<u32>,
+    pub apply_per_day: Option<u32>,
+    /// How far one class may run ahead of the other in what is applied / autolearned.
+    pub max_lead: Option<u32>,
+    pub auto_max_lead: Option<u32>,
+    /// Autolearned messages per class per hour and per day.
+    pub auto_per_hour: Option<u32>,
+    pub auto_per_day: Option<u32>,
+    /// Validation margins on the held-back sample, in percentage points.
+    pub max_fp_rise: Option<f64>,
+    pub max_catch_drop: Option<f64>,
+    /// The most one user's / admin's vote may move its message's log-odds.
+    pub user_step: Option<f64>,
+    pub admin_step: Option<f64>,
+}
+
+impl Learning {
+    fn check(&self) -> Result<(), String> {
+        let margins = [("max_fp_rise", self.max_fp_rise), ("max_catch_drop", self.max_catch_drop)];
+        for (name, v) in margins {
+            if v.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+                return Err(format!("learning.{name} must be between 0 and 100 points"));
+            }
+        }
+        for (name, v) in [("user_step", self.user_step), ("admin_step", self.admin_step)] {
+            if v.is_some_and(|v| !(0.0..=2.0).contains(&v)) {
+                return Err(format!("learning.{name} must be between 0 and 2 (log-odds)"));
+            }
+        }
+        if let (Some(h), Some(d)) = (self.apply_per_hour, self.apply_per_day) {
+            if h > d {
+                return Err("learning.apply_per_hour must not exceed apply_per_day".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The network checks: DNS lists, reverse DNS, SPF/DKIM/DMARC/ARC, country.
@@ -561,6 +612,7 @@ impl Config {
             }
         }
         self.policy.check().map_err(|m| (0, m))?;
+        self.learning.check().map_err(|m| (0, m))?;
         // Each domain's thresholds are checked after merging: a domain may raise only
         // reject_at, say, and must still end up ordered with the global values.
         for d in &self.domains {

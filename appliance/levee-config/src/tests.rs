@@ -198,3 +198,21 @@ fn domain_policy_refuses_unknown_keys_and_bad_values_on_their_line() {
     let c = Config::parse(&format!("{MINIMAL}[domain.policy]\n"), "t").unwrap();
     assert!(c.domains[0].policy.as_ref().unwrap().is_empty());
 }
+
+#[test]
+fn learning_keys_are_optional_validated_and_unknown_ones_refused() {
+    assert_eq!(Config::parse(MINIMAL, "t.toml").unwrap().learning, Learning::default());
+    let c = Config::parse(
+        &format!("{MINIMAL}[learning]\nautolearn = false\nmax_lead = 4\nmax_catch_drop = 0.5\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!((c.learning.autolearn, c.learning.max_lead), (Some(false), Some(4)));
+    assert_eq!(c.learning.max_catch_drop, Some(0.5));
+    let (_, m) = err(&format!("{MINIMAL}[learning]\nmax_fp_rise = -1.0\n"));
+    assert!(m.contains("learning.max_fp_rise"), "{m}");
+    let (_, m) = err(&format!("{MINIMAL}[learning]\nuser_step = 9.0\n"));
+    assert!(m.contains("learning.user_step"), "{m}");
+    let (line, m) = err(&format!("{MINIMAL}[learning]\nmax_leads = 4\n"));
+    assert!(m.contains("max_leads") && line == 9, "{line}: {m}");
+}

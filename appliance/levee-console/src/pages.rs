@@ -1179,7 +1179,9 @@ pub(crate) async fn act_on(st: &AppState, v: &Viewer, id: &str, action: &str) ->
             allow_for(st, &e, &v.user.addresses, by)?;
             engine.quarantine_release_for(&e.id, &v.user.addresses, by).await?
         }
-        "report" => engine.report_spam(&e.id).await?,
+        // A report is a vote: staff vote as admins, an end user for their own addresses.
+        "report" if staff => engine.report_spam(&e.id, by).await?,
+        "report" => engine.report_spam_for(&e.id, &v.user.addresses).await?,
         "delete" if staff => engine.quarantine_delete(&e.id, by).await?,
         "delete" => engine.quarantine_delete_for(&e.id, &v.user.addresses, by).await?,
         _ => return Err(AppError::NotFound),

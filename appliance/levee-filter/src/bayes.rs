@@ -944,6 +944,18 @@ pub fn findings(model: &Model, tokens: &[String]) -> Vec<Finding> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bounded learning (safe learning, `crate::votes`): kept apart so it merges cleanly.
+
+impl Model {
+    /// Learns one vote or autolearned message: the counts as [`Model::train`], and a linear
+    /// step bounded so that the message's own log-odds move by at most `max_shift`.
+    pub fn learn_bounded(&mut self, tokens: &[String], spam: bool, max_shift: f64) {
+        self.count(tokens, spam);
+        self.linear.learn_bounded(&linear::features(tokens), spam, max_shift);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

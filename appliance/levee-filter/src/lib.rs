@@ -9,6 +9,8 @@
 //!   same tokens; their combined probability is reported as a `BAYES_*` bucket;
 //! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...).
 //!
+//! [`votes`] turns releases, reports and strong evidence into bounded, validated learning.
+//!
 //! [`eval`] trains and measures the filter on a labelled corpus; it is the only module that
 //! touches the file system.
 
@@ -18,6 +20,7 @@ mod html;
 pub mod linear;
 pub mod rules;
 pub mod score;
+pub mod votes;
 
 pub use levee_types::Finding;
 

@@ -186,6 +186,24 @@ impl Linear {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Bounded online step (safe learning, `crate::votes`): kept apart so it merges cleanly.
+
+impl Linear {
+    /// One online step scaled so that this message's own margin moves by at most `max_shift`
+    /// (log-odds) whatever its class weight: a vote is a nudge, never an order. The step moves
+    /// the margin by about `eta * |g|` (the features add `v^2 * n = 1`) plus the bias' tenth.
+    pub fn learn_bounded(&mut self, features: &[u32], spam: bool, max_shift: f64) {
+        let y = if spam { 1.0 } else { 0.0 };
+        let g = sigmoid(self.margin(features)) - y;
+        let g = if spam { g } else { g * HAM_WEIGHT };
+        if g.abs() < 1e-12 || max_shift <= 0.0 {
+            return;
+        }
+        self.step(features, spam, (max_shift / (1.1 * g.abs())).min(ONLINE_ETA));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,14 @@ mod dsn;
 mod headers;
 pub mod health;
 mod inbound;
+pub mod learning;
 mod manage;
 mod queue;
 pub mod tls;
 
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
+pub use levee_filter::votes::{GlobalOutcome, VoteOutcome};
 pub use manage::BAYES_BLOB;
 
 use levee_config::Config;
@@ -47,6 +49,8 @@ pub enum RelayError {
     Config(#[from] levee_config::ConfigError),
     #[error("the engine was started without a config file")]
     NoConfigFile,
+    #[error("{0}")]
+    Vote(#[from] levee_filter::votes::VoteError),
 }
 
 /// What became of a message handed over at the end of DATA.
@@ -78,6 +82,8 @@ pub struct Engine {
     pool: queue::Pool,
     ban_hook: std::sync::OnceLock<BanHook>,
     bayes: RwLock<Arc<levee_filter::bayes::Model>>,
+    /// Votes, overlays, autolearn and the validated path to `bayes` (one owner: see learning.rs).
+    learning: learning::Learning,
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
     config_path: std::sync::OnceLock<std::path::PathBuf>,
     /// Rebuilt when the config changes, so console edits of `[checks]` apply at once.
@@ -196,6 +202,7 @@ impl Engine {
         };
         let (nspam, nham) = bayes.counts();
         info!(nspam, nham, "Bayes model loaded");
+        let learning = learning::Learning::load(&store, &config.learning)?;
         let lists = store.list_entries()?;
         let net = net_checks(&config);
         let policies = Policies::build(&config);
@@ -216,6 +223,7 @@ impl Engine {
             pool: queue::Pool::default(),
             ban_hook: std::sync::OnceLock::new(),
             bayes: RwLock::new(Arc::new(bayes)),
+            learning,
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
             net: RwLock::new(net.map(Arc::new)),
@@ -232,6 +240,7 @@ impl Engine {
     /// Swaps in a new, already validated config; live sessions keep the one they began with.
     pub fn reload(&self, config: Config) {
         let net = net_checks(&config).map(Arc::new);
+        self.learning.reconfigure(&config.learning);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Policies::build(&config));
@@ -470,13 +479,16 @@ impl Engine {
         let policies = self.policies();
         let lists = self.lists();
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
+        let text = data.clone();
         let content =
-            tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &data))
+            tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &text))
                 .await
                 .unwrap_or_else(|_| {
                     vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
                 });
         findings.extend(content);
+        let global = levee_filter::score::verdict(&policies.global, &findings, false);
+        let key = self.learning_at_judge(&envelope.rcpt_to, &data, &global, &policies.global).await;
         let mut groups: Vec<(Vec<Address>, levee_types::Verdict)> = Vec::new();
         for rcpt in &envelope.rcpt_to {
             let subject = levee_types::list::ListSubject {
@@ -488,11 +500,18 @@ impl Engine {
             let allowed = levee_types::list::decide(&lists, &subject)
                 .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow);
             let policy = policies.get(rcpt.domain());
-            let verdict = if allowed {
+            // The recipient's own votes count for them alone.
+            let own = key.as_ref().and_then(|k| self.overlay(&rcpt.to_string(), k));
+            let verdict = if allowed || own.is_some() {
                 let mut findings = findings.clone();
-                findings
-                    .push(levee_types::Finding::new("ALLOW_LISTED", "sender on the allow list"));
-                levee_filter::score::verdict(policy, &findings, true)
+                findings.extend(own);
+                if allowed {
+                    findings.push(levee_types::Finding::new(
+                        "ALLOW_LISTED",
+                        "sender on the allow list",
+                    ));
+                }
+                levee_filter::score::verdict(policy, &findings, allowed)
             } else {
                 levee_filter::score::verdict(policy, &findings, false)
             };
@@ -860,12 +879,18 @@ fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
     Some(levee_netcheck::NetChecks::new(dns, net, geoip))
 }
 
-/// Periodic chores: quarantine expiry, hourly and once at start.
+/// Periodic chores: quarantine expiry hourly, learning every ten minutes, both at start.
 async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        engine.expire_quarantine().await;
+    for round in 0u64.. {
+        if round % 6 == 0 {
+            engine.expire_quarantine().await;
+        }
+        // Pending votes and autolearn reach the model in validated, rate-capped batches.
+        if let Err(e) = engine.apply_learning().await {
+            warn!(error = %e, "cannot apply learning");
+        }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -14,6 +14,15 @@ use tracing::{info, warn};
 /// The store blob holding the Bayes model.
 pub const BAYES_BLOB: &str = "bayes";
 
+/// The voter name of a staff action: `admin:<name>`.
+fn admin_voter(by: &str) -> String {
+    if by.starts_with("admin:") {
+        by.to_owned()
+    } else {
+        format!("admin:{by}")
+    }
+}
+
 /// The quarantine index record of a message about to be held.
 pub fn quarantine_entry(meta: &SpoolMeta, data: &[u8], days: u64) -> QuarantineEntry {
     let parsed = mail_parser::MessageParser::default().parse_headers(data);
@@ -61,10 +70,29 @@ impl Engine {
             .map_err(RelayError::from)
     }
 
-    /// Lets a quarantined message go: it is learnt as ham, optionally its sender is
-    /// allow-listed for each of its recipients, and it is delivered through the
-    /// normal queue.
+    /// Lets a quarantined message go for everyone (staff): the release is an admin's vote for
+    /// ham (`admin:<by>`), optionally its sender is allow-listed for each of its recipients,
+    /// and it is delivered through the normal queue.
     pub async fn quarantine_release(
+        &self,
+        id: &QueueId,
+        allow_sender: bool,
+        by: &str,
+    ) -> Result<(), RelayError> {
+        let body = self.message_bytes(id).await?;
+        self.vote_quietly(&admin_voter(by), &body, false).await;
+        self.release_whole(id, allow_sender, by).await
+    }
+
+    /// A vote that must not stop the action it came with (the release or report happens
+    /// whatever learning makes of it).
+    async fn vote_quietly(&self, voter: &str, body: &[u8], spam: bool) {
+        if let Err(e) = self.learn_vote(voter, body, spam).await {
+            warn!(voter, spam, error = %e, "vote not recorded");
+        }
+    }
+
+    async fn release_whole(
         &self,
         id: &QueueId,
         allow_sender: bool,
@@ -75,8 +103,6 @@ impl Engine {
         };
         let mut entry =
             self.store.queue_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
-        let body = self.message_bytes(id).await?;
-        self.learn(&body, false).await?;
         if allow_sender && !q.mail_from.is_empty() {
             for rcpt in &q.rcpt_to {
                 let entry = ListEntry {
@@ -108,8 +134,10 @@ impl Engine {
     }
 
     /// Releases a held message for some of its recipients only (an end user acts for
-    /// their own addresses, never for the others on the same message): a copy goes
-    /// to those recipients through the queue, and the rest stays held.
+    /// their own addresses, never for the others on the same message): each of those
+    /// recipients votes for ham (their own verdicts follow at once, the global model only
+    /// through the validated path), a copy goes to them through the queue, and the rest
+    /// stays held.
     pub async fn quarantine_release_for(
         self: &Arc<Self>,
         id: &QueueId,
@@ -117,10 +145,13 @@ impl Engine {
         by: &str,
     ) -> Result<(), RelayError> {
         let (q, mine) = self.split_recipients(id, only)?;
-        if mine.len() == q.rcpt_to.len() {
-            return self.quarantine_release(id, false, by).await;
-        }
         let body = self.message_bytes(id).await?;
+        for rcpt in &mine {
+            self.vote_quietly(&rcpt.to_ascii_lowercase(), &body, false).await;
+        }
+        if mine.len() == q.rcpt_to.len() {
+            return self.release_whole(id, false, by).await;
+        }
         let meta = {
             let spool = self.spool.clone();
             let rid = id.clone();
@@ -130,7 +161,6 @@ impl Engine {
         };
         let mut envelope = meta.envelope.clone();
         envelope.rcpt_to.retain(|a| mine.iter().any(|m| m.eq_ignore_ascii_case(&a.to_string())));
-        self.learn(&body, false).await?;
         match self.enqueue(envelope, body, Action::Accept, meta.score, meta.findings).await {
             StoreOutcome::Queued(..) => {}
             StoreOutcome::Refused(r) => {
@@ -215,24 +245,20 @@ impl Engine {
         }
     }
 
-    /// "Report as spam": the held message is learnt as spam (it stays held).
-    pub async fn report_spam(&self, id: &QueueId) -> Result<(), RelayError> {
+    /// "Report as spam" by staff: an admin's vote for spam (the message stays held).
+    pub async fn report_spam(&self, id: &QueueId, by: &str) -> Result<(), RelayError> {
         let body = self.message_bytes(id).await?;
-        self.learn(&body, true).await
+        self.learn_vote(&admin_voter(by), &body, true).await.map(|_| ())
     }
 
-    /// Trains the Bayes model on one message and stores the model.
-    pub async fn learn(&self, message: &[u8], spam: bool) -> Result<(), RelayError> {
-        let tokens = levee_filter::bayes::tokenize(message);
-        let bytes = {
-            let mut guard = self.bayes.write().unwrap_or_else(|p| p.into_inner());
-            let mut model = (**guard).clone();
-            model.train(&tokens, spam);
-            let bytes = model.to_bytes();
-            *guard = Arc::new(model);
-            bytes
-        };
-        self.store.blob_put(BAYES_BLOB, &bytes)?;
+    /// "Report as spam" by an end user: a vote for spam by each of their addresses among the
+    /// message's recipients (the message stays held).
+    pub async fn report_spam_for(&self, id: &QueueId, only: &[String]) -> Result<(), RelayError> {
+        let (_, mine) = self.split_recipients(id, only)?;
+        let body = self.message_bytes(id).await?;
+        for rcpt in &mine {
+            self.learn_vote(&rcpt.to_ascii_lowercase(), &body, true).await?;
+        }
         Ok(())
     }
 

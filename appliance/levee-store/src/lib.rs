@@ -6,6 +6,7 @@
 //! - `log`: one [`LogEntry`] per received message, same key. Queue ids put the receipt time
 //!   in their high bits, so key order is age order and "newest first" is a reverse scan.
 //! - `meta`: the schema version and the per-install secret.
+//! - `learning`: safe learning's votes, queue, counters and validation sample (JSON).
 //!
 //! Values are JSON (serde_json): a person can read them with a sled dump, and added
 //! fields with `#[serde(default)]` keep old records readable.
@@ -22,10 +23,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod console;
+mod learning;
 mod lists;
 mod quarantine;
 
 pub use console::{ApiToken, Frequency, ReportSchedule, Role, Session, Throttle, User};
+pub use learning::{LEARN_GLOBAL, LEARN_HELDBACK};
 pub use lists::StoredListEntry;
 pub use quarantine::{QuarantineEntry, QuarantineQuery};
 
@@ -168,6 +171,7 @@ pub struct Store {
     lists: sled::Tree,
     blobs: sled::Tree,
     console: console::ConsoleTrees,
+    learning: sled::Tree,
     secret: [u8; 32],
 }
 
@@ -213,6 +217,7 @@ impl Store {
         let lists = db.open_tree("lists").map_err(db_err("open tree lists"))?;
         let blobs = db.open_tree("blobs").map_err(db_err("open tree blobs"))?;
         let console = console::ConsoleTrees::open(&db)?;
+        let learning = db.open_tree("learning").map_err(db_err("open tree learning"))?;
 
         match meta.get(KEY_SCHEMA).map_err(db_err("read schema"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
@@ -223,7 +228,7 @@ impl Store {
         }
         let secret = Self::load_or_create_secret(&meta)?;
         db.flush().map_err(db_err("flush"))?;
-        Ok(Store { db, queue, log, quarantine, lists, blobs, console, secret })
+        Ok(Store { db, queue, log, quarantine, lists, blobs, console, learning, secret })
     }
 
     fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {

@@ -211,6 +211,9 @@ fn train(data: &std::path::Path, spam: &std::path::Path, ham: &std::path::Path) 
     let (store, mut model) = open_model(data)?;
     let (nspam, nham) = levee_filter::eval::train_dirs(&mut model, spam, ham)?;
     store.blob_put(levee_relay::BAYES_BLOB, &model.to_bytes())?;
+    // The sample every later change of the model (votes, autolearn) is validated on.
+    let (hspam, hham) = levee_relay::learning::store_heldback_from_dirs(&store, spam, ham)?;
+    println!("kept {hspam} spam and {hham} ham to validate learning on");
     let (tspam, tham) = model.counts();
     println!("trained on {nspam} spam and {nham} ham; the model now knows {tspam} spam, {tham} ham, {} tokens", model.len());
     Ok(())
