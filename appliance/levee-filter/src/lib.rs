@@ -16,6 +16,7 @@ pub mod bayes;
 pub mod eval;
 mod html;
 pub mod linear;
+pub mod mailbox;
 pub mod rules;
 pub mod score;
 
