@@ -45,6 +45,30 @@ pub struct Config {
     pub policy: Policy,
     #[serde(default)]
     pub checks: Checks,
+    #[serde(default)]
+    pub learning: Learning,
+}
+
+/// `[learning]`: the report addresses users forward missed spam (or wrongly held ham) to,
+/// as an attachment. Only these two exact addresses are accepted for the host name itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Learning {
+    /// `false`: no report addresses (they are refused like any other foreign recipient).
+    #[serde(default = "defaults::yes")]
+    pub reports: bool,
+    /// Default `spam@<hostname>`.
+    #[serde(default)]
+    pub report_spam: Option<Spanned<String>>,
+    /// Default `ham@<hostname>`.
+    #[serde(default)]
+    pub report_ham: Option<Spanned<String>>,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Learning { reports: true, report_spam: None, report_ham: None }
+    }
 }
 
 /// The network checks: DNS lists, reverse DNS, SPF/DKIM/DMARC/ARC, country.
@@ -570,6 +594,22 @@ impl Config {
                 })?;
             }
         }
+        let l = &self.learning;
+        for a in [&l.report_spam, &l.report_ham].into_iter().flatten() {
+            levee_types::Address::parse(a.get_ref(), false).map_err(|e| {
+                (a.span().start, format!("bad report address {:?}: {e}", a.get_ref()))
+            })?;
+        }
+        if let Some((spam, ham)) = self.report_addresses() {
+            if spam == ham {
+                let at =
+                    l.report_ham.as_ref().or(l.report_spam.as_ref()).map_or(0, |a| a.span().start);
+                return Err((
+                    at,
+                    "learning.report_spam and learning.report_ham must differ".into(),
+                ));
+            }
+        }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));
         }
@@ -593,6 +633,32 @@ impl Config {
         match self.domain(d).and_then(|c| c.policy.as_ref()) {
             Some(over) => self.policy.merged(over),
             None => self.policy.clone(),
+        }
+    }
+
+    /// The (spam, ham) report addresses, lower case; `None` when reports are off.
+    pub fn report_addresses(&self) -> Option<(String, String)> {
+        let l = &self.learning;
+        if !l.reports {
+            return None;
+        }
+        let pick = |a: &Option<Spanned<String>>, local: &str| match a {
+            Some(a) => a.get_ref().to_ascii_lowercase(),
+            None => format!("{local}@{}", self.hostname.0).to_ascii_lowercase(),
+        };
+        Some((pick(&l.report_spam, "spam"), pick(&l.report_ham, "ham")))
+    }
+
+    /// `Some(true)` for the spam report address, `Some(false)` for the ham one.
+    pub fn report_kind(&self, rcpt: &str) -> Option<bool> {
+        let (spam, ham) = self.report_addresses()?;
+        let rcpt = rcpt.to_ascii_lowercase();
+        if rcpt == spam {
+            Some(true)
+        } else if rcpt == ham {
+            Some(false)
+        } else {
+            None
         }
     }
 
