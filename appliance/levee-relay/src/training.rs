@@ -47,6 +47,11 @@ impl TrainProgress {
 }
 
 impl Engine {
+    /// The (spam, ham) message counts of the model in use.
+    pub fn model_counts(&self) -> (u64, u64) {
+        self.bayes().counts()
+    }
+
     /// Learns every message as spam (or ham), updating `progress` as it goes, and stores
     /// the model. Runs on a blocking thread; returns the model's (spam, ham) counts after.
     ///

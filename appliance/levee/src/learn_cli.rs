@@ -50,7 +50,7 @@ fn open_store(data: &Path) -> Result<levee_store::Store> {
         Ok(s) => Ok(s),
         Err(e) if is_lock_error(&e.to_string()) => bail!(
             "the engine is running and holds {}; stop it first (systemctl stop levee, or \
-             end `levee run`), or upload the messages in the console under Filter → Training",
+             end `levee run`), or upload the messages in the console under Training (/training)",
             data.display()
         ),
         Err(e) => Err(e).with_context(|| format!("opening the store in {}", data.display())),

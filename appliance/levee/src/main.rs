@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Train the content model from known spam and ham (folders of one message per file,
     /// Maildirs or mbox files) into the store under DATA. The engine must be stopped (the
-    /// store is single-process); while it runs, upload in the console under Filter → Training.
+    /// store is single-process); while it runs, upload in the console under Training.
     Train(learn_cli::TrainArgs),
     /// Classify every message of a manifest (`path label source` per line, paths
     /// relative to the manifest) with the model under DATA, network checks off, and

@@ -141,6 +141,6 @@ fn a_running_engine_is_named_not_a_sled_error() {
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("the engine is running"), "{err}");
-    assert!(err.contains("Filter → Training"), "{err}");
+    assert!(err.contains("console under Training"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
