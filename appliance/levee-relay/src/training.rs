@@ -56,7 +56,9 @@ impl Engine {
     /// the model. Runs on a blocking thread; returns the model's (spam, ham) counts after.
     ///
     /// One `Model::train` per message rather than `train_batch`: an upload holds one label
-    /// only, and a batch fit on one class would skew the linear part of the model.
+    /// only, and a batch fit on one class would switch the linear part of the model on
+    /// (it joins once fitted) with weights that call everything that class. `levee train`
+    /// with spam and ham together is what fits it.
     pub async fn train_corpus(
         self: &Arc<Self>,
         messages: Vec<Vec<u8>>,
