@@ -144,3 +144,25 @@ fn a_running_engine_is_named_not_a_sled_error() {
     assert!(err.contains("console under Training"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn long_runs_show_progress_on_stderr_and_mbox_and_maildir_are_read() {
+    let d = scratch("progress");
+    let spam = d.0.join("spam.mbox");
+    let mut mbox = String::new();
+    for i in 0..520 {
+        mbox += &format!(
+            "From x@y Mon Jan  1 00:00:00 2024\nSubject: offer {i}\n\ncheap pills {i}\n\n"
+        );
+    }
+    std::fs::write(&spam, mbox).unwrap();
+    let ham = d.0.join("Maildir");
+    std::fs::create_dir_all(ham.join("cur")).unwrap();
+    std::fs::create_dir_all(ham.join("tmp")).unwrap();
+    std::fs::write(ham.join("cur/1:2,S"), "Subject: agenda\n\nmeeting\n").unwrap();
+    std::fs::write(ham.join("tmp/2"), "Subject: half written\n").unwrap();
+    let o = levee(&[&"train", &"--data", &d.0.join("data"), &"--spam", &spam, &"--ham", &ham]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("trained 500/521"), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("trained on 520 spam and 1 ham"), "{}", text(&o.stdout));
+}
