@@ -77,19 +77,43 @@ fn from_header(data: &[u8]) -> Option<String> {
     parsed.from()?.first()?.address().map(str::to_owned)
 }
 
-/// The messages attached as `message/rfc822` parts (the outer message's own, not nested).
+/// The messages attached as `message/rfc822` parts (the outer message's own, not nested);
+/// without any, a message forwarded inline by a common mail client.
 pub(crate) fn attached_messages(data: &[u8]) -> Vec<Vec<u8>> {
     let Some(parsed) = mail_parser::MessageParser::default().parse(data) else {
         return Vec::new();
     };
-    parsed
+    let attached: Vec<Vec<u8>> = parsed
         .parts
         .iter()
         .filter_map(|p| p.message())
         .map(|m| m.raw_message().to_vec())
         .filter(|m| !m.is_empty())
         .take(MAX_ATTACHED)
-        .collect()
+        .collect();
+    if !attached.is_empty() {
+        return attached;
+    }
+    parsed.body_text(0).and_then(|t| inline_forward(&t)).map(|m| vec![m]).unwrap_or_default()
+}
+
+/// The separator lines Gmail, Thunderbird, Outlook and Apple Mail put above a message
+/// forwarded inline.
+const FORWARD_MARKERS: &[&str] = &[
+    "---------- Forwarded message ---------",
+    "-------- Forwarded Message --------",
+    "-------- Original Message --------",
+    "-----Original Message-----",
+    "Begin forwarded message:",
+];
+
+/// What follows an inline-forward separator, when it starts with the original's quoted
+/// headers (a `From:` line): headers, blank line and body read as a message of their own.
+fn inline_forward(text: &str) -> Option<Vec<u8>> {
+    let at = FORWARD_MARKERS.iter().filter_map(|m| text.find(m).map(|i| i + m.len())).min()?;
+    let rest = text[at..].trim_start();
+    let head = rest.get(..5)?;
+    head.eq_ignore_ascii_case("from:").then(|| rest.as_bytes().to_vec())
 }
 
 /// Who may report: the user named by From (or by MAIL FROM without one), lower case, when
@@ -184,5 +208,13 @@ Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/p
         assert_eq!(m.len(), 1);
         assert!(String::from_utf8_lossy(&m[0]).contains("cheap pills"));
         assert!(attached_messages(b"Subject: plain\r\n\r\nno attachment\r\n").is_empty());
+        let inline = b"From: bob@example.test\r\nSubject: Fwd: prize\r\n\r\nspam, see below\r\n\r\n\
+---------- Forwarded message ---------\r\nFrom: Winner <w@lottery.invalid>\r\nSubject: You won\r\n\r\nclaim now\r\n";
+        let m = attached_messages(inline);
+        assert_eq!(m.len(), 1);
+        assert!(String::from_utf8_lossy(&m[0]).starts_with("From: Winner"));
+        // A marker not followed by the original's headers is not a forwarded message.
+        let chat = b"Subject: x\r\n\r\n-----Original Message-----\r\nsee you\r\n";
+        assert!(attached_messages(chat).is_empty());
     }
 }
