@@ -140,6 +140,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if !args.data.join("db").is_dir() {
         bail!("{}: no trained model here (run levee train first)", args.data.display());
     }
+    let listed =
+        levee_filter::eval::read_manifest(&args.manifest).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if listed.is_empty() {
+        bail!("{}: no message listed", args.manifest.display());
+    }
     let store = open_store(&args.data)?;
     let model = load_model(&store)?;
     let policy = levee_filter::score::Policy::default();

@@ -130,6 +130,23 @@ fn eval_prints_na_and_ends_with_a_newline() {
 }
 
 #[test]
+fn eval_fails_on_an_empty_or_missing_manifest() {
+    let d = scratch("eval-empty");
+    let (spam, ham) = corpus(&d.0);
+    let data = d.0.join("data");
+    assert!(levee(&[&"train", &"--data", &data, &"--spam", &spam, &"--ham", &ham])
+        .status
+        .success());
+    std::fs::write(d.0.join("m.tsv"), "path\tlabel\tsource\n").unwrap();
+    let o = levee(&[&"eval", &"--data", &data, &"--manifest", &d.0.join("m.tsv")]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no message listed"), "{}", text(&o.stderr));
+    let o = levee(&[&"eval", &"--data", &data, &"--manifest", &d.0.join("nope.tsv")]);
+    assert!(!o.status.success());
+    assert_eq!(text(&o.stderr).matches("nope.tsv").count(), 1, "{}", text(&o.stderr));
+}
+
+#[test]
 fn a_running_engine_is_named_not_a_sled_error() {
     let d = scratch("locked");
     let (spam, ham) = corpus(&d.0);
