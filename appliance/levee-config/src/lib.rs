@@ -49,9 +49,11 @@ pub struct Config {
     pub learning: Learning,
 }
 
-/// Safe learning (`levee_filter::votes`): how fast votes and autolearn may move the global
-/// model. A key left out keeps the built-in default, which lives beside the logic.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// `[learning]`: how fast votes and autolearn may move the global model (safe learning,
+/// `levee_filter::votes`; a key left out keeps the built-in default, which lives beside the
+/// logic), and the report addresses users forward missed spam (or wrongly held ham) to, as an
+/// attachment. Only those two exact addresses are accepted for the host name itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Learning {
     /// Learn strong-evidence mail automatically (default true).
@@ -74,6 +76,38 @@ pub struct Learning {
     /// The most one user's / admin's vote may move its message's log-odds.
     pub user_step: Option<f64>,
     pub admin_step: Option<f64>,
+    /// `false`: no report addresses (they are refused like any other foreign recipient).
+    #[serde(default = "defaults::yes")]
+    pub reports: bool,
+    /// Default `spam@<hostname>`.
+    #[serde(default)]
+    pub report_spam: Option<Spanned<String>>,
+    /// Default `ham@<hostname>`.
+    #[serde(default)]
+    pub report_ham: Option<Spanned<String>>,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Learning {
+            autolearn: None,
+            user_global_per_day: None,
+            admin_global_per_day: None,
+            apply_per_hour: None,
+            apply_per_day: None,
+            max_lead: None,
+            auto_max_lead: None,
+            auto_per_hour: None,
+            auto_per_day: None,
+            max_fp_rise: None,
+            max_catch_drop: None,
+            user_step: None,
+            admin_step: None,
+            reports: true,
+            report_spam: None,
+            report_ham: None,
+        }
+    }
 }
 
 impl Learning {
@@ -622,6 +656,22 @@ impl Config {
                 })?;
             }
         }
+        let l = &self.learning;
+        for a in [&l.report_spam, &l.report_ham].into_iter().flatten() {
+            levee_types::Address::parse(a.get_ref(), false).map_err(|e| {
+                (a.span().start, format!("bad report address {:?}: {e}", a.get_ref()))
+            })?;
+        }
+        if let Some((spam, ham)) = self.report_addresses() {
+            if spam == ham {
+                let at =
+                    l.report_ham.as_ref().or(l.report_spam.as_ref()).map_or(0, |a| a.span().start);
+                return Err((
+                    at,
+                    "learning.report_spam and learning.report_ham must differ".into(),
+                ));
+            }
+        }
         if self.smtp.tls_cert.is_some() != self.smtp.tls_key.is_some() {
             return Err((0, "smtp.tls_cert and smtp.tls_key go together".into()));
         }
@@ -645,6 +695,32 @@ impl Config {
         match self.domain(d).and_then(|c| c.policy.as_ref()) {
             Some(over) => self.policy.merged(over),
             None => self.policy.clone(),
+        }
+    }
+
+    /// The (spam, ham) report addresses, lower case; `None` when reports are off.
+    pub fn report_addresses(&self) -> Option<(String, String)> {
+        let l = &self.learning;
+        if !l.reports {
+            return None;
+        }
+        let pick = |a: &Option<Spanned<String>>, local: &str| match a {
+            Some(a) => a.get_ref().to_ascii_lowercase(),
+            None => format!("{local}@{}", self.hostname.0).to_ascii_lowercase(),
+        };
+        Some((pick(&l.report_spam, "spam"), pick(&l.report_ham, "ham")))
+    }
+
+    /// `Some(true)` for the spam report address, `Some(false)` for the ham one.
+    pub fn report_kind(&self, rcpt: &str) -> Option<bool> {
+        let (spam, ham) = self.report_addresses()?;
+        let rcpt = rcpt.to_ascii_lowercase();
+        if rcpt == spam {
+            Some(true)
+        } else if rcpt == ham {
+            Some(false)
+        } else {
+            None
         }
     }
 

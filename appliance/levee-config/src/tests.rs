@@ -216,3 +216,25 @@ fn learning_keys_are_optional_validated_and_unknown_ones_refused() {
     let (line, m) = err(&format!("{MINIMAL}[learning]\nmax_leads = 4\n"));
     assert!(m.contains("max_leads") && line == 9, "{line}: {m}");
 }
+
+#[test]
+fn report_addresses_default_to_the_host_name_and_can_be_changed_or_turned_off() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(
+        c.report_addresses(),
+        Some(("spam@mx.example.test".into(), "ham@mx.example.test".into()))
+    );
+    assert_eq!(c.report_kind("Spam@MX.example.test"), Some(true));
+    assert_eq!(c.report_kind("ham@mx.example.test"), Some(false));
+    assert_eq!(c.report_kind("spam@otherhost.test"), None);
+    let custom = format!("{MINIMAL}[learning]\nreport_spam = \"junk@example.test\"\n");
+    let c = Config::parse(&custom, "t.toml").unwrap();
+    assert_eq!(c.report_kind("junk@example.test"), Some(true));
+    assert_eq!(c.report_kind("spam@mx.example.test"), None);
+    let off = format!("{MINIMAL}[learning]\nreports = false\n");
+    assert_eq!(Config::parse(&off, "t.toml").unwrap().report_kind("spam@mx.example.test"), None);
+    let (line, msg) = err(&format!("{MINIMAL}[learning]\nreport_ham = \"not an address\"\n"));
+    assert_eq!(line, 9, "{msg}");
+    let (_, msg) = err(&format!("{MINIMAL}[learning]\nreport_ham = \"spam@mx.example.test\"\n"));
+    assert!(msg.contains("must differ"), "{msg}");
+}

@@ -37,7 +37,7 @@ pub fn routes() -> Router<AppState> {
 
 /// An API caller allowed to change things: bearer token, or a session with the CSRF
 /// header.
-pub struct ApiWrite(Viewer);
+pub struct ApiWrite(pub(crate) Viewer);
 
 impl FromRequestParts<AppState> for ApiWrite {
     type Rejection = AppError;
@@ -57,7 +57,7 @@ impl FromRequestParts<AppState> for ApiWrite {
     }
 }
 
-fn err_json(e: AppError) -> Response {
+pub(crate) fn err_json(e: AppError) -> Response {
     let (code, msg) = match &e {
         AppError::Unauthenticated { .. } => (401, "authentication required".to_string()),
         AppError::Forbidden => (403, "forbidden".into()),
@@ -71,7 +71,7 @@ fn err_json(e: AppError) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
-fn out(r: AppResult<Value>) -> Response {
+pub(crate) fn out(r: AppResult<Value>) -> Response {
     match r {
         Ok(v) => Json(v).into_response(),
         Err(e) => err_json(e),

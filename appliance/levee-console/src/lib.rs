@@ -21,6 +21,7 @@ mod message;
 mod pages;
 pub mod sanitize;
 mod tls;
+mod training;
 mod user_pages;
 mod views;
 
@@ -136,6 +137,8 @@ struct Inner {
     tls: std::sync::RwLock<Option<tokio_rustls::TlsAcceptor>>,
     /// Needed to complete first-run setup (see [`links::setup_code`]).
     setup_code: String,
+    /// The last corpus upload being trained (or trained), for its progress bar.
+    training: std::sync::Mutex<Option<training::Job>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -153,6 +156,7 @@ impl AppState {
             dummy_hash: auth::dummy_hash(),
             tls: std::sync::RwLock::new(None),
             setup_code: links::setup_code(&secret),
+            training: std::sync::Mutex::new(None),
         })))
     }
     pub fn engine(&self) -> &Arc<Engine> {
@@ -455,6 +459,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(user_pages::routes())
+        .merge(training::routes())
         .merge(api::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn(security_headers))

@@ -1043,3 +1043,75 @@ async fn the_domain_page_shows_and_edits_each_domains_own_policy() {
     let r = post(&e, &qm, "/domains/policy", "name=example.test&reject_at=9").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, text) in files {
+        w.start_file(*name, opts).unwrap();
+        w.write_all(text.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn the_admin_trains_the_running_model_from_an_uploaded_zip() {
+    let e = env();
+    add_user(&e, "root", Role::Admin, &[]);
+    add_user(&e, "qm", Role::QuarantineManager, &[]);
+    let (admin, qm) = (login(&e, "root").await, login(&e, "qm").await);
+    let page = get(&e, "/training", &admin.cookie).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("training-progress"), "{}", page.body);
+    assert_eq!(get(&e, "/training", &qm.cookie).await.status, StatusCode::FORBIDDEN);
+    let maildir = zip_of(&[
+        ("Junk/cur/1:2,S", "Subject: cheap pills\r\n\r\nbuy cheap pills now\r\n"),
+        ("Junk/new/2", "Subject: casino\r\n\r\nfree casino bonus\r\n"),
+        ("Junk/tmp/3", "Subject: half written\r\n"),
+        ("Junk/dovecot-uidlist", "3 V1 N4\r\n"),
+    ]);
+    // Not an admin, or no CSRF token: refused, nothing learned.
+    assert_eq!(
+        post_bytes(&e, &qm, "/api/v1/training?label=spam", maildir.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let no_csrf = Login { cookie: admin.cookie.clone(), csrf: "wrong".into() };
+    assert_eq!(
+        post_bytes(&e, &no_csrf, "/api/v1/training?label=spam", maildir.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) =
+        post_bytes(&e, &admin, "/api/v1/training?label=maybe", maildir.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(e.state.engine().model_counts(), (0, 0));
+    // The admin's upload: two messages (tmp/ and the IMAP server's files are not mail).
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/training?label=spam", maildir).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"messages\":2"), "{body}");
+    let mut last = String::new();
+    for _ in 0..200 {
+        last = get(&e, "/api/v1/training", &admin.cookie).await.body;
+        if last.contains("\"finished\":true") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(last.contains("\"done\":2") && last.contains("\"error\":null"), "{last}");
+    assert!(last.contains("\"spam\":2"), "{last}");
+    assert_eq!(e.state.engine().model_counts(), (2, 0));
+    // A zip of .eml files as ham; junk is refused with a reason.
+    let emls = zip_of(&[("a.eml", "Subject: agenda\r\n\r\nmeeting at ten\r\n")]);
+    assert_eq!(post_bytes(&e, &admin, "/api/v1/training?label=ham", emls).await.0, StatusCode::OK);
+    let (status, body) =
+        post_bytes(&e, &admin, "/api/v1/training?label=ham", b"PK\x03\x04junk".to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    for _ in 0..200 {
+        if e.state.engine().model_counts() == (2, 1) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(e.state.engine().model_counts(), (2, 1));
+}

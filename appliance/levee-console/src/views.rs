@@ -20,6 +20,7 @@ const NAV: &[(&str, &str, Option<Perm>)] = &[
     ("/domains", "Domains", Some(Perm::ViewAll)),
     ("/checks", "Why spam?", Some(Perm::ViewAll)),
     ("/policy", "Policy", Some(Perm::ViewAll)),
+    ("/training", "Training", Some(Perm::Settings)),
     ("/lists", "Allow/block", Some(Perm::ViewAll)),
     ("/reports", "Reports", Some(Perm::Settings)),
     ("/users", "Users", Some(Perm::Users)),

@@ -29,6 +29,51 @@ document.addEventListener("DOMContentLoaded", function () {
       }).catch(function () { status.textContent = "Upload failed."; });
     });
   }
+  // Training upload: the file goes as the raw body (CSRF token in the header), then the
+  // page polls the status endpoint and moves the progress bar until the run finishes.
+  var train = document.getElementById("training-send");
+  if (train) {
+    var bar = document.getElementById("training-progress");
+    var tstatus = document.getElementById("training-status");
+    var counts = document.getElementById("training-counts");
+    var poll = function () {
+      fetch("/api/v1/training", { credentials: "same-origin" }).then(function (r) { return r.json(); }).then(function (j) {
+        if (j.model) { counts.textContent = j.model.spam + " spam and " + j.model.ham + " ham"; }
+        var run = j.run;
+        if (!run) { return; }
+        bar.max = Math.max(run.total, 1);
+        bar.value = run.done;
+        if (run.error) {
+          tstatus.textContent = "Failed: " + run.error;
+          train.disabled = false;
+        } else if (run.finished) {
+          tstatus.textContent = "Learned " + run.done + " " + run.label + " message(s).";
+          train.disabled = false;
+        } else {
+          tstatus.textContent = "Training " + run.label + ": " + run.done + "/" + run.total;
+          window.setTimeout(poll, 500);
+        }
+      }).catch(function () { tstatus.textContent = "Lost contact with the console."; train.disabled = false; });
+    };
+    if (train.disabled) { poll(); }
+    train.addEventListener("click", function () {
+      var file = document.getElementById("training-file").files[0];
+      var label = document.querySelector("input[name=training-label]:checked");
+      if (!file) { tstatus.textContent = "Choose a file first."; return; }
+      train.disabled = true;
+      tstatus.textContent = "Uploading...";
+      fetch("/api/v1/training?label=" + encodeURIComponent(label ? label.value : "spam"), {
+        method: "POST",
+        headers: { "X-CSRF-Token": document.getElementById("training-upload").getAttribute("data-csrf"),
+                   "Content-Type": "application/octet-stream" },
+        body: file,
+        credentials: "same-origin"
+      }).then(function (r) { return r.json(); }).then(function (j) {
+        if (j.ok) { tstatus.textContent = "Read " + j.messages + " message(s); training..."; poll(); }
+        else { tstatus.textContent = "Refused: " + (j.error || "unknown error"); train.disabled = false; }
+      }).catch(function () { tstatus.textContent = "Upload failed."; train.disabled = false; });
+    });
+  }
   // Confirm destructive buttons.
   document.querySelectorAll("button[data-confirm]").forEach(function (b) {
     b.addEventListener("click", function (e) {

@@ -89,41 +89,123 @@ fn tally(corpus: &[(Vec<String>, bool)]) -> (usize, usize) {
     (spam, corpus.len() - spam)
 }
 
-/// Trains on every regular file under `spam` and `ham` (recursively, in name order, as one
-/// batch); returns (spam, ham) learned.
-pub fn train_dirs(
-    model: &mut Model,
-    spam: &Path,
-    ham: &Path,
-) -> Result<(usize, usize), FilterError> {
-    let mut corpus = Vec::new();
-    for (dir, is_spam) in [(spam, true), (ham, false)] {
-        let mut files = Vec::new();
-        walk(dir, &mut files)?;
-        for f in files {
-            let bytes = std::fs::read(&f).map_err(|e| FilterError::io(&f, e))?;
-            corpus.push((bayes::tokenize(&bytes), is_spam));
-        }
-    }
-    model.train_batch(&corpus);
-    Ok(tally(&corpus))
+/// A file of mail found under a path given to [`mail_files`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailFile {
+    pub path: PathBuf,
+    /// An mbox file: split at its `From ` lines.
+    pub mbox: bool,
+    /// How many messages it holds (1 unless `mbox`), for progress.
+    pub messages: usize,
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilterError> {
+/// The files of mail under `path`, following symbolic links, in name order: a file itself
+/// (an mbox when it starts with a `From ` line), a Maildir (its `cur/` and `new/`), or a
+/// folder walked recursively (hidden files skipped; `*.mbox` files read as mbox).
+pub fn mail_files(path: &Path) -> Result<Vec<MailFile>, FilterError> {
+    let meta = std::fs::metadata(path).map_err(|e| FilterError::io(path, e))?;
+    let mut out = Vec::new();
+    if meta.is_dir() {
+        let mut seen = std::collections::HashSet::new();
+        walk(path, &mut seen, &mut out)?;
+    } else {
+        out.push(mail_file(path.to_path_buf(), true)?);
+    }
+    Ok(out)
+}
+
+fn mail_file(path: PathBuf, given: bool) -> Result<MailFile, FilterError> {
+    let named_mbox = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mbox"));
+    if !(given || named_mbox) {
+        return Ok(MailFile { path, mbox: false, messages: 1 });
+    }
+    let mut head = [0u8; 5];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path).map_err(|e| FilterError::io(&path, e))?;
+        f.read(&mut head).map_err(|e| FilterError::io(&path, e))?
+    };
+    if !crate::mailbox::is_mbox(&head[..n]) {
+        return Ok(MailFile { path, mbox: false, messages: 1 });
+    }
+    let bytes = std::fs::read(&path).map_err(|e| FilterError::io(&path, e))?;
+    let messages = crate::mailbox::split_mbox(&bytes).len();
+    Ok(MailFile { path, mbox: true, messages })
+}
+
+/// Recursion guarded by (device, inode), so a symbolic link back up the tree ends the walk
+/// instead of looping.
+fn walk(
+    dir: &Path,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+    out: &mut Vec<MailFile>,
+) -> Result<(), FilterError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| FilterError::io(dir, e))?;
+    if !seen.insert((meta.dev(), meta.ino())) {
+        return Ok(());
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| FilterError::io(dir, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| FilterError::io(dir, e))?;
     entries.sort_by_key(|e| e.file_name());
+    // A Maildir: only `cur/` and `new/` hold delivered mail.
+    let maildir = entries.iter().any(|e| e.file_name() == "cur" || e.file_name() == "new");
     for e in entries {
-        let ft = e.file_type().map_err(|err| FilterError::io(&e.path(), err))?;
-        if ft.is_dir() {
-            walk(&e.path(), out)?;
-        } else if ft.is_file() {
-            out.push(e.path());
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || (maildir && name != "cur" && name != "new") {
+            continue;
+        }
+        let path = e.path();
+        // `metadata` follows symbolic links, to folders and to files alike.
+        let meta = std::fs::metadata(&path).map_err(|err| FilterError::io(&path, err))?;
+        if meta.is_dir() {
+            walk(&path, seen, out)?;
+        } else if meta.is_file() && crate::mailbox::is_mail_path(&name) {
+            out.push(mail_file(path, false)?);
         }
     }
     Ok(())
+}
+
+/// Reads, tokenizes and labels the messages of `files` (each with its label), calling
+/// `progress(done, total)` after each message; empty files are skipped.
+pub fn tokenize_files(
+    files: &[(MailFile, bool)],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<(Vec<String>, bool)>, FilterError> {
+    let total = files.iter().map(|(f, _)| f.messages).sum();
+    let mut corpus = Vec::with_capacity(total);
+    for (f, spam) in files {
+        let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
+        let messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
+        for m in messages {
+            if m.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            corpus.push((bayes::tokenize(&m), *spam));
+            progress(corpus.len(), total);
+        }
+    }
+    Ok(corpus)
+}
+
+/// Trains on every message under `spam` and `ham` (see [`mail_files`]) as one batch;
+/// returns (spam, ham) learned.
+pub fn train_dirs(
+    model: &mut Model,
+    spam: &Path,
+    ham: &Path,
+) -> Result<(usize, usize), FilterError> {
+    let mut files = Vec::new();
+    for (dir, is_spam) in [(spam, true), (ham, false)] {
+        files.extend(mail_files(dir)?.into_iter().map(|f| (f, is_spam)));
+    }
+    let corpus = tokenize_files(&files, &mut |_, _| {})?;
+    model.train_batch(&corpus);
+    Ok(tally(&corpus))
 }
 
 /// Spam caught and ham misfiled, for one source or pooled.
@@ -164,6 +246,16 @@ fn pct(n: usize, d: usize) -> f64 {
         0.0
     } else {
         100.0 * n as f64 / d as f64
+    }
+}
+
+/// A percentage with two decimals, or "n/a" when there is nothing to divide by (a source
+/// with no spam has no caught rate; one with no ham has no false-positive rate).
+fn pct_cell(n: usize, d: usize) -> String {
+    if d == 0 {
+        "n/a".to_owned()
+    } else {
+        format!("{:.2}", pct(n, d))
     }
 }
 
@@ -288,12 +380,12 @@ impl fmt::Display for Report {
         let row = |f: &mut fmt::Formatter<'_>, name: &str, t: &Tally| {
             writeln!(
                 f,
-                "{:<14} {:>6} {:>8.2} {:>6} {:>6.2} {:>5} {:>6}",
+                "{:<14} {:>6} {:>8} {:>6} {:>6} {:>5} {:>6}",
                 name,
                 t.spam,
-                t.caught_pct(),
+                pct_cell(t.caught, t.spam),
                 t.ham,
-                t.fp_pct(),
+                pct_cell(t.false_positives, t.ham),
                 t.false_positives,
                 t.ham_tagged
             )
@@ -320,9 +412,9 @@ impl fmt::Display for Report {
         )?;
         write!(
             f,
-            "caught={:.2} fp={:.2} spam={} ham={}",
-            self.pooled.caught_pct(),
-            self.pooled.fp_pct(),
+            "caught={} fp={} spam={} ham={}",
+            pct_cell(self.pooled.caught, self.pooled.spam),
+            pct_cell(self.pooled.false_positives, self.pooled.ham),
             self.pooled.spam,
             self.pooled.ham
         )
@@ -370,6 +462,48 @@ mod tests {
         assert_eq!(counts.unwrap(), (2, 1));
         assert_eq!(model.counts(), (2, 1));
         assert!(matches!(missing, Err(FilterError::Io { .. })));
+    }
+
+    #[test]
+    fn mail_files_follow_symlinks_and_read_maildir_and_mbox() {
+        let root =
+            std::env::temp_dir().join(format!("levee-filter-mail-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let real = root.join("real");
+        std::fs::create_dir_all(real.join("Maildir/cur")).unwrap();
+        std::fs::create_dir_all(real.join("Maildir/tmp")).unwrap();
+        std::fs::write(real.join("Maildir/cur/1:2,S"), "Subject: a\n\nA\n").unwrap();
+        std::fs::write(real.join("Maildir/tmp/2"), "Subject: partial\n").unwrap();
+        std::fs::write(real.join("Maildir/dovecot-uidlist"), "x").unwrap();
+        std::fs::write(real.join("box.mbox"), "From a\nS: 1\n\nx\nFrom b\nS: 2\n\ny\n").unwrap();
+        std::fs::write(root.join("one.eml"), "Subject: one\n\nbody\n").unwrap();
+        let top = root.join("top");
+        std::fs::create_dir_all(&top).unwrap();
+        std::os::unix::fs::symlink(&real, top.join("linked")).unwrap();
+        std::os::unix::fs::symlink(root.join("one.eml"), top.join("file.eml")).unwrap();
+        // A loop back up the tree ends the walk.
+        std::os::unix::fs::symlink(&top, top.join("loop")).unwrap();
+        let files = mail_files(&top).unwrap();
+        let linked = mail_files(&root.join("real/box.mbox")).unwrap();
+        let corpus = tokenize_files(
+            &files.iter().map(|f| (f.clone(), true)).collect::<Vec<_>>(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert_eq!(files.iter().map(|f| f.messages).sum::<usize>(), 4);
+        assert!(linked[0].mbox);
+        assert_eq!(corpus.len(), 4);
+    }
+
+    #[test]
+    fn report_says_na_without_spam_or_ham() {
+        let r = report(vec![outcome(false, "hamonly", -1.0, Action::Accept)]);
+        let text = r.to_string();
+        let row = text.lines().find(|l| l.starts_with("hamonly")).unwrap();
+        assert!(row.contains("n/a"), "{text}");
+        assert_eq!(text.lines().last().unwrap(), "caught=n/a fp=0.00 spam=0 ham=1");
     }
 
     fn outcome(spam: bool, source: &str, score: f64, action: Action) -> Outcome {

@@ -18,6 +18,7 @@ pub mod bayes;
 pub mod eval;
 mod html;
 pub mod linear;
+pub mod mailbox;
 pub mod rules;
 pub mod score;
 pub mod votes;

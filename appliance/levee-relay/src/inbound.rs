@@ -186,8 +186,11 @@ async fn drive(
                     if flush(io, out).await.is_err() {
                         return;
                     }
-                    let reply = match engine.accept_message(incoming, conn).await {
-                        StoreOutcome::Queued(_, reply) | StoreOutcome::Refused(reply) => reply,
+                    let reply = match conn.report {
+                        Some(spam) => engine.take_report(incoming, conn, spam).await,
+                        None => match engine.accept_message(incoming, conn).await {
+                            StoreOutcome::Queued(_, reply) | StoreOutcome::Refused(reply) => reply,
+                        },
                     };
                     session.stored(reply, Instant::now().into_std());
                 }

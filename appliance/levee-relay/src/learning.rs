@@ -7,7 +7,6 @@
 //! model changes only in [`Engine::apply_learning`], one batch at a time (its async mutex),
 //! which swaps `Engine::bayes` atomically and stores the model blob.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use levee_filter::votes::{
@@ -96,42 +95,26 @@ fn limits(c: &levee_config::Learning) -> Limits {
     }
 }
 
-/// Builds and stores the held-back sample from corpus folders (as `levee train` reads them):
-/// up to 300 files per class, evenly spread. They are training messages too (`levee train`
-/// learns every file), so the sample measures change, not generalisation. Returns (spam, ham).
-pub fn store_heldback_from_dirs(
+/// Builds and stores the held-back sample from a tokenized training corpus (as `levee train`
+/// reads it): up to 300 messages per class, evenly spread. They are training messages too, so
+/// the sample measures change, not generalisation. Returns (spam, ham).
+pub fn store_heldback(
     store: &Store,
-    spam: &Path,
-    ham: &Path,
+    corpus: &[(Vec<String>, bool)],
 ) -> Result<(usize, usize), RelayError> {
     const MAX_EACH: usize = 300;
     let mut sample = HeldBack { made_at: now_unix(), ..HeldBack::default() };
-    for (dir, is_spam) in [(spam, true), (ham, false)] {
-        let mut files = Vec::new();
-        walk(dir, &mut files)?;
+    for is_spam in [true, false] {
+        let class: Vec<&Vec<String>> =
+            corpus.iter().filter(|(_, s)| *s == is_spam).map(|(t, _)| t).collect();
         let into = if is_spam { &mut sample.spam } else { &mut sample.ham };
-        // Evenly spread over the folder (sources are often sorted together).
-        for f in files.iter().step_by(files.len().div_ceil(MAX_EACH).max(1)).take(MAX_EACH) {
-            into.push(levee_filter::bayes::tokenize(&std::fs::read(f)?));
-        }
+        // Evenly spread over the input (sources are often sorted together).
+        let step = class.len().div_ceil(MAX_EACH).max(1);
+        into.extend(class.iter().step_by(step).take(MAX_EACH).map(|t| (*t).clone()));
     }
     store.learning_put(LEARN_HELDBACK, &sample)?;
     store.flush()?;
     Ok((sample.spam.len(), sample.ham.len()))
-}
-
-fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let ft = e.file_type()?;
-        if ft.is_dir() {
-            walk(&e.path(), out)?;
-        } else if ft.is_file() {
-            out.push(e.path());
-        }
-    }
-    Ok(())
 }
 
 async fn message_key(message: Arc<Vec<u8>>) -> Result<MessageKey, RelayError> {

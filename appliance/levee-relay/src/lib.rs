@@ -12,12 +12,15 @@ mod inbound;
 pub mod learning;
 mod manage;
 mod queue;
+mod report;
 pub mod tls;
+pub mod training;
 
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
 pub use levee_filter::votes::{GlobalOutcome, VoteOutcome};
 pub use manage::BAYES_BLOB;
+pub use training::TrainProgress;
 
 use levee_config::Config;
 use levee_smtp::{Decision, Incoming, Question, SessionConfig};
@@ -108,6 +111,10 @@ pub struct Conn {
     pub helo: String,
     /// SPF of the transaction under way, asked at MAIL FROM; reused at the end of DATA.
     pub spf: Option<levee_netcheck::MailSpf>,
+    /// The transaction is a report to a report address (`true`: the spam one).
+    pub report: Option<bool>,
+    /// The transaction has an ordinary recipient (reports travel alone).
+    pub ordinary: bool,
 }
 
 impl Conn {
@@ -128,6 +135,8 @@ impl Conn {
             sender: None,
             helo: String::new(),
             spf: None,
+            report: None,
+            ordinary: false,
         }
     }
 }
@@ -289,68 +298,106 @@ impl Engine {
     /// Answers the session's policy questions.
     async fn decide(&self, q: &Question, conn: &mut Conn) -> Decision {
         let config = self.config();
-        let client = conn.ip;
         match q {
             Question::Connect => self.connect_checks(conn).await,
             Question::Helo { name, .. } => {
                 conn.helo = name.clone();
                 Decision::Accept
             }
-            Question::MailFrom { from, .. } => match self.spool.free_bytes() {
-                Ok(free) if free >= config.smtp.min_free_bytes => {
-                    conn.sender = from.as_ref().map(|a| a.to_string());
-                    conn.spf = None;
-                    if let (Some(net), false) = (self.net(), conn.trusted) {
-                        let sender = conn.sender.as_deref().unwrap_or("");
-                        conn.spf = Some(net.mail_stage(client, &conn.helo, sender).await);
-                    }
-                    Decision::Accept
-                }
-                Ok(free) => {
-                    warn!(free, "spool nearly full: refusing new mail for now");
-                    Decision::Reject(Reply::with(
+            Question::MailFrom { from, .. } => {
+                conn.report = None;
+                conn.ordinary = false;
+                self.mail_from(from.as_ref(), conn).await
+            }
+            Question::RcptTo { to } => {
+                let report = config.report_kind(&to.to_string());
+                let mixed = match report {
+                    Some(kind) => conn.ordinary || conn.report.is_some_and(|c| c != kind),
+                    None => conn.report.is_some(),
+                };
+                if mixed {
+                    // 452 makes the client send the remaining recipients in a new transaction.
+                    return Decision::Reject(Reply::with(
                         452,
+                        5,
                         3,
-                        1,
-                        "insufficient system storage, try again later",
-                    ))
+                        "reports go in a transaction of their own, one report address each",
+                    ));
                 }
-                Err(e) => {
-                    error!(error = %e, "cannot check free space");
-                    Decision::Reject(Reply::with(451, 3, 0, "local error, try again later"))
+                if let Some(kind) = report {
+                    conn.report = Some(kind);
+                    return Decision::Accept;
                 }
-            },
-            Question::RcptTo { to } => match config.domain(to.domain()) {
-                None => Decision::Reject(Reply::with(550, 7, 1, "relay access denied")),
-                Some(d) if !d.ready() => Decision::Reject(Reply::with(
-                    451,
+                let decision = self.rcpt_to(to, conn, &config);
+                if matches!(decision, Decision::Accept) {
+                    conn.ordinary = true;
+                }
+                decision
+            }
+        }
+    }
+
+    async fn mail_from(&self, from: Option<&Address>, conn: &mut Conn) -> Decision {
+        let config = self.config();
+        let client = conn.ip;
+        match self.spool.free_bytes() {
+            Ok(free) if free >= config.smtp.min_free_bytes => {
+                conn.sender = from.map(|a| a.to_string());
+                conn.spf = None;
+                if let (Some(net), false) = (self.net(), conn.trusted) {
+                    let sender = conn.sender.as_deref().unwrap_or("");
+                    conn.spf = Some(net.mail_stage(client, &conn.helo, sender).await);
+                }
+                Decision::Accept
+            }
+            Ok(free) => {
+                warn!(free, "spool nearly full: refusing new mail for now");
+                Decision::Reject(Reply::with(
+                    452,
                     3,
-                    0,
-                    "this domain is not set up yet, try again later",
-                )),
-                Some(_) => {
-                    let lists = self.lists();
-                    let subject = levee_types::list::ListSubject {
-                        sender: conn.sender.as_deref(),
-                        client_ip: client,
-                        country: conn.country.as_deref(),
-                        recipient: &to.to_string(),
-                    };
-                    match levee_types::list::decide(&lists, &subject) {
-                        Some(e) if e.kind == levee_types::list::ListKind::Block => {
-                            info!(rcpt = %to, entry = %e, "blocked by list");
-                            Decision::Reject(Reply::with(
-                                550,
-                                7,
-                                1,
-                                "message refused by the recipient's block list",
-                            ))
-                        }
-                        Some(e) if e.kind == levee_types::list::ListKind::Allow => Decision::Accept,
-                        _ => self.early_verdict(conn, to),
+                    1,
+                    "insufficient system storage, try again later",
+                ))
+            }
+            Err(e) => {
+                error!(error = %e, "cannot check free space");
+                Decision::Reject(Reply::with(451, 3, 0, "local error, try again later"))
+            }
+        }
+    }
+
+    fn rcpt_to(&self, to: &Address, conn: &mut Conn, config: &Config) -> Decision {
+        let client = conn.ip;
+        match config.domain(to.domain()) {
+            None => Decision::Reject(Reply::with(550, 7, 1, "relay access denied")),
+            Some(d) if !d.ready() => Decision::Reject(Reply::with(
+                451,
+                3,
+                0,
+                "this domain is not set up yet, try again later",
+            )),
+            Some(_) => {
+                let lists = self.lists();
+                let subject = levee_types::list::ListSubject {
+                    sender: conn.sender.as_deref(),
+                    client_ip: client,
+                    country: conn.country.as_deref(),
+                    recipient: &to.to_string(),
+                };
+                match levee_types::list::decide(&lists, &subject) {
+                    Some(e) if e.kind == levee_types::list::ListKind::Block => {
+                        info!(rcpt = %to, entry = %e, "blocked by list");
+                        Decision::Reject(Reply::with(
+                            550,
+                            7,
+                            1,
+                            "message refused by the recipient's block list",
+                        ))
                     }
+                    Some(e) if e.kind == levee_types::list::ListKind::Allow => Decision::Accept,
+                    _ => self.early_verdict(conn, to),
                 }
-            },
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! `levee`: the appliance binary. `anyhow` lives here and nowhere else.
 
 mod gate;
+mod learn_cli;
 mod logging;
 mod notify;
 mod rules;
@@ -21,26 +22,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train the Bayes classifier from folders of raw messages (one file each) into
-    /// the store under DATA (the engine must be stopped: the store is single-process).
-    Train {
-        /// The data directory (`data_dir` of the config).
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        spam: PathBuf,
-        #[arg(long)]
-        ham: PathBuf,
-    },
+    /// Train the content model from known spam and ham (folders of one message per file,
+    /// Maildirs or mbox files) into the store under DATA. The engine must be stopped (the
+    /// store is single-process); while it runs, upload in the console under Training.
+    Train(learn_cli::TrainArgs),
     /// Classify every message of a manifest (`path label source` per line, paths
     /// relative to the manifest) with the model under DATA, network checks off, and
     /// print spam caught and false positives, pooled and per source.
-    Eval {
-        #[arg(long)]
-        data: PathBuf,
-        #[arg(long)]
-        manifest: PathBuf,
-    },
+    Eval(learn_cli::EvalArgs),
     /// Run the engine (relay and delivery) in the foreground, logging to stderr.
     /// Without --config, runs on the embedded development defaults: SMTP on
     /// 127.0.0.1:2525, data in ./.levee-dev, example.test delivered to 127.0.0.1:2626.
@@ -50,11 +39,8 @@ enum Command {
     },
     /// Validate a config file; exits non-zero and names the line at fault.
     CheckConfig { file: PathBuf },
-    /// Show the delivery queue.
-    Queue {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    /// Show the delivery queue (engine stopped).
+    Queue(learn_cli::QueueArgs),
     /// As root: apply the gate, bind the ports and run the engine unprivileged, restarting it
     /// if it dies. SIGHUP reloads the config, SIGTERM stops gracefully.
     Supervise {
@@ -93,13 +79,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Queue { config } => queue(&config),
+        Command::Queue(args) => learn_cli::queue(&args),
         Command::Supervise { config } => supervise::supervise(&config),
         Command::Engine { config } => supervise::engine(&config),
         Command::Gate { command } => gate::run(command),
         Command::Rules { command } => return rules::run(command),
-        Command::Train { data, spam, ham } => train(&data, &spam, &ham),
-        Command::Eval { data, manifest } => eval(&data, &manifest),
+        Command::Train(args) => learn_cli::train(&args),
+        Command::Eval(args) => learn_cli::eval(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,58 +157,5 @@ async fn wait_for_stop(path: Option<&std::path::Path>, engine: &levee_relay::Eng
         }
     }
     tracing::info!("stopping");
-    Ok(())
-}
-
-fn queue(path: &std::path::Path) -> Result<()> {
-    let config = Config::load(path)?;
-    let store = levee_store::Store::open(&config.db_dir())?;
-    let now = levee_relay::now_unix();
-    for e in store.queue_all()? {
-        let age = now.saturating_sub(e.received_at);
-        println!(
-            "{}  age {}s  attempts {}  next in {}s{}",
-            e.id,
-            age,
-            e.attempts,
-            e.next_attempt.saturating_sub(now),
-            if e.held { "  HELD" } else { "" }
-        );
-        for r in &e.recipients {
-            println!("    {}  {:?}  {}", r.rcpt, r.status, r.last_reply.as_deref().unwrap_or(""));
-        }
-    }
-    Ok(())
-}
-
-fn open_model(data: &std::path::Path) -> Result<(levee_store::Store, levee_filter::bayes::Model)> {
-    let store = levee_store::Store::open(&data.join("db")).with_context(|| {
-        format!("opening the store in {} (is the engine running?)", data.display())
-    })?;
-    let model = match store.blob_get(levee_relay::BAYES_BLOB)? {
-        Some(bytes) => levee_filter::bayes::Model::from_bytes(&bytes)?,
-        None => levee_filter::bayes::Model::new(),
-    };
-    Ok((store, model))
-}
-
-fn train(data: &std::path::Path, spam: &std::path::Path, ham: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(data)?;
-    let (store, mut model) = open_model(data)?;
-    let (nspam, nham) = levee_filter::eval::train_dirs(&mut model, spam, ham)?;
-    store.blob_put(levee_relay::BAYES_BLOB, &model.to_bytes())?;
-    // The sample every later change of the model (votes, autolearn) is validated on.
-    let (hspam, hham) = levee_relay::learning::store_heldback_from_dirs(&store, spam, ham)?;
-    println!("kept {hspam} spam and {hham} ham to validate learning on");
-    let (tspam, tham) = model.counts();
-    println!("trained on {nspam} spam and {nham} ham; the model now knows {tspam} spam, {tham} ham, {} tokens", model.len());
-    Ok(())
-}
-
-fn eval(data: &std::path::Path, manifest: &std::path::Path) -> Result<()> {
-    let (_store, model) = open_model(data)?;
-    let policy = levee_filter::score::Policy::default();
-    let report = levee_filter::eval::evaluate(&model, &policy, manifest)?;
-    print!("{report}");
     Ok(())
 }

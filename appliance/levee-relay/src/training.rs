@@ -1,0 +1,131 @@
+//! Training the running engine's model from an admin's corpus (the console's upload): the
+//! admin's labels are trusted, so this is training, not a vote.
+
+use crate::{Engine, RelayError, BAYES_BLOB};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tracing::info;
+
+/// Messages learned per swap of the model: the model is cloned, trained and swapped per
+/// chunk, so the filter keeps reading a whole model meanwhile and a vote learned between
+/// chunks is kept.
+const CHUNK: usize = 500;
+
+/// How far a training run is, for whoever shows it (the console polls it).
+#[derive(Debug, Default)]
+pub struct TrainProgress {
+    total: AtomicUsize,
+    done: AtomicUsize,
+    finished: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl TrainProgress {
+    pub fn new(total: usize) -> Arc<TrainProgress> {
+        let p = TrainProgress::default();
+        p.total.store(total, Ordering::Relaxed);
+        Arc::new(p)
+    }
+
+    /// (done, total).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn finish(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+impl Engine {
+    /// The (spam, ham) message counts of the model in use.
+    pub fn model_counts(&self) -> (u64, u64) {
+        self.bayes().counts()
+    }
+
+    /// Learns every message as spam (or ham), updating `progress` as it goes, and stores
+    /// the model. Runs on a blocking thread; returns the model's (spam, ham) counts after.
+    ///
+    /// One `Model::train` per message rather than `train_batch`: an upload holds one label
+    /// only, and a batch fit on one class would switch the linear part of the model on
+    /// (it joins once fitted) with weights that call everything that class. `levee train`
+    /// with spam and ham together is what fits it.
+    pub async fn train_corpus(
+        self: &Arc<Self>,
+        messages: Vec<Vec<u8>>,
+        spam: bool,
+        progress: Arc<TrainProgress>,
+    ) -> Result<(u64, u64), RelayError> {
+        let engine = self.clone();
+        let task_progress = progress.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let progress = task_progress;
+            progress.total.store(messages.len(), Ordering::Relaxed);
+            for chunk in messages.chunks(CHUNK) {
+                // Tokenizing is the slow part; it happens before the model is locked.
+                let tokens: Vec<Vec<String>> =
+                    chunk.iter().map(|m| levee_filter::bayes::tokenize(m)).collect();
+                let mut guard = engine.bayes.write().unwrap_or_else(|p| p.into_inner());
+                let mut model = (**guard).clone();
+                for t in &tokens {
+                    model.train(t, spam);
+                }
+                *guard = Arc::new(model);
+                drop(guard);
+                progress.done.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+            let model = engine.bayes();
+            engine.store.blob_put(BAYES_BLOB, &model.to_bytes())?;
+            engine.store.flush()?;
+            Ok::<_, RelayError>(model.counts())
+        })
+        .await
+        .map_err(|e| RelayError::Io(std::io::Error::other(e)));
+        let result = result.and_then(|r| r);
+        match &result {
+            Ok((nspam, nham)) => {
+                let (done, _) = progress.counts();
+                info!(learned = done, spam, nspam, nham, "corpus trained");
+                progress.finish(None);
+            }
+            Err(e) => progress.finish(Some(e.to_string())),
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn corpus_training_counts_and_stores() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-train-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n",
+            dir.display()
+        );
+        let engine = Engine::open(levee_config::Config::parse(&text, "t").unwrap()).unwrap();
+        let messages: Vec<Vec<u8>> = (0..1200)
+            .map(|i| format!("Subject: offer {i}\r\n\r\ncheap pills {i}\r\n").into_bytes())
+            .collect();
+        let progress = TrainProgress::new(messages.len());
+        let counts = engine.train_corpus(messages, true, progress.clone()).await.unwrap();
+        let stored = engine.store().blob_get(BAYES_BLOB).unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(counts, (1200, 0));
+        assert_eq!(progress.counts(), (1200, 1200));
+        assert!(progress.finished() && progress.error().is_none());
+        assert_eq!(levee_filter::bayes::Model::from_bytes(&stored).unwrap().counts(), (1200, 0));
+    }
+}
