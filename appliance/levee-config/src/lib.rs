@@ -47,6 +47,29 @@ pub struct Config {
     pub checks: Checks,
     #[serde(default)]
     pub learning: Learning,
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+/// `[rules]`: rule files in SpamAssassin's language (`levee_sarules`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    /// Load SpamAssassin-language rules (default true).
+    #[serde(default = "defaults::yes")]
+    pub spamassassin: bool,
+    /// Directories read in order, later ones overriding earlier ones' scores. Default: the
+    /// newest set `sa-update` wrote under `/var/lib/spamassassin`, else the `spamassassin`
+    /// package's stock set in `/usr/share/spamassassin`; then local rules in
+    /// `/etc/levee/rules` when it exists. Named here, every directory must exist.
+    #[serde(default)]
+    pub dirs: Option<Vec<PathBuf>>,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules { spamassassin: true, dirs: None }
+    }
 }
 
 /// `[learning]`: how fast votes and autolearn may move the global model (safe learning,

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
             let bytes = std::fs::read(file).unwrap_or_default();
             let tokens = levee_filter::bayes::tokenize(&bytes);
             println!("== {file}\n{} tokens: {}", tokens.len(), tokens.join(" "));
-            for f in levee_filter::content_findings(&model, &bytes) {
+            for f in levee_filter::content_findings(&model, None, &bytes) {
                 println!("{} {}", f.symbol, f.detail);
             }
         }
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let run = || eval::evaluate(&model, &Policy::default(), Path::new(&args[1]));
+    let run = || eval::evaluate(&model, None, &Policy::default(), Path::new(&args[1]));
     let mut report = match run() {
         Ok(r) => r,
         Err(e) => {

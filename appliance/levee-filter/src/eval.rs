@@ -14,7 +14,7 @@ use levee_types::Action;
 
 use crate::bayes::{self, Model};
 use crate::score::{self, Policy};
-use crate::{rules, FilterError};
+use crate::FilterError;
 
 /// One labelled message of a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,14 +301,18 @@ impl Report {
 }
 
 /// Classifies every message of a manifest with the rules and the Bayes model (no network).
-pub fn evaluate(model: &Model, policy: &Policy, manifest: &Path) -> Result<Report, FilterError> {
+pub fn evaluate(
+    model: &Model,
+    sa_rules: Option<&levee_sarules::RuleSet>,
+    policy: &Policy,
+    manifest: &Path,
+) -> Result<Report, FilterError> {
     let entries = read_manifest(manifest)?;
     let mut outcomes = Vec::with_capacity(entries.len());
     for e in entries {
         let bytes = std::fs::read(&e.path).map_err(|err| FilterError::io(&e.path, err))?;
         let start = Instant::now();
-        let mut findings = rules::check(&bytes);
-        findings.extend(bayes::findings(model, &bayes::tokenize(&bytes)));
+        let findings = crate::content_findings(model, sa_rules, &bytes);
         let v = score::verdict(policy, &findings, false);
         let micros = start.elapsed().as_micros() as u64;
         outcomes.push(Outcome {

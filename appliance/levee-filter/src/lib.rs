@@ -7,7 +7,8 @@
 //! - [`bayes`]: a trainable token classifier (Robinson f(w) smoothing, Fisher chi-square
 //!   combining) plus a [`linear`] model (logistic regression on hashed tokens) trained on the
 //!   same tokens; their combined probability is reported as a `BAYES_*` bucket;
-//! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...).
+//! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...);
+//! - [`sa`]: SpamAssassin's rule files (`levee-sarules`), each hit an `SA_<NAME>` finding.
 //!
 //! [`votes`] turns releases, reports and strong evidence into bounded, validated learning.
 //!
@@ -20,6 +21,7 @@ mod html;
 pub mod linear;
 pub mod mailbox;
 pub mod rules;
+pub mod sa;
 pub mod score;
 pub mod votes;
 
@@ -53,17 +55,25 @@ impl FilterError {
 /// calls it when it has no findings of its own to add.
 pub fn classify(
     model: &bayes::Model,
+    sa_rules: Option<&levee_sarules::RuleSet>,
     policy: &score::Policy,
     message: &[u8],
     allow_listed: bool,
 ) -> levee_types::Verdict {
-    score::verdict(policy, &content_findings(model, message), allow_listed)
+    score::verdict(policy, &content_findings(model, sa_rules, message), allow_listed)
 }
 
-/// Every content finding for one message: the rules plus the Bayes bucket.
-/// Pure: no network, no clock; the relay adds its own findings (DNSBL, SPF...) beside these.
-pub fn content_findings(model: &bayes::Model, message: &[u8]) -> Vec<Finding> {
+/// Every content finding for one message: the rules, SpamAssassin's rules when loaded, and the
+/// Bayes bucket. Pure: no network, no clock; the relay adds its own findings (DNSBL, SPF...).
+pub fn content_findings(
+    model: &bayes::Model,
+    sa_rules: Option<&levee_sarules::RuleSet>,
+    message: &[u8],
+) -> Vec<Finding> {
     let mut findings = rules::check(message);
+    if let Some(set) = sa_rules {
+        findings.extend(sa::findings(set, message));
+    }
     let tokens = bayes::tokenize(message);
     findings.extend(bayes::findings(model, &tokens));
     findings

@@ -78,7 +78,8 @@ fn evaluate_reports_per_source_and_machine_line() {
         manifest.push_str(&format!("corpus/{line}\n"));
     }
     std::fs::write(tmp.join("m.tsv"), &manifest).expect("write manifest");
-    let report = eval::evaluate(&model, &Policy::default(), &tmp.join("m.tsv")).expect("evaluate");
+    let report =
+        eval::evaluate(&model, None, &Policy::default(), &tmp.join("m.tsv")).expect("evaluate");
     let _ = std::fs::remove_dir_all(&tmp);
 
     let n = manifest.lines().count() - 1;

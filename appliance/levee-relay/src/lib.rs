@@ -54,6 +54,8 @@ pub enum RelayError {
     NoConfigFile,
     #[error("{0}")]
     Vote(#[from] levee_filter::votes::VoteError),
+    #[error("rules: {0}")]
+    Rules(String),
 }
 
 /// What became of a message handed over at the end of DATA.
@@ -85,6 +87,8 @@ pub struct Engine {
     pool: queue::Pool,
     ban_hook: std::sync::OnceLock<BanHook>,
     bayes: RwLock<Arc<levee_filter::bayes::Model>>,
+    /// SpamAssassin-language rules (`[rules]`); immutable once loaded, swapped on reload.
+    sa_rules: RwLock<Option<Arc<levee_filter::sa::Loaded>>>,
     /// Votes, overlays, autolearn and the validated path to `bayes` (one owner: see learning.rs).
     learning: learning::Learning,
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
@@ -214,7 +218,8 @@ impl Engine {
         let learning = learning::Learning::load(&store, &config.learning)?;
         let lists = store.list_entries()?;
         let net = net_checks(&config);
-        let policies = Policies::build(&config);
+        let sa_rules = sa_rules(&config.rules)?;
+        let policies = Policies::build(&config, sa_rules.as_deref());
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -232,6 +237,7 @@ impl Engine {
             pool: queue::Pool::default(),
             ban_hook: std::sync::OnceLock::new(),
             bayes: RwLock::new(Arc::new(bayes)),
+            sa_rules: RwLock::new(sa_rules),
             learning,
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
@@ -251,9 +257,23 @@ impl Engine {
         let net = net_checks(&config).map(Arc::new);
         self.learning.reconfigure(&config.learning);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
+        // Rules that no longer load keep the running set (the error is logged).
+        let rules = match sa_rules(&config.rules) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "rules not reloaded; keeping the loaded set");
+                self.sa_rules()
+            }
+        };
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Policies::build(&config));
+            Arc::new(Policies::build(&config, rules.as_deref()));
+        *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// The SpamAssassin-language rules in use, if any.
+    pub fn sa_rules(&self) -> Option<Arc<levee_filter::sa::Loaded>> {
+        self.sa_rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn net(&self) -> Option<Arc<levee_netcheck::NetChecks>> {
@@ -523,16 +543,18 @@ impl Engine {
         country: Option<&str>,
     ) -> Vec<(Vec<Address>, levee_types::Verdict)> {
         let model = self.bayes();
+        let rules = self.sa_rules();
         let policies = self.policies();
         let lists = self.lists();
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
         let text = data.clone();
-        let content =
-            tokio::task::spawn_blocking(move || levee_filter::content_findings(&model, &text))
-                .await
-                .unwrap_or_else(|_| {
-                    vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
-                });
+        let content = tokio::task::spawn_blocking(move || {
+            levee_filter::content_findings(&model, rules.as_ref().map(|r| &r.set), &text)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
+        });
         findings.extend(content);
         let global = levee_filter::score::verdict(&policies.global, &findings, false);
         let key = self.learning_at_judge(&envelope.rcpt_to, &data, &global, &policies.global).await;
@@ -844,16 +866,21 @@ struct Policies {
 }
 
 impl Policies {
-    fn build(config: &Config) -> Policies {
+    fn build(config: &Config, rules: Option<&levee_filter::sa::Loaded>) -> Policies {
+        let scores = rules.map(|r| r.weights.clone()).unwrap_or_default();
+        let build = |p: &levee_config::Policy| {
+            Arc::new(levee_filter::score::Policy {
+                rule_scores: scores.clone(),
+                ..build_policy(config, p)
+            })
+        };
         let by_domain = config
             .domains
             .iter()
             .filter(|d| d.policy.as_ref().is_some_and(|p| !p.is_empty()))
-            .map(|d| {
-                (d.domain().clone(), Arc::new(build_policy(config, &config.policy_for(d.domain()))))
-            })
+            .map(|d| (d.domain().clone(), build(&config.policy_for(d.domain()))))
             .collect();
-        Policies { global: Arc::new(build_policy(config, &config.policy)), by_domain }
+        Policies { global: build(&config.policy), by_domain }
     }
 
     /// The effective policy of mail for `domain`.
@@ -883,6 +910,44 @@ fn build_policy(config: &Config, p: &levee_config::Policy) -> levee_filter::scor
         policy.weights.insert(symbol.clone(), *weight);
     }
     policy
+}
+
+/// Loads `[rules]`. The default folders are optional (no `spamassassin` package: no rules, a
+/// warning); folders the config names must load, or the engine refuses to start.
+fn sa_rules(
+    config: &levee_config::Rules,
+) -> Result<Option<Arc<levee_filter::sa::Loaded>>, RelayError> {
+    if !config.spamassassin {
+        info!("SpamAssassin rules off ([rules] spamassassin = false)");
+        return Ok(None);
+    }
+    let (dirs, named) = match &config.dirs {
+        Some(dirs) => (dirs.clone(), true),
+        None => (levee_filter::sa::default_dirs(), false),
+    };
+    if dirs.is_empty() {
+        warn!(
+            "no SpamAssassin rules found in {} or {}: content is judged by Levee's own rules \
+             and the learned model only (install the spamassassin package)",
+            levee_filter::sa::UPDATES_DIR,
+            levee_filter::sa::STOCK_DIR
+        );
+        return Ok(None);
+    }
+    let shown = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" ");
+    match levee_filter::sa::load(&dirs) {
+        Ok(loaded) => {
+            let r = &loaded.report;
+            let skipped: usize = r.skipped.values().map(Vec::len).sum();
+            info!(dirs = %shown, files = r.files, loaded = r.loaded, skipped, "SpamAssassin rules loaded");
+            Ok(Some(loaded))
+        }
+        Err(e) if named => Err(RelayError::Rules(e.to_string())),
+        Err(e) => {
+            error!(dirs = %shown, error = %e, "SpamAssassin rules not loaded; running without them");
+            Ok(None)
+        }
+    }
 }
 
 /// Builds the network checks from `[checks]`; `None` when the resolver cannot be

@@ -35,6 +35,13 @@ pub struct EvalArgs {
     /// Tab-separated `path label source` lines, paths relative to the manifest.
     #[arg(long)]
     manifest: PathBuf,
+    /// A folder of SpamAssassin-language rules; give it more than once for several. Default:
+    /// the folders the engine reads when `[rules] dirs` is not set.
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Judge without SpamAssassin-language rules.
+    #[arg(long, conflicts_with = "rules")]
+    no_rules: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,9 +157,31 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     }
     let store = open_store(&args.data)?;
     let model = load_model(&store)?;
-    let policy = levee_filter::score::Policy::default();
-    let report = levee_filter::eval::evaluate(&model, &policy, &args.manifest)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut policy = levee_filter::score::Policy::default();
+    let dirs = if args.no_rules {
+        Vec::new()
+    } else if args.rules.is_empty() {
+        levee_filter::sa::default_dirs()
+    } else {
+        args.rules.clone()
+    };
+    let rules = if dirs.is_empty() {
+        eprintln!("judging without SpamAssassin-language rules");
+        None
+    } else {
+        let loaded = levee_filter::sa::load(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!("rules from {}: {} loaded", shown.join(" "), loaded.report.loaded);
+        policy.rule_scores = loaded.weights.clone();
+        Some(loaded)
+    };
+    let report = levee_filter::eval::evaluate(
+        &model,
+        rules.as_ref().map(|r| &r.set),
+        &policy,
+        &args.manifest,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{report}");
     Ok(())
 }
