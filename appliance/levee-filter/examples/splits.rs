@@ -45,10 +45,10 @@ fn sa_hits(entries: &[&ManifestEntry]) -> Result<(Hits, HashMap<String, f64>), S
     if dirs.is_empty() {
         return Ok(Default::default());
     }
-    let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-    let (set, report) = levee_sarules::load_dirs(&refs).map_err(|e| e.to_string())?;
-    eprint!("SpamAssassin rules: {report}");
-    let weights = levee_filter::sa::rule_weights(&set);
+    let loaded = levee_filter::sa::load(&dirs).map_err(|e| e.to_string())?;
+    eprint!("SpamAssassin rules: {}", loaded.report);
+    let weights = (*loaded.weights).clone();
+    let set = &loaded.set;
     let cache = PathBuf::from(format!(
         "target/splits-sa-hits-{}.tsv",
         dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("_").replace('/', "")
@@ -75,7 +75,6 @@ fn sa_hits(entries: &[&ManifestEntry]) -> Result<(Hits, HashMap<String, f64>), S
         let handles: Vec<_> = todo
             .chunks(per)
             .map(|chunk| {
-                let set = &set;
                 scope.spawn(move || {
                     chunk
                         .iter()
@@ -107,11 +106,7 @@ fn sa_hits(entries: &[&ManifestEntry]) -> Result<(Hits, HashMap<String, f64>), S
 }
 
 /// The default policy with the rules' scores and any `SPLITS_*` overrides.
-fn policy(mut rule_scores: HashMap<String, f64>) -> Policy {
-    if let Ok(k) = std::env::var("SPLITS_SA_SCALE") {
-        let k: f64 = k.parse().expect("a number");
-        rule_scores.values_mut().for_each(|w| *w *= k);
-    }
+fn policy(rule_scores: HashMap<String, f64>) -> Policy {
     let mut p = Policy { rule_scores: std::sync::Arc::new(rule_scores), ..Policy::default() };
     if let Ok(w) = std::env::var("SPLITS_WEIGHTS") {
         for kv in w.split(',').filter(|kv| !kv.is_empty()) {
