@@ -10,7 +10,7 @@ use levee_filter::bayes::{self, Model};
 use levee_filter::eval;
 use levee_filter::score::{self, Policy};
 use levee_filter::votes::{self, HeldBack, Learner, Limits, MessageKey, Voter};
-use levee_filter::{rules, Finding};
+use levee_filter::{rules, sa, Finding};
 use levee_types::Action;
 
 fn corpus() -> PathBuf {
@@ -98,7 +98,11 @@ fn fifty_releases_of_spam_by_one_user_move_dev_catch_by_at_most_one_point() {
     let sample = HeldBack::sample(&held_back, 1, 300);
     assert!(sample.usable(), "{} spam {} ham held back", sample.spam.len(), sample.ham.len());
 
-    let policy = Policy::default();
+    // Judged as the engine judges: SpamAssassin's stock rules beside the model.
+    let stock = PathBuf::from(sa::STOCK_DIR);
+    assert!(stock.is_dir(), "{} is missing: install the spamassassin package", sa::STOCK_DIR);
+    let loaded = sa::load(&[stock]).expect("the stock rules load");
+    let policy = Policy { rule_scores: loaded.weights.clone(), ..Policy::default() };
     let spam: Vec<Dev> = eval::read_manifest(&dir.join("dev.tsv"))
         .expect("dev.tsv")
         .into_iter()
@@ -106,7 +110,9 @@ fn fifty_releases_of_spam_by_one_user_move_dev_catch_by_at_most_one_point() {
         .map(|e| {
             let bytes = std::fs::read(&e.path).expect("read dev message");
             let key = MessageKey::of(&bytes);
-            Dev { rules: rules::check(&bytes), tokens: key.tokens.clone(), key, source: e.source }
+            let mut found = rules::check(&bytes);
+            found.extend(sa::findings(&loaded.set, &bytes));
+            Dev { rules: found, tokens: key.tokens.clone(), key, source: e.source }
         })
         .collect();
     let (before, phish_before) = catch(&model, &policy, &spam);
