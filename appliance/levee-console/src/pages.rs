@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/domains/policy/weight", post(domain_weight_save))
         .route("/policy", get(policy).post(policy_save))
         .route("/policy/weight", post(weight_save))
+        .route("/policy/symbols", get(symbols))
         .route("/lists", get(lists).post(list_add))
         .route("/lists/{id}/delete", post(list_delete))
         .route("/quarantine", get(quarantine))
@@ -745,7 +746,8 @@ async fn policy(
                 @if edit { button type="submit" { "Save" } }
             }
             h2 { "Weights" }
-            p { "Overrides of the built-in weight of a finding (symbol). Negative weights mean trust." }
+            p { "Overrides of the built-in weight of a finding (symbol). Negative weights mean trust. "
+                a href="/policy/symbols" { "Every known symbol" } " with its weight and description." }
             table {
                 tr { th { "Symbol" } th { "Weight" } }
                 @for (s, w) in &p.weights { tr { td { (s) } td { (w) } } }
@@ -799,6 +801,83 @@ async fn policy(
             @if !others.is_empty() {
                 h3 { "Other check warnings" }
                 ul { @for h in &others { li { (h.source) ": " (h.message) " (" (h.count) " times, last " (time(h.last_seen)) ")" } } }
+            }
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+struct SymbolQuery {
+    #[serde(default)]
+    q: String,
+}
+
+/// Every symbol the filter knows: Levee's own and each scored SpamAssassin-language rule, with
+/// the weight the global policy gives it (an override in bold) and what it means.
+async fn symbols(
+    State(st): State<AppState>,
+    v: Viewer,
+    Query(f): Query<SymbolQuery>,
+) -> AppResult<Response> {
+    v.require(Perm::ViewAll)?;
+    let c = st.engine().config();
+    let rules = st.engine().sa_rules();
+    let defaults = levee_filter::score::Policy::default();
+    let mut rows: Vec<(String, f64, bool, String)> = levee_filter::score::DEFAULT_WEIGHTS
+        .iter()
+        .map(|(s, w)| ((*s).to_owned(), *w, false, "Levee".to_owned()))
+        .collect();
+    if let Some(r) = &rules {
+        rows.extend(r.set.symbols().map(|(name, score, describe)| {
+            let weight = score * levee_filter::sa::SCORE_SCALE;
+            (format!("{}{name}", levee_filter::sa::PREFIX), weight, false, describe.to_owned())
+        }));
+    }
+    for row in &mut rows {
+        if let Some(w) = c.policy.weights.get(&row.0) {
+            (row.1, row.2) = (*w, true);
+        }
+    }
+    let q = f.q.trim().to_ascii_lowercase();
+    rows.retain(|r| {
+        q.is_empty()
+            || r.0.to_ascii_lowercase().contains(&q)
+            || r.3.to_ascii_lowercase().contains(&q)
+    });
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let source = match &rules {
+        Some(r) => {
+            let dirs: Vec<String> = r.dirs.iter().map(|d| d.display().to_string()).collect();
+            format!(
+                "{} SpamAssassin-language rules from {} ({} skipped); scores x{} (Levee quarantines at {}, SpamAssassin's threshold is 5).",
+                r.report.loaded,
+                dirs.join(", "),
+                r.report.skipped.values().map(Vec::len).sum::<usize>(),
+                levee_filter::sa::SCORE_SCALE,
+                defaults.quarantine_at
+            )
+        }
+        None => "No SpamAssassin-language rules are loaded (install the spamassassin package, or see [rules] in the configuration).".to_owned(),
+    };
+    Ok(page(
+        "Symbols",
+        Some(&v),
+        html! {
+            p { (source) }
+            form method="get" action="/policy/symbols" {
+                input name="q" value=(f.q) placeholder="name or words";
+                button type="submit" { "Filter" }
+            }
+            p { (rows.len()) " symbols. Weights in bold are overrides set on the " a href="/policy" { "policy" } " page." }
+            table {
+                tr { th { "Symbol" } th { "Weight" } th { "Meaning" } }
+                @for (name, weight, over, describe) in &rows {
+                    tr {
+                        td { code { (name) } }
+                        td { @if *over { b { (format!("{weight:.2}")) } } @else { (format!("{weight:.2}")) } }
+                        td { (describe) }
+                    }
+                }
             }
         },
     ))

@@ -529,6 +529,7 @@ async fn roles_see_and_change_only_what_they_may() {
         ("/queue", [OK, OK, OK, NO]),
         ("/domains", [OK, OK, OK, NO]),
         ("/policy", [OK, OK, OK, NO]),
+        ("/policy/symbols", [OK, OK, OK, NO]),
         ("/lists", [OK, OK, OK, NO]),
         ("/reports", [OK, NO, NO, NO]),
         ("/users", [OK, NO, NO, NO]),
@@ -924,6 +925,24 @@ async fn the_system_page_shows_the_recent_log_escaped_and_policy_shows_list_heal
     assert!(!r.body.contains("<script>alert"), "log lines are escaped");
     let r = get(&e, "/policy", &admin.cookie).await;
     assert!(r.body.contains("No DNS lists are configured"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_symbols_page_lists_levee_and_spamassassin_symbols_with_overrides() {
+    let e = env();
+    add_user(&e, "root", Role::Admin, &[]);
+    let admin = login(&e, "root").await;
+    assert!(e.state.engine().sa_rules().is_some(), "the stock rules (spamassassin package) load");
+    let r = post(&e, &admin, "/policy/weight", "symbol=SA_GTUBE&weight=500").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = get(&e, "/policy/symbols?q=gtube", &admin.cookie).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("<code>GTUBE</code>"), "{}", r.body);
+    assert!(r.body.contains("<code>SA_GTUBE</code></td><td><b>500.00</b>"), "{}", r.body);
+    assert!(!r.body.contains("SA_BAYES_99"), "the filter keeps other symbols out");
+    let all = get(&e, "/policy/symbols", &admin.cookie).await;
+    assert!(all.body.contains("SpamAssassin-language rules from /usr/share/spamassassin"));
+    assert!(all.body.matches("<tr>").count() > 1000, "every scored rule is listed");
 }
 
 #[path = "../../levee-netcheck/tests/common/mmdb.rs"]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use levee_sarules::{LoadReport, RuleSet, RulesError, SaMessage};
 
+use crate::score::DEFAULT_WEIGHTS;
 use crate::Finding;
 
 /// The prefix of every SpamAssassin finding.
@@ -93,12 +94,15 @@ pub fn load(dirs: &[PathBuf]) -> Result<Arc<Loaded>, RulesError> {
     Ok(loaded)
 }
 
-/// The findings of one message.
+/// The findings of one message. A rule named like a symbol Levee emits itself (`GTUBE`,
+/// `MISSING_DATE`...) is left out: the same evidence would count twice, and the admin's weight
+/// for Levee's symbol would no longer decide it.
 pub fn findings(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
     let parsed = SaMessage::parse(message);
     rules
         .check(&parsed)
         .into_iter()
+        .filter(|h| !DEFAULT_WEIGHTS.iter().any(|(own, _)| *own == h.name))
         .map(|h| Finding::new(format!("{PREFIX}{}", h.name), h.describe))
         .collect()
 }
