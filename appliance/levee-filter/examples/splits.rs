@@ -203,6 +203,12 @@ fn main() -> ExitCode {
     }
     let policy = policy(sa_weights);
     let show_fp = std::env::var_os("SPLITS_SHOW_FP").is_some();
+    let show_miss = std::env::var_os("SPLITS_SHOW_MISS").is_some();
+    // `SPLITS_COMBINE=BAYES,LINEAR,BIAS`: weights of the two opinions' log-odds.
+    let combine: Option<(f64, f64, f64)> = std::env::var("SPLITS_COMBINE").ok().map(|c| {
+        let v: Vec<f64> = c.split(',').map(|x| x.parse().expect("a number")).collect();
+        (v[0], v[1], v[2])
+    });
     for (name, learn, judge) in splits {
         if !wanted.is_empty() && !wanted.contains(&name.as_str()) {
             continue;
@@ -215,9 +221,26 @@ fn main() -> ExitCode {
         let mut scored: Vec<(f64, bool)> = Vec::with_capacity(judge.len());
         for m in &judge {
             let mut findings = m.rules.clone();
-            findings.extend(bayes::findings(&model, &m.tokens));
+            match (combine, model.score_parts(&m.tokens)) {
+                (Some((wb, wl, bias)), Some(parts)) => {
+                    // Experiment: another combination of the two opinions.
+                    let lb = logit(parts.bayes.clamp(1e-6, 1.0 - 1e-6));
+                    let z = wb * lb + wl * parts.margin.unwrap_or(0.0) + bias;
+                    let p = 1.0 / (1.0 + (-z).exp());
+                    findings.push(Finding::new(bayes::bucket(p), ""));
+                }
+                _ => findings.extend(bayes::findings(&model, &m.tokens)),
+            }
             let v = score::verdict(&policy, &findings, false);
             let held = v.action >= Action::Quarantine;
+            if show_miss && !held && m.entry.spam {
+                println!(
+                    "   MISS {:.1} {} {}",
+                    v.score,
+                    m.entry.path.display(),
+                    v.findings_summary()
+                );
+            }
             if show_fp && held && !m.entry.spam {
                 println!(
                     "   FP {:.1} {} {}",
@@ -291,6 +314,10 @@ fn caught_at_fp(scored: &[(f64, bool)], fp: f64) -> Option<f64> {
     let bar = hams[allowed.min(hams.len() - 1)];
     let caught = scored.iter().filter(|s| s.1 && s.0 > bar).count();
     Some(100.0 * caught as f64 / spam as f64)
+}
+
+fn logit(p: f64) -> f64 {
+    (p / (1.0 - p)).ln()
 }
 
 fn mail_date(bytes: &[u8]) -> i64 {
