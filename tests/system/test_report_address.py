@@ -3,8 +3,10 @@
 The real binary, smtplib as the reporting client on 127.0.0.1. example.test's downstream is
 127.0.0.1 (the sink), so its users reporting from loopback come from their own mail server and
 are authorised; other.test's downstream is elsewhere, so its users on loopback are not (no SPF or
-DKIM either: loopback skips the network checks). What was learned is read back where it is
-stored: the model's counts that Levee logs when it starts again.
+DKIM either: loopback skips the network checks). A report is the reporter's vote: it shapes the
+reporter's own verdicts at once (the same message is then held for them) and reaches the global
+model only through validated batches, so the model's counts, which Levee logs when it starts
+again, do not move.
 """
 
 from __future__ import annotations
@@ -78,10 +80,23 @@ def test_authorised_report_is_learned_and_not_delivered(reports_levee, sink):
                     report("Bob@Example.test", f"ham@{HOST}", [spam_message(3)]))
     assert data and data[0] == 250 and "1 message(s) learned as ham" in data[1], data
     assert "report received" in lv.log()
-    assert model_counts(lv) == (2, 1)
+    votes = [l for l in lv.log().splitlines() if " vote " in l and "voter=bob@example.test" in l]
+    assert [("spam=true" in l) for l in votes] == [True, True, False], votes
     # Consumed: nothing reached the downstream, nothing was queued.
     assert sink.messages() == []
     assert "accepted" not in lv.log()
+    # Bob's own verdict follows his vote: the reported message is now held for him, and only
+    # for him (alice never voted).
+    for rcpt in ("bob@example.test", "alice@example.test"):
+        rr, data = send(lv, "winner@lottery.invalid", [rcpt], spam_message(1).as_bytes(policy=policy.SMTP))
+        assert data and data[0] == 250, data
+    verdicts = {rcpt: re.search(r"verdict=(\w+)", l).group(1)
+                for l in lv.log().splitlines() if " accepted " in l or l.endswith(" accepted")
+                for rcpt in ("bob@example.test", "alice@example.test") if f"to={rcpt}" in l}
+    assert verdicts["bob@example.test"] == "quarantine", lv.log_tail()
+    assert verdicts["alice@example.test"] != "quarantine", lv.log_tail()
+    # One user's reports never steer the global model directly.
+    assert model_counts(lv) == (0, 0)
 
 
 def test_unauthorised_reports_are_refused(reports_levee):

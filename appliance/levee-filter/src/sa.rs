@@ -94,15 +94,22 @@ pub fn load(dirs: &[PathBuf]) -> Result<Arc<Loaded>, RulesError> {
     Ok(loaded)
 }
 
+/// SpamAssassin rules that test exactly what one of Levee's own rules tests, under another name.
+const SAME_AS_OWN: &[&str] = &["MISSING_MID", "SUBJ_ALL_CAPS"];
+
 /// The findings of one message. A rule named like a symbol Levee emits itself (`GTUBE`,
-/// `MISSING_DATE`...) is left out: the same evidence would count twice, and the admin's weight
-/// for Levee's symbol would no longer decide it.
+/// `MISSING_DATE`...) or testing the same thing ([`SAME_AS_OWN`]) is left out: the same
+/// evidence would count twice, and the admin's weight for Levee's symbol would no longer
+/// decide it.
 pub fn findings(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
     let parsed = SaMessage::parse(message);
     rules
         .check(&parsed)
         .into_iter()
-        .filter(|h| !DEFAULT_WEIGHTS.iter().any(|(own, _)| *own == h.name))
+        .filter(|h| {
+            !DEFAULT_WEIGHTS.iter().any(|(own, _)| *own == h.name)
+                && !SAME_AS_OWN.contains(&h.name.as_str())
+        })
         .map(|h| Finding::new(format!("{PREFIX}{}", h.name), h.describe))
         .collect()
 }
