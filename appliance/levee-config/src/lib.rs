@@ -61,7 +61,8 @@ pub struct Rules {
     /// Directories read in order, later ones overriding earlier ones' scores. Default: the
     /// newest set `sa-update` wrote under `/var/lib/spamassassin`, else the `spamassassin`
     /// package's stock set in `/usr/share/spamassassin`; then local rules in
-    /// `/etc/levee/rules` when it exists. Named here, every directory must exist.
+    /// `<data_dir>/rules` when it holds `.cf` files (the console's rules upload writes it).
+    /// Named here, every directory must exist.
     #[serde(default)]
     pub dirs: Option<Vec<PathBuf>>,
 }

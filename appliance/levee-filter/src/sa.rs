@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use levee_sarules::{LoadReport, RuleSet, RulesError, SaMessage};
+pub use levee_sarules::{LoadReport, RulesError};
+use levee_sarules::{RuleSet, SaMessage};
 
 use crate::score::DEFAULT_WEIGHTS;
 use crate::Finding;
@@ -26,8 +27,14 @@ pub const SCORE_SCALE: f64 = 1.2;
 pub const STOCK_DIR: &str = "/usr/share/spamassassin";
 /// Where `sa-update` writes newer sets, one folder per SpamAssassin version.
 pub const UPDATES_DIR: &str = "/var/lib/spamassassin";
-/// Local rules, read last.
-pub const LOCAL_DIR: &str = "/etc/levee/rules";
+/// Local rules: this folder of the data partition (`<data_dir>/rules`), read last. On the data
+/// partition so they survive an image update; the console's upload writes it.
+pub const LOCAL_SUBDIR: &str = "rules";
+
+/// The local rules folder of a data directory.
+pub fn local_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOCAL_SUBDIR)
+}
 
 /// A loaded rule set with what loading said and the weights of its symbols.
 #[derive(Debug)]
@@ -41,16 +48,17 @@ pub struct Loaded {
 
 /// The directories read when the config names none: `sa-update`'s newest set if there is one
 /// (as SpamAssassin itself does, instead of the stock set), else the stock set; then the local
-/// folder when it exists. Empty when neither set is installed.
-pub fn default_dirs() -> Vec<PathBuf> {
+/// folder [`local_dir`] when it holds `.cf` files. Empty when there are no rules at all.
+pub fn default_dirs(data_dir: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(updates) = newest_update(Path::new(UPDATES_DIR)) {
         dirs.push(updates);
     } else if Path::new(STOCK_DIR).is_dir() {
         dirs.push(PathBuf::from(STOCK_DIR));
     }
-    if !dirs.is_empty() && Path::new(LOCAL_DIR).is_dir() {
-        dirs.push(PathBuf::from(LOCAL_DIR));
+    let local = local_dir(data_dir);
+    if has_cf(&local) {
+        dirs.push(local);
     }
     dirs
 }
@@ -75,23 +83,64 @@ fn has_cf(dir: &Path) -> bool {
     })
 }
 
+/// The sets [`load`] read, keyed by their list of folders.
+static CACHE: Mutex<Vec<Arc<Loaded>>> = Mutex::new(Vec::new());
+
 /// Loads the rules of `dirs`, once per process for the same list: the set is immutable, costs
 /// about a second and 150 MB, and a config reload or a second engine (tests) shares it.
+/// A folder whose files changed is read again only after [`forget`].
 pub fn load(dirs: &[PathBuf]) -> Result<Arc<Loaded>, RulesError> {
-    static CACHE: Mutex<Vec<Arc<Loaded>>> = Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(hit) = cache.iter().find(|l| l.dirs == dirs) {
         return Ok(hit.clone());
     }
+    let loaded = Arc::new(load_uncached(dirs)?);
+    cache.push(loaded.clone());
+    Ok(loaded)
+}
+
+/// Loads the rules of `dirs` without the cache: a trial of folders not (yet) in use.
+pub fn load_uncached(dirs: &[PathBuf]) -> Result<Loaded, RulesError> {
     let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
     let (set, report) = levee_sarules::load_dirs(&refs)?;
     let weights = set
         .symbols()
         .map(|(name, score, _)| (format!("{PREFIX}{name}"), score * SCORE_SCALE))
         .collect();
-    let loaded = Arc::new(Loaded { dirs: dirs.to_vec(), set, report, weights: Arc::new(weights) });
+    Ok(Loaded { dirs: dirs.to_vec(), set, report, weights: Arc::new(weights) })
+}
+
+/// Caches a trial set as the set of `dirs`, the folders its files were moved to, so the
+/// next [`load`] of `dirs` does not read them a second time (a set keeps no paths).
+pub fn adopt(mut loaded: Loaded, dirs: Vec<PathBuf>) -> Arc<Loaded> {
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|l| l.dirs != dirs);
+    loaded.dirs = dirs;
+    let loaded = Arc::new(loaded);
     cache.push(loaded.clone());
-    Ok(loaded)
+    loaded
+}
+
+/// Drops every cached set that read `dir`: its files changed (a local rules upload), so the
+/// next [`load`] must read them again, and the old set's memory goes once no engine holds it.
+pub fn forget(dir: &Path) {
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.retain(|l| !l.dirs.iter().any(|d| d == dir));
+}
+
+/// The skip reasons of a load, most frequent first: "network 180, eval X not implemented 40"
+/// (at most `top` of them, then how many reasons more). Empty when nothing was skipped.
+pub fn skip_summary(report: &LoadReport, top: usize) -> String {
+    let mut by_count: Vec<(&String, usize)> =
+        report.skipped.iter().map(|(reason, names)| (reason, names.len())).collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let mut shown: Vec<String> =
+        by_count.iter().take(top).map(|(reason, n)| format!("{reason} {n}")).collect();
+    if by_count.len() > top {
+        let rest: usize = by_count[top..].iter().map(|(_, n)| n).sum();
+        shown.push(format!("{} other reasons {rest}", by_count.len() - top));
+    }
+    shown.join(", ")
 }
 
 /// SpamAssassin rules that test exactly what one of Levee's own rules tests, under another name.
@@ -135,5 +184,30 @@ mod tests {
         );
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(newest_update(&root), None);
+    }
+
+    #[test]
+    fn local_rules_count_only_with_cf_files() {
+        let data = std::env::temp_dir().join(format!("levee-sa-local-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(local_dir(&data)).unwrap();
+        assert!(!default_dirs(&data).contains(&local_dir(&data)));
+        std::fs::write(local_dir(&data).join("local.cf"), "header X Subject =~ /x/\n").unwrap();
+        assert_eq!(default_dirs(&data).last(), Some(&local_dir(&data)));
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn skip_summary_puts_the_big_reasons_first() {
+        let mut report = LoadReport::default();
+        let names = |n: usize| (0..n).map(|i| format!("R{i}")).collect::<Vec<_>>();
+        report.skipped.insert("network".into(), names(3));
+        report.skipped.insert("eval x not implemented".into(), names(5));
+        report.skipped.insert("meta dependency loop".into(), names(1));
+        assert_eq!(
+            skip_summary(&report, 2),
+            "eval x not implemented 5, network 3, 1 other reasons 1"
+        );
+        assert_eq!(skip_summary(&LoadReport::default(), 2), "");
     }
 }

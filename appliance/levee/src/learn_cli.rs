@@ -161,7 +161,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let dirs = if args.no_rules {
         Vec::new()
     } else if args.rules.is_empty() {
-        levee_filter::sa::default_dirs()
+        levee_filter::sa::default_dirs(&args.data)
     } else {
         args.rules.clone()
     };
