@@ -13,6 +13,7 @@ pub mod learning;
 mod manage;
 mod queue;
 mod report;
+pub mod rules;
 pub mod tls;
 pub mod training;
 
@@ -89,6 +90,8 @@ pub struct Engine {
     bayes: RwLock<Arc<levee_filter::bayes::Model>>,
     /// SpamAssassin-language rules (`[rules]`); immutable once loaded, swapped on reload.
     sa_rules: RwLock<Option<Arc<levee_filter::sa::Loaded>>>,
+    /// Held while the rule set changes (reload, local rules upload), so changes do not interleave.
+    rules_change: std::sync::Mutex<()>,
     /// Votes, overlays, autolearn and the validated path to `bayes` (one owner: see learning.rs).
     learning: learning::Learning,
     lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
@@ -218,7 +221,8 @@ impl Engine {
         let learning = learning::Learning::load(&store, &config.learning)?;
         let lists = store.list_entries()?;
         let net = net_checks(&config);
-        let sa_rules = sa_rules(&config.rules)?;
+        rules::recover(&config.data_dir);
+        let sa_rules = sa_rules(&config.rules, &config.data_dir)?;
         let policies = Policies::build(&config, sa_rules.as_deref());
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
@@ -238,6 +242,7 @@ impl Engine {
             ban_hook: std::sync::OnceLock::new(),
             bayes: RwLock::new(Arc::new(bayes)),
             sa_rules: RwLock::new(sa_rules),
+            rules_change: std::sync::Mutex::new(()),
             learning,
             lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
@@ -257,18 +262,24 @@ impl Engine {
         let net = net_checks(&config).map(Arc::new);
         self.learning.reconfigure(&config.learning);
         *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
+        let _g = self.rules_lock();
         // Rules that no longer load keep the running set (the error is logged).
-        let rules = match sa_rules(&config.rules) {
+        let rules = match sa_rules(&config.rules, &config.data_dir) {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "rules not reloaded; keeping the loaded set");
                 self.sa_rules()
             }
         };
-        *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Policies::build(&config, rules.as_deref()));
-        *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        self.set_rules(&config, rules);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+    }
+
+    /// Swaps in a rule set and the policies built from it and `config`.
+    fn set_rules(&self, config: &Config, rules: Option<Arc<levee_filter::sa::Loaded>>) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Policies::build(config, rules.as_deref()));
+        *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
     /// The SpamAssassin-language rules in use, if any.
@@ -916,6 +927,7 @@ fn build_policy(config: &Config, p: &levee_config::Policy) -> levee_filter::scor
 /// warning); folders the config names must load, or the engine refuses to start.
 fn sa_rules(
     config: &levee_config::Rules,
+    data_dir: &std::path::Path,
 ) -> Result<Option<Arc<levee_filter::sa::Loaded>>, RelayError> {
     if !config.spamassassin {
         info!("SpamAssassin rules off ([rules] spamassassin = false)");
@@ -923,7 +935,7 @@ fn sa_rules(
     }
     let (dirs, named) = match &config.dirs {
         Some(dirs) => (dirs.clone(), true),
-        None => (levee_filter::sa::default_dirs(), false),
+        None => (levee_filter::sa::default_dirs(data_dir), false),
     };
     if dirs.is_empty() {
         warn!(
@@ -940,6 +952,10 @@ fn sa_rules(
             let r = &loaded.report;
             let skipped: usize = r.skipped.values().map(Vec::len).sum();
             info!(dirs = %shown, files = r.files, loaded = r.loaded, skipped, "SpamAssassin rules loaded");
+            if skipped > 0 {
+                let reasons = levee_filter::sa::skip_summary(r, 8);
+                info!(%reasons, "SpamAssassin rules skipped, by reason");
+            }
             Ok(Some(loaded))
         }
         Err(e) if named => Err(RelayError::Rules(e.to_string())),
