@@ -19,6 +19,7 @@ pub mod links;
 mod mailout;
 mod message;
 mod pages;
+mod rules;
 pub mod sanitize;
 mod tls;
 mod training;
@@ -460,6 +461,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::routes())
         .merge(user_pages::routes())
         .merge(training::routes())
+        .merge(rules::routes())
         .merge(api::routes())
         .fallback(|| async { AppError::NotFound })
         .layer(middleware::from_fn(security_headers))

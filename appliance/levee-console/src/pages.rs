@@ -79,7 +79,7 @@ pub struct Msg {
     pub msg: Option<String>,
 }
 
-fn back(to: &str, msg: &str) -> Response {
+pub(crate) fn back(to: &str, msg: &str) -> Response {
     let mut url = String::from(to);
     url.push(if to.contains('?') { '&' } else { '?' });
     url.push_str("msg=");
@@ -747,7 +747,8 @@ async fn policy(
             }
             h2 { "Weights" }
             p { "Overrides of the built-in weight of a finding (symbol). Negative weights mean trust. "
-                a href="/policy/symbols" { "Every known symbol" } " with its weight and description." }
+                a href="/policy/symbols" { "Every known symbol" } " with its weight and description; "
+                a href="/policy/rules" { "SpamAssassin-language rules" } ": what loaded, and your local rules." }
             table {
                 tr { th { "Symbol" } th { "Weight" } }
                 @for (s, w) in &p.weights { tr { td { (s) } td { (w) } } }
@@ -863,7 +864,7 @@ async fn symbols(
         "Symbols",
         Some(&v),
         html! {
-            p { (source) }
+            p { (source) " " a href="/policy/rules" { "Rules" } ": skip reasons and local rules." }
             form method="get" action="/policy/symbols" {
                 input name="q" value=(f.q) placeholder="name or words";
                 button type="submit" { "Filter" }

@@ -74,6 +74,31 @@ document.addEventListener("DOMContentLoaded", function () {
       }).catch(function () { tstatus.textContent = "Upload failed."; train.disabled = false; });
     });
   }
+  // Local rules upload: raw body with the file's name in the query (a lone .cf needs it);
+  // the server answers once the rules are tried and installed, or refuses with FILE:LINE.
+  var rsend = document.getElementById("rules-send");
+  if (rsend) {
+    rsend.addEventListener("click", function () {
+      var file = document.getElementById("rules-file").files[0];
+      var rstatus = document.getElementById("rules-status");
+      if (!file) { rstatus.textContent = "Choose a file first."; return; }
+      rsend.disabled = true;
+      rstatus.textContent = "Uploading and loading the rules...";
+      fetch("/api/v1/rules?name=" + encodeURIComponent(file.name), {
+        method: "POST",
+        headers: { "X-CSRF-Token": document.getElementById("rules-upload").getAttribute("data-csrf"),
+                   "Content-Type": "application/octet-stream" },
+        body: file,
+        credentials: "same-origin"
+      }).then(function (r) { return r.json(); }).then(function (j) {
+        rsend.disabled = false;
+        if (j.ok) {
+          rstatus.textContent = "Installed " + j.files.length + " file(s): " + j.loaded + " rules loaded, " + j.skipped + " skipped.";
+          window.setTimeout(function () { window.location.reload(); }, 1500);
+        } else { rstatus.textContent = "Refused: " + (j.error || "unknown error"); }
+      }).catch(function () { rstatus.textContent = "Upload failed."; rsend.disabled = false; });
+    });
+  }
   // Confirm destructive buttons.
   document.querySelectorAll("button[data-confirm]").forEach(function (b) {
     b.addEventListener("click", function (e) {
