@@ -19,7 +19,7 @@ pub mod links;
 mod mailout;
 mod message;
 mod pages;
-mod rules;
+pub(crate) mod rules;
 pub mod sanitize;
 mod tls;
 mod training;

@@ -1134,3 +1134,123 @@ async fn the_admin_trains_the_running_model_from_an_uploaded_zip() {
     }
     assert_eq!(e.state.engine().model_counts(), (2, 1));
 }
+
+/// A gzipped tar of `(path, contents)` entries; a `None` contents is a symlink to `local.cf`.
+/// Paths are written into the header as they are, so an archive can carry `../`.
+fn rules_tarball(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in entries {
+        let mut h = tar::Header::new_ustar();
+        let name = &mut h.as_old_mut().name;
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_mode(0o644);
+        match data {
+            Some(d) => {
+                h.set_size(d.len() as u64);
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_cksum();
+                b.append(&h, d.as_bytes()).unwrap();
+            }
+            None => {
+                h.set_size(0);
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name("local.cf").unwrap();
+                h.set_cksum();
+                b.append(&h, std::io::empty()).unwrap();
+            }
+        }
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+const LOCAL_RULE: &str = "# a local rule\nheader LEVEE_LOCAL_TEST Subject =~ /levee local test/i\n\
+                          describe LEVEE_LOCAL_TEST Subject names the local test\n\
+                          score LEVEE_LOCAL_TEST 2.5\n";
+
+#[tokio::test]
+async fn the_admin_uploads_local_rules_tried_before_they_replace_the_old() {
+    if !std::path::Path::new(levee_filter::sa::STOCK_DIR).is_dir() {
+        eprintln!("skipped: no stock SpamAssassin rules installed");
+        return;
+    }
+    let e = env();
+    add_user(&e, "root", Role::Admin, &[]);
+    add_user(&e, "aud", Role::Auditor, &[]);
+    let (admin, aud) = (login(&e, "root").await, login(&e, "aud").await);
+    let engine = e.state.engine().clone();
+    let local = engine.local_rules_dir();
+    let good = rules_tarball(&[("rules/", None), ("rules/local.cf", Some(LOCAL_RULE))]);
+    // `rules/` above is a link: refused, nothing written.
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/rules", good).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("link"), "{body}");
+    assert!(!local.exists());
+
+    // Not an admin: refused.
+    let good = rules_tarball(&[("./local.cf", Some(LOCAL_RULE)), ("README", Some("hi"))]);
+    assert_eq!(post_bytes(&e, &aud, "/api/v1/rules", good.clone()).await.0, StatusCode::FORBIDDEN);
+    // A good tarball: installed privately, loaded, on the symbols page and in the policy.
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/rules", good).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"files\":[\"local.cf\"]"), "{body}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&local), mode(&local.join("local.cf"))), (0o700, 0o600));
+    assert!(!local.join("README").exists());
+    let rules = engine.sa_rules().expect("rules loaded");
+    assert_eq!(rules.dirs.last(), Some(&local));
+    let weight = engine.global_policy().rule_scores.get("SA_LEVEE_LOCAL_TEST").copied();
+    assert_eq!(weight, Some(2.5 * levee_filter::sa::SCORE_SCALE));
+    let page = get(&e, "/policy/symbols?q=levee_local", &admin.cookie).await;
+    assert!(page.body.contains("SA_LEVEE_LOCAL_TEST"), "{}", page.body);
+    assert!(page.body.contains("Subject names the local test"));
+    let page = get(&e, "/policy/rules", &admin.cookie).await;
+    assert!(page.body.contains("local.cf") && page.body.contains("Skipped because"));
+
+    // A bad file: refused with its name and line; the old rules stay, on disk and in use.
+    let bad = "header LEVEE_LOCAL_BAD Subject =~ /x/\n\nscore LEVEE_LOCAL_BAD lots\n";
+    let (status, body) =
+        post_bytes(&e, &admin, "/api/v1/rules?name=broken.cf", bad.as_bytes().to_vec()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("broken.cf:3:"), "{body}");
+    assert_eq!(std::fs::read_to_string(local.join("local.cf")).unwrap(), LOCAL_RULE);
+    assert!(!local.join("broken.cf").exists());
+    assert!(engine.global_policy().rule_scores.contains_key("SA_LEVEE_LOCAL_TEST"));
+    // A path that climbs out: refused, and nothing was written next to the data directory.
+    let evil = rules_tarball(&[("../evil.cf", Some(LOCAL_RULE))]);
+    let (status, body) = post_bytes(&e, &admin, "/api/v1/rules", evil).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("outside"), "{body}");
+    assert!(!e.dir.join("evil.cf").exists() && !e.dir.join("data").join("evil.cf").exists());
+    // No staged folder is left behind.
+    let leftovers = std::fs::read_dir(e.dir.join("data"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|d| d.file_name().to_string_lossy().starts_with("rules."))
+        .count();
+    assert_eq!(leftovers, 0);
+
+    // Removed: the rule is gone from the engine.
+    let r = post(&e, &admin, "/policy/rules/remove", "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(!engine.global_policy().rule_scores.contains_key("SA_LEVEE_LOCAL_TEST"));
+    assert_ne!(engine.sa_rules().unwrap().dirs.last(), Some(&local));
+}
+
+#[test]
+fn rule_uploads_take_only_plain_cf_files() {
+    let one = rules::unpack(b"body X /x/\n", "C:\\rules\\my-local_1.cf").unwrap();
+    assert_eq!(one[0].0, "my-local_1.cf");
+    assert!(rules::unpack(b"body X /x/\n", ".hidden.cf").is_err());
+    assert!(rules::unpack(b"body X /x/\n", "notes.txt").is_err());
+    assert!(rules::unpack(&rules_tarball(&[("/etc/x.cf", Some("x"))]), "").is_err());
+    assert!(rules::unpack(&rules_tarball(&[("a b.cf", Some("x"))]), "").is_err());
+    let two = rules_tarball(&[("a/x.cf", Some("1")), ("b/x.cf", Some("2"))]);
+    assert!(rules::unpack(&two, "").unwrap_err().contains("two files"));
+    assert!(rules::unpack(&rules_tarball(&[("README", Some("x"))]), "").is_err());
+    let big = "#".repeat(rules::MAX_BYTES + 1);
+    assert!(rules::unpack(&rules_tarball(&[("big.cf", Some(&big))]), "").is_err());
+}

@@ -282,6 +282,11 @@ impl Engine {
         *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
+    /// The scorer's global policy (thresholds, weights and the rules' scores) in use.
+    pub fn global_policy(&self) -> Arc<levee_filter::score::Policy> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).global.clone()
+    }
+
     /// The SpamAssassin-language rules in use, if any.
     pub fn sa_rules(&self) -> Option<Arc<levee_filter::sa::Loaded>> {
         self.sa_rules.read().unwrap_or_else(|p| p.into_inner()).clone()
