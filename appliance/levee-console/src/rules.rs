@@ -59,8 +59,8 @@ async fn rules_page(
         .filter(|(n, _)| n.ends_with(".cf"))
         .collect();
     files.sort();
-    let read = c.rules.spamassassin
-        && c.rules.dirs.as_ref().is_none_or(|named| named.iter().any(|d| *d == local));
+    let read =
+        c.rules.spamassassin && c.rules.dirs.as_ref().is_none_or(|named| named.contains(&local));
     let mut reasons: Vec<(&String, usize)> = rules
         .as_ref()
         .map(|r| r.report.skipped.iter().map(|(k, v)| (k, v.len())).collect())
