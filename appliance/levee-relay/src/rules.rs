@@ -53,8 +53,13 @@ impl Engine {
     }
 
     fn reload_rules_locked(&self) -> Result<(), RelayError> {
+        sa::forget(&self.local_rules_dir());
+        self.apply_rules_locked()
+    }
+
+    /// Loads the rules the config says (through the cache) and swaps them in.
+    fn apply_rules_locked(&self) -> Result<(), RelayError> {
         let config = self.config();
-        sa::forget(&sa::local_dir(&config.data_dir));
         let rules = crate::sa_rules(&config.rules, &config.data_dir)?;
         self.set_rules(&config, rules);
         Ok(())
@@ -85,8 +90,9 @@ impl Engine {
         swap_in(&config.data_dir, staged, &local)?;
         let dirs = trial.into_iter().map(|d| if d == staged { local.clone() } else { d }).collect();
         sa::forget(&local);
+        // The trial set becomes the cached set of the final folders: not read a second time.
         let loaded = sa::adopt(loaded, dirs);
-        self.reload_rules_locked()?;
+        self.apply_rules_locked()?;
         let r = &loaded.report;
         info!(
             dir = %local.display(), loaded = r.loaded,
