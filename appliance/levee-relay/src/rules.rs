@@ -164,3 +164,27 @@ fn swap_in(data_dir: &Path, staged: &Path, local: &Path) -> std::io::Result<()> 
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_swap_cut_short_is_undone_at_start() {
+        let data = std::env::temp_dir().join(format!("levee-rules-recover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let (old, staged) = (data.join(OLD), data.join(format!("{STAGED_PREFIX}x")));
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(old.join("local.cf"), "body X /x/\n").unwrap();
+        // Crashed after the old folder moved aside and before the new one arrived.
+        recover(&data);
+        assert!(sa::local_dir(&data).join("local.cf").is_file());
+        assert!(!old.exists() && !staged.exists());
+        // Crashed after the new folder arrived: the old one just goes.
+        std::fs::create_dir_all(&old).unwrap();
+        recover(&data);
+        assert!(sa::local_dir(&data).join("local.cf").is_file() && !old.exists());
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}
