@@ -19,7 +19,7 @@ pub mod training;
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
 pub use levee_filter::votes::{GlobalOutcome, VoteOutcome};
-pub use manage::BAYES_BLOB;
+pub use manage::{BAYES_BLOB, RULE_WEIGHTS_BLOB};
 pub use training::TrainProgress;
 
 use levee_config::Config;
@@ -219,7 +219,7 @@ impl Engine {
         let lists = store.list_entries()?;
         let net = net_checks(&config);
         let sa_rules = sa_rules(&config.rules)?;
-        let policies = Policies::build(&config, sa_rules.as_deref());
+        let policies = Policies::build(&config, rule_scores(&store, sa_rules.as_deref()));
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -266,7 +266,7 @@ impl Engine {
             }
         };
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Policies::build(&config, rules.as_deref()));
+            Arc::new(Policies::build(&config, rule_scores(&self.store, rules.as_deref())));
         *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
     }
@@ -866,8 +866,7 @@ struct Policies {
 }
 
 impl Policies {
-    fn build(config: &Config, rules: Option<&levee_filter::sa::Loaded>) -> Policies {
-        let scores = rules.map(|r| r.weights.clone()).unwrap_or_default();
+    fn build(config: &Config, scores: Arc<std::collections::HashMap<String, f64>>) -> Policies {
         let build = |p: &levee_config::Policy| {
             Arc::new(levee_filter::score::Policy {
                 rule_scores: scores.clone(),
@@ -910,6 +909,25 @@ fn build_policy(config: &Config, p: &levee_config::Policy) -> levee_filter::scor
         policy.weights.insert(symbol.clone(), *weight);
     }
     policy
+}
+
+/// The weights of the loaded rules: their scaled stock scores, with the weights `levee train`
+/// fitted on the site's mail over them.
+fn rule_scores(
+    store: &Store,
+    rules: Option<&levee_filter::sa::Loaded>,
+) -> Arc<std::collections::HashMap<String, f64>> {
+    let Some(rules) = rules else { return Arc::default() };
+    let learned = match store.blob_get(RULE_WEIGHTS_BLOB) {
+        Ok(Some(b)) => levee_filter::fit::weights_from_bytes(&b),
+        Ok(None) => return rules.weights.clone(),
+        Err(e) => {
+            warn!(error = %e, "fitted rule weights unreadable; the stock scores apply");
+            return rules.weights.clone();
+        }
+    };
+    info!(rules = learned.len(), "rule weights fitted by levee train in use");
+    Arc::new(levee_filter::fit::with_learned(&rules.weights, &learned))
 }
 
 /// Loads `[rules]`. The default folders are optional (no `spamassassin` package: no rules, a
