@@ -1132,7 +1132,7 @@ mod tests {
         dir
     }
 
-    fn addr(s: &str) -> Address {
+    pub(crate) fn addr(s: &str) -> Address {
         Address::parse(s, false).unwrap()
     }
 
@@ -1141,9 +1141,14 @@ mod tests {
             Subject: minutes\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\
             Message-ID: <m1@sender.example>\r\n\r\nThe minutes of the meeting are attached below.\r\n"
             .to_vec();
+        incoming_from("alice@sender.example", data, rcpts)
+    }
+
+    /// A message from `sender` to `rcpts` by a client at 192.0.2.7.
+    pub(crate) fn incoming_from(sender: &str, data: Vec<u8>, rcpts: &[&str]) -> Incoming {
         Incoming {
             envelope: Envelope {
-                mail_from: Some(addr("alice@sender.example")),
+                mail_from: Some(addr(sender)),
                 rcpt_to: rcpts.iter().map(|r| addr(r)).collect(),
                 helo: "client.example".into(),
                 client_ip: "192.0.2.7".parse().unwrap(),
@@ -1159,7 +1164,7 @@ mod tests {
 
     /// A client (not trusted, so the network checks' findings count) whose connection
     /// stage found `TEST_SIGN`.
-    fn signed_conn() -> Conn {
+    pub(crate) fn signed_conn() -> Conn {
         let mut conn = Conn::new("192.0.2.7".parse().unwrap());
         conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
         conn
