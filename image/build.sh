@@ -131,6 +131,17 @@ else
 fi
 chmod 755 "$root/usr/bin/levee"
 
+# SpamAssassin's stock rule set, from the `spamassassin` package where Debian installed it (the
+# engine loads /usr/share/spamassassin by default), with its Apache-2.0 licence and notice.
+# Only the rule files: the Perl engine is not needed, Levee runs the rules itself.
+sa_rules=/usr/share/spamassassin
+ls "$sa_rules"/*.cf >/dev/null 2>&1 || die "no SpamAssassin rules in $sa_rules (install the spamassassin package)"
+mkdir -p "$root$sa_rules" "$root/usr/share/doc/spamassassin"
+cp "$sa_rules"/*.cf "$root$sa_rules/"
+cp /usr/share/doc/spamassassin/NOTICE /usr/share/doc/spamassassin/copyright \
+	"$root/usr/share/doc/spamassassin/"
+cp /usr/share/common-licenses/Apache-2.0 "$root/usr/share/doc/spamassassin/LICENSE"
+
 # busybox-static for init and the userland, one link per applet not taken by a real program.
 cp /bin/busybox "$root/usr/bin/busybox"
 for a in $(/bin/busybox --list-full); do
@@ -305,7 +316,7 @@ zstd -q -f -19 -T1 "$out/levee.img" -o "$out/levee.img.zst"
 {
 	echo "levee $levee_version ($git_rev), kernel $KV, SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH"
 	dpkg-query -W -f='${Package} ${Version}\n' linux-image-amd64 "$kpkg" busybox-static nftables \
-		systemd e2fsprogs grub-efi-amd64-bin syslinux syslinux-common | sort
+		systemd e2fsprogs grub-efi-amd64-bin syslinux syslinux-common spamassassin | sort
 	echo "sha256 $(sha256sum "$out/levee.img" | cut -d' ' -f1) levee.img"
 } >"$out/manifest.txt"
 

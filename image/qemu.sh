@@ -11,7 +11,7 @@
 #     --seed FILE             first-boot config (levee.toml) handed over through fw_cfg
 #     --seed-network FILE     first-boot network.conf handed over through fw_cfg
 #     --pidfile FILE          write QEMU's pid here
-#     --memory MIB            guest memory (default 512)
+#     --memory MIB            guest memory (default 1024)
 #   LEVEE_QEMU_ACCEL=kvm|tcg|auto (default auto: KVM only when a probe guest really runs on it)
 #
 # The image is used in place (it is the guest's disk): copy it first to keep a pristine one.
@@ -26,7 +26,7 @@ shell=
 seed=
 seed_net=
 pidfile=
-memory=512
+memory=1024
 image=$here/out/levee.img
 while [ $# -gt 0 ]; do
 	case "$1" in

@@ -22,7 +22,7 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
 PACKAGES="linux-image-amd64 busybox-static nftables systemd e2fsprogs fdisk util-linux
 	grub-efi-amd64-bin syslinux syslinux-common mtools dosfstools genimage squashfs-tools
-	faketime cpio zstd kmod binutils ovmf qemu-system-x86 socat swaks postfix iproute2"
+	faketime cpio zstd kmod binutils ovmf qemu-system-x86 socat swaks postfix iproute2 spamassassin"
 
 pass=0
 fail=0
@@ -219,6 +219,9 @@ for fw in uefi bios; do
 		bash -c "grep -q 'table inet levee' <<<\"\$1\" && grep -q 'tcp dport 25' <<<\"\$1\" && grep -q 'policy drop' <<<\"\$1\"" _ "$ruleset"
 	journal=$(gsh "journalctl --no-pager -o short-monotonic -t levee")
 	check "$name: the relay logs to the guest's journal" grep -q "SMTP listening" <<<"$journal"
+	check "$name: the image ships SpamAssassin's rules with their licence" \
+		gsh "ls /usr/share/spamassassin/50_scores.cf /usr/share/doc/spamassassin/NOTICE /usr/share/doc/spamassassin/LICENSE"
+	check "$name: the engine loaded the shipped SpamAssassin rules" grep -q "SpamAssassin rules loaded" <<<"$journal"
 	check "$name: the journal is persistent on /data" gsh "ls /data/journal/\$(cat /etc/machine-id)/system.journal"
 	check_console "$name"
 

@@ -204,6 +204,9 @@ fn main() -> ExitCode {
     let policy = policy(sa_weights);
     let show_fp = std::env::var_os("SPLITS_SHOW_FP").is_some();
     let show_miss = std::env::var_os("SPLITS_SHOW_MISS").is_some();
+    // `SPLITS_FIT=LAMBDA`: rule weights learned on the split's training mail (`levee_filter::fit`).
+    let fit_lambda: Option<f64> =
+        std::env::var("SPLITS_FIT").ok().map(|l| l.parse().expect("a number"));
     // `SPLITS_COMBINE=BAYES,LINEAR,BIAS`: weights of the two opinions' log-odds.
     let combine: Option<(f64, f64, f64)> = std::env::var("SPLITS_COMBINE").ok().map(|c| {
         let v: Vec<f64> = c.split(',').map(|x| x.parse().expect("a number")).collect();
@@ -217,6 +220,10 @@ fn main() -> ExitCode {
             learn.iter().map(|m| (m.tokens.clone(), m.entry.spam)).collect();
         let mut model = bayes::Model::new();
         model.train_batch(&corpus);
+        let policy = match fit_lambda {
+            Some(lambda) => fitted_policy(&policy, &learn, lambda),
+            None => policy.clone(),
+        };
         let mut by_source: BTreeMap<&str, [usize; 4]> = BTreeMap::new();
         let mut scored: Vec<(f64, bool)> = Vec::with_capacity(judge.len());
         for m in &judge {
@@ -314,6 +321,29 @@ fn caught_at_fp(scored: &[(f64, bool)], fp: f64) -> Option<f64> {
     let bar = hams[allowed.min(hams.len() - 1)];
     let caught = scored.iter().filter(|s| s.1 && s.0 > bar).count();
     Some(100.0 * caught as f64 / spam as f64)
+}
+
+/// The policy with SpamAssassin rule weights fitted on `learn` (`levee_filter::fit`).
+fn fitted_policy(policy: &Policy, learn: &[&Msg], lambda: f64) -> Policy {
+    let judged: Vec<levee_filter::fit::Judged> = learn
+        .iter()
+        .map(|m| levee_filter::fit::Judged {
+            tokens: m.tokens.clone(),
+            findings: m.rules.clone(),
+            spam: m.entry.spam,
+        })
+        .collect();
+    let env = |k: &str, d: f64| std::env::var(k).map_or(d, |v| v.parse().expect("a number"));
+    let d = levee_filter::fit::Options::default();
+    let opts = levee_filter::fit::Options {
+        lambda,
+        ham_weight: env("SPLITS_FIT_HAM", d.ham_weight),
+        temperature: env("SPLITS_FIT_T", d.temperature),
+        ..d
+    };
+    let mut out = policy.clone();
+    out.weights.extend(levee_filter::fit::learn_rule_weights(&judged, policy, &opts));
+    out
 }
 
 fn logit(p: f64) -> f64 {

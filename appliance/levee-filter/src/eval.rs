@@ -192,6 +192,72 @@ pub fn tokenize_files(
     Ok(corpus)
 }
 
+/// [`tokenize_files`] with each message's content findings too (Levee's rules and, when
+/// given, the rule source's): what [`crate::fit::learn_rule_weights`] learns from. The rules
+/// are the slow part (milliseconds a message), so messages are judged on every core.
+pub fn judge_files(
+    files: &[(MailFile, bool)],
+    sa_rules: Option<&levee_sarules::RuleSet>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<crate::fit::Judged>, FilterError> {
+    let total: usize = files.iter().map(|(f, _)| f.messages).sum();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = Vec::with_capacity(total);
+    // A batch at a time, so memory holds one batch of raw messages, not the corpus.
+    let mut batch: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut flush = |batch: &mut Vec<(Vec<u8>, bool)>, out: &mut Vec<crate::fit::Judged>| {
+        let per = batch.len().div_ceil(threads).max(1);
+        let judged: Vec<crate::fit::Judged> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .chunks(per)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|(m, spam)| {
+                                let mut findings = crate::rules::check(m);
+                                if let Some(set) = sa_rules {
+                                    findings.extend(crate::sa::findings(set, m));
+                                }
+                                crate::fit::Judged {
+                                    tokens: bayes::tokenize(m),
+                                    findings,
+                                    spam: *spam,
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let before = out.len();
+        out.extend(judged);
+        batch.clear();
+        // Every count, as `tokenize_files` reports them: callers pick the ones they print.
+        for done in before + 1..=out.len() {
+            progress(done, total);
+        }
+    };
+    for (f, spam) in files {
+        let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
+        let messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
+        for m in messages {
+            if m.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            batch.push((m, *spam));
+            if batch.len() >= 64 * threads {
+                flush(&mut batch, &mut out);
+            }
+        }
+    }
+    if !batch.is_empty() {
+        flush(&mut batch, &mut out);
+    }
+    Ok(out)
+}
+
 /// Trains on every message under `spam` and `ham` (see [`mail_files`]) as one batch;
 /// returns (spam, ham) learned.
 pub fn train_dirs(

@@ -17,6 +17,7 @@
 
 pub mod bayes;
 pub mod eval;
+pub mod fit;
 mod html;
 pub mod linear;
 pub mod mailbox;

@@ -138,10 +138,26 @@ impl Policy {
     }
 }
 
+/// The most one rule from a rule source (`SA_*`) weighs on mail whose From domain vouched for
+/// it (`DMARC_PASS`): half the default quarantine threshold, so no single heavy rule sinks
+/// authenticated mail; it takes two rules, or a rule and the model, to hold it. A weight the
+/// config names is the admin's and is not capped.
+pub const AUTHENTICATED_RULE_CAP: f64 = 3.0;
+
 /// Findings + policy -> verdict. `allow_listed` forces Accept but keeps the findings and score.
 pub fn verdict(policy: &Policy, findings: &[Finding], allow_listed: bool) -> Verdict {
-    let weighted: Vec<(Finding, f64)> =
-        findings.iter().map(|f| (f.clone(), policy.weight(&f.symbol))).collect();
+    let authenticated = findings.iter().any(|f| f.symbol == "DMARC_PASS");
+    let weight = |f: &Finding| {
+        let w = policy.weight(&f.symbol);
+        let from_rule_source =
+            f.symbol.starts_with(crate::sa::PREFIX) && !policy.weights.contains_key(&f.symbol);
+        if authenticated && from_rule_source {
+            w.min(AUTHENTICATED_RULE_CAP)
+        } else {
+            w
+        }
+    };
+    let weighted: Vec<(Finding, f64)> = findings.iter().map(|f| (f.clone(), weight(f))).collect();
     let score: f64 = weighted.iter().map(|(_, w)| w).sum();
     let by_score = policy.action_for(score);
     let action = if allow_listed {
@@ -159,6 +175,22 @@ pub fn verdict(policy: &Policy, findings: &[Finding], allow_listed: bool) -> Ver
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_heavy_rule_does_not_sink_authenticated_mail_unless_the_admin_says_so() {
+        let mut p = Policy {
+            rule_scores: Arc::new([("SA_HEAVY".to_owned(), 8.0)].into_iter().collect()),
+            ..Policy::default()
+        };
+        let plain = verdict(&p, &[f("SA_HEAVY")], false);
+        assert_eq!((plain.score, plain.action), (8.0, Action::Quarantine));
+        let signed = verdict(&p, &[f("SA_HEAVY"), f("DMARC_PASS")], false);
+        assert_eq!(signed.action, Action::Accept, "{}", signed.findings_summary());
+        assert!(signed.findings_summary().contains("SA_HEAVY(3.00)"));
+        p.weights.insert("SA_HEAVY".into(), 8.0);
+        let named = verdict(&p, &[f("SA_HEAVY"), f("DMARC_PASS")], false);
+        assert_eq!(named.action, Action::Quarantine);
+    }
 
     fn f(s: &str) -> Finding {
         Finding::new(s, "test")

@@ -258,9 +258,10 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Conn, StoreOutcome};
+    use crate::tests::{addr, incoming_from, signed_conn as conn};
+    use crate::StoreOutcome;
     use levee_smtp::Incoming;
-    use levee_types::{Action, Address, Envelope};
+    use levee_types::Action;
 
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir =
@@ -280,35 +281,12 @@ mod tests {
         Engine::open(levee_config::Config::parse(&text, "test").unwrap()).unwrap()
     }
 
-    fn addr(s: &str) -> Address {
-        Address::parse(s, false).unwrap()
-    }
-
     fn incoming(rcpts: &[&str]) -> Incoming {
         let data = b"From: Deals <deals@sender.example>\r\nTo: you@example.test\r\n\
             Subject: this week's offer\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\
             Message-ID: <m1@sender.example>\r\n\r\nOur weekly offer: garden chairs and tables at half price.\r\n"
             .to_vec();
-        Incoming {
-            envelope: Envelope {
-                mail_from: Some(addr("deals@sender.example")),
-                rcpt_to: rcpts.iter().map(|r| addr(r)).collect(),
-                helo: "client.example".into(),
-                client_ip: "192.0.2.7".parse().unwrap(),
-                client_name: None,
-                tls: false,
-                body: levee_types::Body::SevenBit,
-                smtputf8: false,
-                declared_size: None,
-            },
-            data,
-        }
-    }
-
-    fn conn() -> Conn {
-        let mut conn = Conn::new("192.0.2.7".parse().unwrap());
-        conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
-        conn
+        incoming_from("deals@sender.example", data, rcpts)
     }
 
     #[tokio::test]

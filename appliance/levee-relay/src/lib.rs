@@ -20,7 +20,7 @@ pub mod training;
 pub use client::{Client, ClientError, ConnectOptions};
 pub use headers::rfc5322_date;
 pub use levee_filter::votes::{GlobalOutcome, VoteOutcome};
-pub use manage::BAYES_BLOB;
+pub use manage::{BAYES_BLOB, RULE_WEIGHTS_BLOB};
 pub use training::TrainProgress;
 
 use levee_config::Config;
@@ -223,7 +223,7 @@ impl Engine {
         let net = net_checks(&config);
         rules::recover(&config.data_dir);
         let sa_rules = sa_rules(&config.rules, &config.data_dir)?;
-        let policies = Policies::build(&config, sa_rules.as_deref());
+        let policies = Policies::build(&config, rule_scores(&store, sa_rules.as_deref()));
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
@@ -278,7 +278,7 @@ impl Engine {
     /// Swaps in a rule set and the policies built from it and `config`.
     fn set_rules(&self, config: &Config, rules: Option<Arc<levee_filter::sa::Loaded>>) {
         *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Policies::build(config, rules.as_deref()));
+            Arc::new(Policies::build(config, rule_scores(&self.store, rules.as_deref())));
         *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
     }
 
@@ -882,8 +882,7 @@ struct Policies {
 }
 
 impl Policies {
-    fn build(config: &Config, rules: Option<&levee_filter::sa::Loaded>) -> Policies {
-        let scores = rules.map(|r| r.weights.clone()).unwrap_or_default();
+    fn build(config: &Config, scores: Arc<std::collections::HashMap<String, f64>>) -> Policies {
         let build = |p: &levee_config::Policy| {
             Arc::new(levee_filter::score::Policy {
                 rule_scores: scores.clone(),
@@ -926,6 +925,25 @@ fn build_policy(config: &Config, p: &levee_config::Policy) -> levee_filter::scor
         policy.weights.insert(symbol.clone(), *weight);
     }
     policy
+}
+
+/// The weights of the loaded rules: their scaled stock scores, with the weights `levee train`
+/// fitted on the site's mail over them.
+fn rule_scores(
+    store: &Store,
+    rules: Option<&levee_filter::sa::Loaded>,
+) -> Arc<std::collections::HashMap<String, f64>> {
+    let Some(rules) = rules else { return Arc::default() };
+    let learned = match store.blob_get(RULE_WEIGHTS_BLOB) {
+        Ok(Some(b)) => levee_filter::fit::weights_from_bytes(&b),
+        Ok(None) => return rules.weights.clone(),
+        Err(e) => {
+            warn!(error = %e, "fitted rule weights unreadable; the stock scores apply");
+            return rules.weights.clone();
+        }
+    };
+    info!(rules = learned.len(), "rule weights fitted by levee train in use");
+    Arc::new(levee_filter::fit::with_learned(&rules.weights, &learned))
 }
 
 /// Loads `[rules]`. The default folders are optional (no `spamassassin` package: no rules, a
@@ -1135,7 +1153,7 @@ mod tests {
         dir
     }
 
-    fn addr(s: &str) -> Address {
+    pub(crate) fn addr(s: &str) -> Address {
         Address::parse(s, false).unwrap()
     }
 
@@ -1144,9 +1162,14 @@ mod tests {
             Subject: minutes\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n\
             Message-ID: <m1@sender.example>\r\n\r\nThe minutes of the meeting are attached below.\r\n"
             .to_vec();
+        incoming_from("alice@sender.example", data, rcpts)
+    }
+
+    /// A message from `sender` to `rcpts` by a client at 192.0.2.7.
+    pub(crate) fn incoming_from(sender: &str, data: Vec<u8>, rcpts: &[&str]) -> Incoming {
         Incoming {
             envelope: Envelope {
-                mail_from: Some(addr("alice@sender.example")),
+                mail_from: Some(addr(sender)),
                 rcpt_to: rcpts.iter().map(|r| addr(r)).collect(),
                 helo: "client.example".into(),
                 client_ip: "192.0.2.7".parse().unwrap(),
@@ -1162,7 +1185,7 @@ mod tests {
 
     /// A client (not trusted, so the network checks' findings count) whose connection
     /// stage found `TEST_SIGN`.
-    fn signed_conn() -> Conn {
+    pub(crate) fn signed_conn() -> Conn {
         let mut conn = Conn::new("192.0.2.7".parse().unwrap());
         conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
         conn

@@ -13,6 +13,8 @@ use tracing::{info, warn};
 
 /// The store blob holding the Bayes model.
 pub const BAYES_BLOB: &str = "bayes";
+/// Rule weights fitted by `levee train` (`levee_filter::fit`), over the stock scores.
+pub const RULE_WEIGHTS_BLOB: &str = "rule_weights";
 
 /// The voter name of a staff action: `admin:<name>`.
 fn admin_voter(by: &str) -> String {

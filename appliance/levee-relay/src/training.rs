@@ -107,6 +107,32 @@ impl Engine {
 mod tests {
     use super::*;
 
+    #[test]
+    fn weights_fitted_by_levee_train_replace_stock_scores_until_the_config_names_one() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-fitted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = |extra: &str| {
+            let text = format!(
+                "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n{extra}",
+                dir.display()
+            );
+            levee_config::Config::parse(&text, "t").unwrap()
+        };
+        let engine = Engine::open(config("")).unwrap();
+        let rules = engine.sa_rules().expect("the stock rules (spamassassin package) load");
+        let stock = rules.weights["SA_DRUGS_ERECTILE"];
+        assert_eq!(engine.policy().weight("SA_DRUGS_ERECTILE"), stock);
+        let fitted = [("SA_DRUGS_ERECTILE".to_owned(), stock + 1.5), ("SA_GONE".to_owned(), 9.0)];
+        let blob = levee_filter::fit::weights_to_bytes(&fitted.into_iter().collect());
+        engine.store().blob_put(crate::RULE_WEIGHTS_BLOB, &blob).unwrap();
+        engine.reload(config(""));
+        assert_eq!(engine.policy().weight("SA_DRUGS_ERECTILE"), stock + 1.5);
+        assert_eq!(engine.policy().weight("SA_GONE"), 0.0, "a rule the set lacks gets nothing");
+        engine.reload(config("[policy.weights]\nSA_DRUGS_ERECTILE = 0.25\n"));
+        assert_eq!(engine.policy().weight("SA_DRUGS_ERECTILE"), 0.25);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[tokio::test]
     async fn corpus_training_counts_and_stores() {
         let dir = std::env::temp_dir().join(format!("levee-relay-train-{}", std::process::id()));

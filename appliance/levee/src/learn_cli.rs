@@ -25,6 +25,41 @@ pub struct TrainArgs {
     /// same folders again does not count them twice).
     #[arg(long)]
     reset: bool,
+    #[command(flatten)]
+    rules: RulesArgs,
+}
+
+/// Which SpamAssassin-language rules judge the mail.
+#[derive(clap::Args, Debug)]
+pub struct RulesArgs {
+    /// A folder of SpamAssassin-language rules; give it more than once for several. Default:
+    /// the folders the engine reads when `[rules] dirs` is not set.
+    #[arg(long = "rules")]
+    rules: Vec<PathBuf>,
+    /// Without SpamAssassin-language rules.
+    #[arg(long, conflicts_with = "rules")]
+    no_rules: bool,
+}
+
+impl RulesArgs {
+    /// The named folders, or the engine's default ones (local rules from `data`).
+    fn load(&self, data: &Path) -> Result<Option<std::sync::Arc<levee_filter::sa::Loaded>>> {
+        let dirs = if self.no_rules {
+            Vec::new()
+        } else if self.rules.is_empty() {
+            levee_filter::sa::default_dirs(data)
+        } else {
+            self.rules.clone()
+        };
+        if dirs.is_empty() {
+            eprintln!("no SpamAssassin-language rules");
+            return Ok(None);
+        }
+        let loaded = levee_filter::sa::load(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        eprintln!("rules from {}: {} loaded", shown.join(" "), loaded.report.loaded);
+        Ok(Some(loaded))
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -35,13 +70,8 @@ pub struct EvalArgs {
     /// Tab-separated `path label source` lines, paths relative to the manifest.
     #[arg(long)]
     manifest: PathBuf,
-    /// A folder of SpamAssassin-language rules; give it more than once for several. Default:
-    /// the folders the engine reads when `[rules] dirs` is not set.
-    #[arg(long = "rules")]
-    rules: Vec<PathBuf>,
-    /// Judge without SpamAssassin-language rules.
-    #[arg(long, conflicts_with = "rules")]
-    no_rules: bool,
+    #[command(flatten)]
+    rules: RulesArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,13 +154,32 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.data.display()))?;
     let store = open_store(&args.data)?;
     let mut model = if args.reset { Model::new() } else { load_model(&store)? };
-    let corpus = levee_filter::eval::tokenize_files(&files, &mut progress_printer())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if corpus.is_empty() {
+    let rules = args.rules.load(&args.data)?;
+    let judged = levee_filter::eval::judge_files(
+        &files,
+        rules.as_ref().map(|r| &r.set),
+        &mut progress_printer(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if judged.is_empty() {
         bail!("no message found");
     }
+    let corpus: Vec<(Vec<String>, bool)> =
+        judged.iter().map(|j| (j.tokens.clone(), j.spam)).collect();
     model.train_batch(&corpus);
     store.blob_put(levee_relay::BAYES_BLOB, &model.to_bytes())?;
+    // The rules' weights, fitted on this mail with the stock scores as the prior.
+    if let Some(r) = &rules {
+        let policy =
+            levee_filter::score::Policy { rule_scores: r.weights.clone(), ..Default::default() };
+        let opts = levee_filter::fit::Options::default();
+        let learned = levee_filter::fit::learn_rule_weights(&judged, &policy, &opts);
+        store.blob_put(
+            levee_relay::RULE_WEIGHTS_BLOB,
+            &levee_filter::fit::weights_to_bytes(&learned),
+        )?;
+        println!("fitted the weights of {} rules that fired on this mail", learned.len());
+    }
     store.flush()?;
     // The sample every later change of the model (votes, autolearn) is validated on.
     let (hspam, hham) = levee_relay::learning::store_heldback(&store, &corpus)?;
@@ -158,23 +207,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let store = open_store(&args.data)?;
     let model = load_model(&store)?;
     let mut policy = levee_filter::score::Policy::default();
-    let dirs = if args.no_rules {
-        Vec::new()
-    } else if args.rules.is_empty() {
-        levee_filter::sa::default_dirs(&args.data)
-    } else {
-        args.rules.clone()
-    };
-    let rules = if dirs.is_empty() {
-        eprintln!("judging without SpamAssassin-language rules");
-        None
-    } else {
-        let loaded = levee_filter::sa::load(&dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-        eprintln!("rules from {}: {} loaded", shown.join(" "), loaded.report.loaded);
-        policy.rule_scores = loaded.weights.clone();
-        Some(loaded)
-    };
+    let rules = args.rules.load(&args.data)?;
+    if let Some(r) = &rules {
+        let learned = match store.blob_get(levee_relay::RULE_WEIGHTS_BLOB)? {
+            Some(b) => levee_filter::fit::weights_from_bytes(&b),
+            None => Default::default(),
+        };
+        policy.rule_scores =
+            std::sync::Arc::new(levee_filter::fit::with_learned(&r.weights, &learned));
+    }
     let report = levee_filter::eval::evaluate(
         &model,
         rules.as_ref().map(|r| &r.set),

@@ -182,4 +182,6 @@ fn long_runs_show_progress_on_stderr_and_mbox_and_maildir_are_read() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("trained 500/521"), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("trained on 520 spam and 1 ham"), "{}", text(&o.stdout));
+    // The stock rules (spamassassin package) judged the mail, and their weights were fitted.
+    assert!(text(&o.stdout).contains("fitted the weights of"), "{}", text(&o.stdout));
 }
