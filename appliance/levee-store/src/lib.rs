@@ -441,6 +441,21 @@ mod tests {
         }
     }
 
+    /// Opens a store another handle just closed: sled's flusher thread may hold the file lock
+    /// for a moment after the drop (seen on a loaded machine), so retry briefly.
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(s) => return s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn data_survives_close_and_reopen() {
         let d = TempDir::new("reopen");
@@ -451,7 +466,7 @@ mod tests {
             s.log_put(&log_entry(1)).unwrap();
             s.flush().unwrap();
         }
-        let s = Store::open(&d.0).unwrap();
+        let s = reopen(&d.0);
         assert_eq!(s.queue_get(&id(1)).unwrap(), Some(queue_entry(1)));
         assert_eq!(s.queue_all().unwrap(), [queue_entry(1), queue_entry(2)]);
         assert_eq!(s.log_get(&id(1)).unwrap(), Some(log_entry(1)));
@@ -510,7 +525,7 @@ mod tests {
             ));
             s.flush().unwrap();
         }
-        let s = Store::open(&d.0).unwrap();
+        let s = reopen(&d.0);
         let e = s.log_get(&id(9)).unwrap().unwrap();
         let rcpts: Vec<&str> = e.deliveries.iter().map(|a| a.rcpt.as_str()).collect();
         assert_eq!(rcpts, ["a@dest.test", "b@dest.test"]);
