@@ -40,14 +40,30 @@ fn clean(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).collect()
 }
 
-/// The block of headers prepended to a relayed message, CRLF-terminated.
-pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option<&str>) -> String {
-    let env = &meta.envelope;
+/// `(rdns [ip])` of the client, and the protocol it used.
+fn client_and_protocol(env: &levee_types::Envelope) -> (String, &'static str) {
     let client = match &env.client_name {
         Some(name) => format!("{} [{}]", clean(name), env.client_ip),
         None => format!("[{}]", env.client_ip),
     };
-    let with = if env.tls { "ESMTPS" } else { "ESMTP" };
+    (client, if env.tls { "ESMTPS" } else { "ESMTP" })
+}
+
+/// The `Received` line of the live connection, as the rules read it before the message is
+/// stored (trace headers are added at delivery): so SpamAssassin's relay rules judge the
+/// client this gateway talked to, not a hop the message claims.
+pub fn live_hop(env: &levee_types::Envelope, hostname: &str) -> String {
+    let (client, with) = client_and_protocol(env);
+    format!(
+        "Received: from {} ({client})\r\n\tby {hostname} (Levee) with {with};\r\n",
+        clean(&env.helo)
+    )
+}
+
+/// The block of headers prepended to a relayed message, CRLF-terminated.
+pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option<&str>) -> String {
+    let env = &meta.envelope;
+    let (client, with) = client_and_protocol(env);
     let for_part = rcpt.map(|r| format!("\r\n\tfor <{}>", clean(r))).unwrap_or_default();
     let mut h = format!(
         "Received: from {} ({})\r\n\tby {} (Levee) with {} id {}{};\r\n\t{}\r\n",

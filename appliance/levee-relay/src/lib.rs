@@ -564,8 +564,16 @@ impl Engine {
         let lists = self.lists();
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
         let text = data.clone();
+        let hop = headers::live_hop(envelope, &self.config().hostname.0);
         let content = tokio::task::spawn_blocking(move || {
-            levee_filter::content_findings(&model, rules.as_ref().map(|r| &r.set), &text)
+            let mut found = levee_filter::content_findings(&model, None, &text);
+            if let Some(r) = &rules {
+                // SpamAssassin's relay rules read the chain with this connection on top.
+                let mut with_hop = hop.into_bytes();
+                with_hop.extend_from_slice(&text);
+                found.extend(levee_filter::sa::findings(&r.set, &with_hop));
+            }
+            found
         })
         .await
         .unwrap_or_else(|_| {
@@ -1189,6 +1197,39 @@ mod tests {
         let mut conn = Conn::new("192.0.2.7".parse().unwrap());
         conn.findings.push(levee_types::Finding::new("TEST_SIGN", "test"));
         conn
+    }
+
+    #[tokio::test]
+    async fn spamassassin_relay_rules_judge_the_live_client_not_the_chain() {
+        let dir = scratch("live-hop");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        assert!(engine.sa_rules().is_some(), "the stock rules (spamassassin package) load");
+        // The chain below claims a relay on a dynamic address; only the live client counts.
+        let data = b"Received: from pc (dsl-198-51-100-4.dyn.example.net [198.51.100.4])\r\n\
+            \tby mx.sender.example with ESMTP id X1;\r\n\tMon, 1 Jan 2024 10:00:00 +0000\r\n\
+            From: Alice <alice@sender.example>\r\nTo: bob@plain.test\r\nSubject: hello\r\n\
+            Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <h1@sender.example>\r\n\r\nhi\r\n"
+            .to_vec();
+        let msg = incoming_from("alice@sender.example", data.clone(), &["bob@plain.test"]);
+        let dynamic = |name: &str, ip: &str| {
+            let mut env = msg.envelope.clone();
+            env.client_ip = ip.parse().unwrap();
+            env.client_name = Some(name.into());
+            env.helo = name.into();
+            let engine = engine.clone();
+            let data = Arc::new(data.clone());
+            async move {
+                let groups = engine.judge(&env, data, Vec::new(), None).await;
+                groups[0].1.findings.iter().any(|(f, _)| f.symbol == "SA_RDNS_DYNAMIC")
+            }
+        };
+        assert!(!dynamic("mail.sender.example", "203.0.113.20").await, "a well-named client");
+        assert!(
+            dynamic("dsl-203-0-113-9.dyn.example.net", "203.0.113.9").await,
+            "a dynamic client"
+        );
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -31,14 +31,16 @@
 //! - **Message** (`message`): headers raw and decoded; `body` is SA's rendering (subject
 //!   line, then text parts with HTML rendered to text, one line per paragraph, whitespace
 //!   collapsed); `rawbody` the decoded parts unrendered; `full` the raw message; URIs from
-//!   text and HTML, canonicalised. SpamAssassin's pseudo-headers from Received parsing
-//!   (`X-Spam-Relays-*`) are not synthesised: rules on them do not hit.
+//!   text and HTML, canonicalised. SpamAssassin's relay pseudo-headers (`X-Spam-Relays-Untrusted`
+//!   and `-External`) are synthesised from the `Received` chain (`relays`); any such header
+//!   the message itself carries is dropped first, so a sender cannot forge them.
 
 mod eval;
 mod message;
 mod meta;
 mod parse;
 mod perlre;
+mod relays;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;

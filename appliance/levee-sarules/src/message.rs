@@ -76,6 +76,18 @@ impl SaMessage {
         };
         let raw_msg = msg.raw_message();
         m.headers = fields(raw_msg, msg.headers());
+        m.headers.retain(|h| !h.name.to_ascii_lowercase().starts_with("x-spam-relays-"));
+        if let Some(v) = crate::relays::untrusted(msg.headers()) {
+            for name in ["X-Spam-Relays-Untrusted", "X-Spam-Relays-External"] {
+                m.headers.push(HeaderField {
+                    name: name.into(),
+                    raw: v.clone(),
+                    decoded: v.clone(),
+                    addr: None,
+                    display: None,
+                });
+            }
+        }
         m.date_time = msg.date().map(|d| d.to_timestamp());
         for h in msg.headers() {
             if let HeaderValue::Received(r) = &h.value {
