@@ -179,17 +179,20 @@ pub fn tokenize_files(
     let total = files.iter().map(|(f, _)| f.messages).sum();
     let mut corpus = Vec::with_capacity(total);
     for (f, spam) in files {
-        let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
-        let messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
-        for m in messages {
-            if m.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for m in messages_of(f)? {
             corpus.push((bayes::tokenize(&m), *spam));
             progress(corpus.len(), total);
         }
     }
     Ok(corpus)
+}
+
+/// The messages of one file (an mbox holds many), blank ones left out.
+fn messages_of(f: &MailFile) -> Result<Vec<Vec<u8>>, FilterError> {
+    let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
+    let mut messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
+    messages.retain(|m| !m.iter().all(u8::is_ascii_whitespace));
+    Ok(messages)
 }
 
 /// [`tokenize_files`] with each message's content findings too (Levee's rules and, when
@@ -240,12 +243,7 @@ pub fn judge_files(
         }
     };
     for (f, spam) in files {
-        let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
-        let messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
-        for m in messages {
-            if m.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+        for m in messages_of(f)? {
             batch.push((m, *spam));
             if batch.len() >= 64 * threads {
                 flush(&mut batch, &mut out);
