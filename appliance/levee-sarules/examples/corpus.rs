@@ -2,7 +2,9 @@
 //! message and the share of spam and ham scoring 5 or more (rules only, no Bayes, no network).
 //!
 //! `cargo run --release -p levee-sarules --example corpus -- [MANIFEST] [RULES_DIR] [SCORE_SET]`
-//! (defaults: /work/shared/corpus/train.tsv, /usr/share/spamassassin, 2).
+//! (defaults: /work/shared/corpus/train.tsv, /usr/share/spamassassin, 2). Environment:
+//! FAST=1 skips the backtracking rules, NOGATES=1 turns literal gates off, HITS_OUT=FILE
+//! writes every rule's hit counts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -15,7 +17,9 @@ fn main() {
     let score_set = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     // FAST=1: without the backtracking-only rules
     let backtracking = std::env::var_os("FAST").is_none();
-    let opts = levee_sarules::Options { score_set, backtracking, ..Default::default() };
+    // NOGATES=1: every text rule runs its regex (to check that gating changes nothing)
+    let gates = std::env::var_os("NOGATES").is_none();
+    let opts = levee_sarules::Options { score_set, backtracking, gates, ..Default::default() };
     let (set, report) = match levee_sarules::load_dirs_with(&[Path::new(rules)], opts) {
         Ok(x) => x,
         Err(e) => {
@@ -87,6 +91,14 @@ fn main() {
     println!("most frequent hits (spam, ham):");
     for (n, (s, h)) in top.iter().take(25) {
         println!("  {n:30} {s:6} {h:6}");
+    }
+    // HITS_OUT=FILE: every rule's hit counts, for comparing two runs
+    if let Some(out) = std::env::var_os("HITS_OUT") {
+        top.sort();
+        let lines: String = top.iter().map(|(n, (s, h))| format!("{n}\t{s}\t{h}\n")).collect();
+        if let Err(e) = std::fs::write(&out, lines) {
+            eprintln!("{}: {e}", Path::new(&out).display());
+        }
     }
     println!("RSS at end {} MB", rss_mb());
 }

@@ -7,6 +7,11 @@ const MAX_LINE: usize = 2048;
 /// Bounds on what one hostile message can make us hold.
 const MAX_URIS: usize = 500;
 const MAX_HEADERS: usize = 1000;
+/// SpamAssassin's `body_part_scan_size` and `rawbody_part_scan_size` defaults: body rules
+/// see at most this much of each part's rendered text, rawbody rules of its decoded text.
+/// Rule cost grows with the text, so this also bounds the time one large message takes.
+const BODY_PART_SCAN: usize = 50_000;
+const RAWBODY_PART_SCAN: usize = 500_000;
 
 /// One header field: its name, the raw value (folding kept) and the decoded one (unfolded,
 /// RFC 2047 words decoded).
@@ -116,16 +121,16 @@ impl SaMessage {
             };
             match &part.body {
                 PartType::Text(t) => {
-                    push_chunks(&mut m.rawbody, t);
-                    rendered.push_str(t);
+                    push_chunks(&mut m.rawbody, scan_cut(t, RAWBODY_PART_SCAN, &['\n', ' ']));
+                    rendered.push_str(scan_cut(t, BODY_PART_SCAN, &['\n', ' ']));
                     rendered.push('\n');
                     find_text_uris(t, &mut m.uris);
                     p.text = Some(t.to_string());
                 }
                 PartType::Html(h) => {
-                    push_chunks(&mut m.rawbody, h);
+                    push_chunks(&mut m.rawbody, scan_cut(h, RAWBODY_PART_SCAN, &['\n', '>', ' ']));
                     let out = levee_html::strip(h);
-                    rendered.push_str(&out.text);
+                    rendered.push_str(scan_cut(&out.text, BODY_PART_SCAN, &['\n', ' ']));
                     rendered.push('\n');
                     for u in &out.urls {
                         push_uri(&mut m.uris, u);
@@ -222,6 +227,22 @@ fn push_chunks(out: &mut Vec<String>, text: &str) {
     if !rest.is_empty() {
         out.push(rest.to_string());
     }
+}
+
+/// `text` cut to about `max` bytes as SpamAssassin cuts a part: just after the first of
+/// `ends` (tried in order) within 1 KiB past `max`, else at `max`.
+fn scan_cut<'a>(text: &'a str, max: usize, ends: &[char]) -> &'a str {
+    if text.len() <= max {
+        return text;
+    }
+    let at = floor_char(text, max);
+    let window = &text[at..floor_char(text, (at + 1024).min(text.len()))];
+    for e in ends {
+        if let Some(i) = window.find(*e) {
+            return &text[..at + i + e.len_utf8()];
+        }
+    }
+    &text[..at]
 }
 
 fn floor_char(s: &str, mut i: usize) -> usize {
@@ -402,6 +423,29 @@ mod tests {
         assert_eq!(m.get("from").and_then(|f| f.addr.clone()).as_deref(), Some("bob@example.com"));
         assert!(m.uris.iter().any(|u| u == "http://www.example.com/x"));
         assert_eq!(percent_decode("a%41%4"), "aA%4");
+    }
+
+    #[test]
+    fn large_parts_are_cut_like_spamassassin() {
+        let text = format!(
+            "{}\nrest of a long line {}",
+            "a".repeat(BODY_PART_SCAN - 3),
+            "b".repeat(90_000)
+        );
+        let cut = scan_cut(&text, BODY_PART_SCAN, &['\n', ' ']);
+        assert!(cut.ends_with("\nrest "), "cut just after the first break past the limit");
+        let solid = "é".repeat(40_000);
+        let cut = scan_cut(&solid, BODY_PART_SCAN, &['\n', ' ']);
+        assert!(cut.len() <= BODY_PART_SCAN && cut.len() > BODY_PART_SCAN - 4);
+        let raw = format!(
+            "Subject: big\r\nContent-Type: text/plain\r\n\r\n{}\r\nviagra\r\n",
+            "word ".repeat(30_000)
+        );
+        let m = SaMessage::parse(raw.as_bytes());
+        let body: usize = m.body.iter().map(String::len).sum();
+        assert!(body < BODY_PART_SCAN + 2_000, "body text {body}");
+        assert!(!m.body.concat().contains("viagra"), "text past the scan size is not seen");
+        assert!(m.rawbody.concat().contains("viagra"), "rawbody keeps up to its own limit");
     }
 
     #[test]

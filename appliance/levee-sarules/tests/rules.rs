@@ -216,3 +216,35 @@ fn stock_spamassassin_set_loads() {
         let _ = set.check_report(&SaMessage::parse(raw));
     }
 }
+
+/// Gating is only an optimisation: with and without it, the stock set fires the same rules
+/// on the fixtures and on messages built to hit and to nearly hit literal-bearing rules.
+#[test]
+fn literal_gates_change_no_result() {
+    let dir = Path::new("/usr/share/spamassassin");
+    let (gated, _) = load_dirs(&[dir]).unwrap_or_else(|e| panic!("stock set refused: {e}"));
+    let opts = levee_sarules::Options { gates: false, ..Default::default() };
+    let (plain, _) = levee_sarules::load_dirs_with(&[dir], opts).expect("stock set");
+    let mut msgs: Vec<Vec<u8>> = ["spam.eml", "ham.eml"]
+        .iter()
+        .map(|f| std::fs::read(fixtures().join(f)).expect("fixture"))
+        .collect();
+    msgs.push(
+        b"From: \"Pay Pal\" <service@paypa1.example>\r\nTo: you@example.com\r\nSubject: \
+          URGENT: Verify your account now!!!\r\nContent-Type: text/html\r\n\r\n\
+          <html><body><a href=\"http://192.0.2.1/login\">https://www.paypal.com/</a>\
+          <p>Dear Customer, CLICK HERE to confirm your password. You have WON the lottery! \
+          100% FREE viagra, cialis, cheap meds. Unsubscribe</p>\
+          <font color=\"#ffffff\">hidden text</font></body></html>\r\n"
+            .to_vec(),
+    );
+    let mut fired = 0;
+    for raw in &msgs {
+        let msg = SaMessage::parse(raw);
+        let a: HashSet<String> = gated.check(&msg).into_iter().map(|h| h.name).collect();
+        let b: HashSet<String> = plain.check(&msg).into_iter().map(|h| h.name).collect();
+        assert_eq!(a, b, "gated and ungated rule hits differ");
+        fired += a.len();
+    }
+    assert!(fired > 10, "the messages must fire rules for the comparison to mean anything");
+}
