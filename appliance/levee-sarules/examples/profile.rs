@@ -15,7 +15,9 @@ fn main() {
     let text = std::fs::read_to_string(manifest).expect("manifest");
     let base = Path::new(manifest).parent().unwrap_or(Path::new("."));
     let slowest: Option<usize> = std::env::var("SLOWEST").ok().and_then(|v| v.parse().ok());
-    let mut per_msg: Vec<(Duration, Duration, Vec<(String, Duration)>)> = Vec::new();
+    // (whole time, parse time, each rule's time) per message
+    type Timed = (Duration, Duration, Vec<(String, Duration)>);
+    let mut per_msg: Vec<Timed> = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with("path\t")) {
         let Some(p) = line.split('\t').next() else { continue };
         let Ok(raw) = std::fs::read(base.join(p)) else { continue };

@@ -14,14 +14,17 @@
 //! - **Regexes** (`perlre`): Perl syntax translated to `regex::bytes` with Unicode off, so
 //!   `\w`, `\b`, `\s`, `\d` and `/i` are ASCII as in SpamAssassin's byte matching, and a
 //!   pattern's non-ASCII bytes match the UTF-8 bytes of the (decoded) text. Patterns that
-//!   need look-around or back-references go to `fancy-regex` (on text, so a `\xNN` there is
-//!   a code point) with a backtrack limit, and every backtracking match of one message
-//!   shares one time budget: past it, such rules count as not hit and are reported.
+//!   need look-around or back-references go to PCRE2 (Perl's own syntax, JIT-compiled, in
+//!   UTF mode so a `\xNN` there is a character of the decoded text) with a match limit, and
+//!   every backtracking match of one message shares one time budget: past it, such rules
+//!   count as not hit and are reported. PCRE2 replaced `fancy-regex` here: same hits on the
+//!   corpus, the whole check about 2x faster and 50 MB smaller.
 //! - **Matching**: line-wise texts (body paragraphs, rawbody chunks, URIs) are joined and
 //!   each rule's regex, compiled in multi-line mode, searches them once; only a match that
 //!   spans lines sends the rule back to line-by-line matching. Backtracking patterns first
 //!   run a linear-time superset (look-around dropped, back-references widened) and only
-//!   where it matches does `fancy-regex` run. Batching patterns into `RegexSet`s was
+//!   where it matches does PCRE2 run. Text rules also pass a literal gate first (`gate`):
+//!   one Aho-Corasick pass finds which required words occur. Batching patterns into `RegexSet`s was
 //!   measured and is off by default (see `SET_CHUNK`): a set of many patterns loses the
 //!   per-regex literal prefilters and its lazy DFA overflows into the PikeVM, 2-6x slower.
 //!   Metas are evaluated afterwards in dependency order; a name that did not run reads 0.
@@ -141,7 +144,7 @@ enum Matcher {
     Fast(usize, regex::bytes::Regex),
     /// A backtracking pattern, with its linear-time superset (see `perlre::relax`) and that
     /// superset's index in the type's `RegexSet`.
-    Fancy { re: fancy_regex::Regex, pre: Option<(usize, regex::bytes::Regex)> },
+    Fancy { re: pcre2::bytes::Regex, pre: Option<(usize, regex::bytes::Regex)> },
     /// `(?!not)main` run without backtracking: find `main`, reject a start where `not`
     /// matches, search on from the next byte.
     Guarded { main: regex::bytes::Regex, not: regex::bytes::Regex },
@@ -231,11 +234,6 @@ pub struct RuleSet {
 /// Loads the `*.cf` files of each directory with the default [`Options`].
 pub fn load_dirs(dirs: &[&Path]) -> Result<(RuleSet, LoadReport), RulesError> {
     load_dirs_with(dirs, Options::default())
-}
-
-fn fancy_pattern(p: &str) -> String {
-    // fancy-regex matches text: drop the bytes-only flag
-    p.replacen("(?-u)", "", 1).replacen("-u)", ")", 1)
 }
 
 /// Loads the `*.cf` files of each directory.
@@ -406,7 +404,7 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
     ))
 }
 
-/// Compiles one pattern: `regex` if it can, else `fancy-regex` with a linear-time superset.
+/// Compiles one pattern: `regex` if it can, else PCRE2 with a linear-time superset.
 fn compile_re(
     re: &perlre::PerlRe,
     report: &mut LoadReport,
@@ -429,9 +427,18 @@ fn compile_re(
     if !opts.backtracking {
         return Err("backtracking disabled".into());
     }
-    match fancy_regex::RegexBuilder::new(&fancy_pattern(&t.pattern))
-        .backtrack_limit(opts.backtrack_limit)
-        .build()
+    // PCRE2 runs the Perl source itself, JIT compiled, with the match limit lowered in the
+    // pattern so one search stays bounded. UTF mode: texts are decoded to UTF-8, and a
+    // `\xE0` in a rule means the character à there, as in the message's own charset.
+    let flags = &re.flags;
+    match pcre2::bytes::RegexBuilder::new()
+        .utf(true)
+        .caseless(flags.contains('i'))
+        .multi_line(flags.contains('m'))
+        .dotall(flags.contains('s'))
+        .extended(flags.contains('x'))
+        .jit_if_available(true)
+        .build(&format!("(*LIMIT_MATCH={}){}", opts.backtrack_limit, re.source))
     {
         Ok(r) => {
             report.backtracking += 1;
@@ -579,7 +586,7 @@ fn gates(rules: &[Rule], on: bool, pick: impl Fn(&Kind) -> bool) -> gate::Gates 
 /// (`SARULES_SET_CHUNK=N`).
 const SET_CHUNK: usize = 0;
 
-/// Time spent on backtracking for one message: only `fancy-regex` work counts, the
+/// Time spent on backtracking for one message: only PCRE2 work counts, the
 /// linear-time engine needs no budget. Each match is also bounded by the backtrack limit,
 /// so one call cannot overshoot by much.
 struct Budget {
@@ -589,13 +596,13 @@ struct Budget {
 }
 
 impl Budget {
-    fn fancy(&mut self, re: &fancy_regex::Regex, text: &str, name: &str) -> bool {
+    fn fancy(&mut self, re: &pcre2::bytes::Regex, text: &str, name: &str) -> bool {
         if self.spent > self.limit {
             self.cut.push(name.to_string());
             return false;
         }
         let t0 = Instant::now();
-        let r = re.is_match(text);
+        let r = re.is_match(text.as_bytes());
         self.spent += t0.elapsed();
         match r {
             Ok(m) => m,
@@ -608,7 +615,7 @@ impl Budget {
 
     fn fancy_count(
         &mut self,
-        re: &fancy_regex::Regex,
+        re: &pcre2::bytes::Regex,
         text: &str,
         name: &str,
         max: usize,
@@ -619,7 +626,7 @@ impl Budget {
         }
         let t0 = Instant::now();
         let mut n = 0;
-        for m in re.find_iter(text) {
+        for m in re.find_iter(text.as_bytes()) {
             match m {
                 Ok(_) => n += 1,
                 Err(_) => {

@@ -7,7 +7,7 @@
 //! (`\xc3\xa9`) matches as in SpamAssassin with `normalize_charset`.
 //!
 //! What `regex` cannot express (look-around, back-references, atomic groups, possessive
-//! quantifiers) is flagged so the caller compiles it with `fancy-regex` instead.
+//! quantifiers) is flagged so the caller compiles it with PCRE2 instead.
 
 /// A pattern as read from a rule line: the source between the delimiters and the flags.
 #[derive(Debug, Clone, PartialEq)]
