@@ -289,20 +289,19 @@ async fn setup(State(st): State<AppState>, f: PrePost<SetupForm>) -> AppResult<R
         return Ok(setup_page(&st, Some("The passwords differ.")));
     }
     // Validate the config change before creating anyone.
-    let text = config_text(&st)?;
-    let mut doc = config_edit::parse(&text).map_err(AppError::Internal)?;
-    config_edit::set_hostname(&mut doc, f.hostname.trim());
-    config_edit::upsert_domain(
-        &mut doc,
-        &DomainEdit {
-            name: f.domain.trim().to_lowercase(),
-            downstream: f.downstream.trim().to_string(),
-            tls: "opportunistic".into(),
-            enabled: true,
-        },
-    );
-    let new_text = doc.to_string();
-    if let Err(e) = levee_config::Config::parse(&new_text, "setup") {
+    let domain = DomainEdit {
+        name: f.domain.trim().to_lowercase(),
+        downstream: f.downstream.trim().to_string(),
+        tls: "opportunistic".into(),
+        enabled: true,
+    };
+    let apply = |doc: &mut toml_edit::DocumentMut| {
+        config_edit::set_hostname(doc, f.hostname.trim());
+        config_edit::upsert_domain(doc, &domain);
+    };
+    let mut doc = config_edit::parse(&config_text(&st)?).map_err(AppError::Internal)?;
+    apply(&mut doc);
+    if let Err(e) = levee_config::Config::parse(&doc.to_string(), "setup") {
         return Ok(setup_page(&st, Some(&e.to_string())));
     }
     let password = f.password;
@@ -323,32 +322,39 @@ async fn setup(State(st): State<AppState>, f: PrePost<SetupForm>) -> AppResult<R
     if !st.store().user_create(&admin)? {
         return Err(AppError::Forbidden);
     }
-    st.engine().update_config(&new_text)?;
+    // Applied again under the writer lock: the file may have changed during the hash.
+    edit_config(&st, apply)?;
     let _ = std::fs::remove_file(st.setup_code_path());
     tracing::info!(domain = %f.domain, "first-run setup done");
     start_session(&st, &admin, &format!("/mx?domain={}", f.domain.trim().to_lowercase()))
 }
 
+fn no_config_file() -> AppError {
+    AppError::BadRequest(
+        "the engine runs without a config file; settings cannot be changed here".into(),
+    )
+}
+
 pub(crate) fn config_text(st: &AppState) -> AppResult<String> {
-    let path = st.engine().config_path().ok_or_else(|| {
-        AppError::BadRequest(
-            "the engine runs without a config file; settings cannot be changed here".into(),
-        )
-    })?;
+    let path = st.engine().config_path().ok_or_else(no_config_file)?;
     std::fs::read_to_string(path)
         .map_err(|e| AppError::Internal(format!("{}: {e}", path.display())))
 }
 
-/// Applies an edit to the config file through the engine's validating path.
+/// Applies an edit to the config file through the engine's validating path, under the
+/// engine's writer lock from read to write.
 pub(crate) fn edit_config(
     st: &AppState,
     f: impl FnOnce(&mut toml_edit::DocumentMut),
 ) -> AppResult<()> {
-    let text = config_text(st)?;
-    let mut doc = config_edit::parse(&text).map_err(AppError::BadRequest)?;
-    f(&mut doc);
-    st.engine().update_config(&doc.to_string())?;
-    Ok(())
+    if st.engine().config_path().is_none() {
+        return Err(no_config_file());
+    }
+    st.engine().edit_config(|text| {
+        let mut doc = config_edit::parse(text).map_err(AppError::BadRequest)?;
+        f(&mut doc);
+        Ok(doc.to_string())
+    })
 }
 
 // ---- dashboard ---------------------------------------------------------------------------

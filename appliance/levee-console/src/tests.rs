@@ -1254,3 +1254,49 @@ fn rule_uploads_take_only_plain_cf_files() {
     let big = "#".repeat(rules::MAX_BYTES + 1);
     assert!(rules::unpack(&rules_tarball(&[("big.cf", Some(&big))]), "").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_config_edits_all_land_and_leave_no_temp_files() {
+    let e = env();
+    let before: std::collections::BTreeSet<_> =
+        std::fs::read_dir(&e.dir).unwrap().map(|d| d.unwrap().file_name()).collect();
+    // Each edit reads, rewrites and fsyncs the file: without one lock across that, an
+    // edit that read before the other's write drops the other's change.
+    const EACH: usize = 12;
+    let mut tasks = tokio::task::JoinSet::new();
+    let st = e.state.clone();
+    tasks.spawn_blocking(move || {
+        for i in 0..EACH {
+            let sym = format!("TEST_SYM_{i}");
+            pages::edit_config(&st, |doc| config_edit::set_weight(doc, &sym, Some(1.5))).unwrap();
+        }
+    });
+    let st = e.state.clone();
+    tasks.spawn_blocking(move || {
+        for i in 0..EACH {
+            let d = config_edit::DomainEdit {
+                name: format!("d{i}.example.test"),
+                downstream: "127.0.0.1:9".into(),
+                tls: "none".into(),
+                enabled: true,
+            };
+            pages::edit_config(&st, |doc| config_edit::upsert_domain(doc, &d)).unwrap();
+        }
+    });
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let path = e.state.engine().config_path().unwrap().to_path_buf();
+    let c = levee_config::Config::parse(&std::fs::read_to_string(&path).unwrap(), "t").unwrap();
+    assert_eq!(c.policy.weights.len(), EACH, "{:?}", c.policy.weights);
+    assert_eq!(c.domains.len(), EACH + 1);
+    // The running config is the last one written.
+    let running = e.state.engine().config();
+    assert_eq!((running.policy.weights.len(), running.domains.len()), (EACH, EACH + 1));
+    let after: std::collections::BTreeSet<_> =
+        std::fs::read_dir(&e.dir).unwrap().map(|d| d.unwrap().file_name()).collect();
+    assert_eq!(after, before, "no temp file is left beside the config");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
