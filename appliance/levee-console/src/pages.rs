@@ -153,8 +153,17 @@ async fn login(State(st): State<AppState>, f: PrePost<LoginForm>) -> AppResult<R
     let name = f.form.username.trim().to_lowercase();
     let t = now();
     let (pk, sk) = (auth::pair_key(&name, f.peer), auth::source_throttle_key(f.peer));
-    let (pair, src) = (store.throttle_get(&pk)?, store.throttle_get(&sk)?);
-    if !auth::may_attempt(&pair, &src, t) {
+    // Counted before the slow password check, atomically: read-then-write around the
+    // check let parallel guesses share one count. A success gives its count back.
+    let reserve = |key: &str, limit| -> AppResult<bool> {
+        let (before, _) = store.throttle_update(key, |r| auth::reserve(r, limit, t))?;
+        Ok(auth::under_limit(&before, limit, t))
+    };
+    let pair_ok = reserve(&pk, auth::PAIR_LIMIT)?;
+    if !pair_ok || !reserve(&sk, auth::SOURCE_LIMIT)? {
+        if pair_ok {
+            store.throttle_update(&pk, |r| auth::release(r, t))?;
+        }
         tracing::warn!(user = %name, source = %f.peer, "console login throttled");
         let mut r =
             login_page(Some("Too many failed attempts from here. Wait 15 minutes and try again."));
@@ -171,14 +180,13 @@ async fn login(State(st): State<AppState>, f: PrePost<LoginForm>) -> AppResult<R
         .await
         .map_err(|e| AppError::Internal(e.to_string()))?;
     let Some(user) = user.filter(|_| ok) else {
-        store.throttle_put(&pk, &auth::record_failure(&pair, t))?;
-        store.throttle_put(&sk, &auth::record_failure(&src, t))?;
         tracing::info!(user = %name, source = %f.peer, "console login failed");
         let mut r = login_page(Some(BAD_LOGIN));
         *r.status_mut() = axum::http::StatusCode::UNAUTHORIZED;
         return Ok(r);
     };
     store.throttle_clear(&pk)?;
+    store.throttle_update(&sk, |r| auth::release(r, t))?;
     tracing::info!(user = %user.name, source = %f.peer, "console login");
     start_session(&st, &user, "/")
 }

@@ -1300,3 +1300,44 @@ async fn concurrent_config_edits_all_land_and_leave_no_temp_files() {
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
+#[tokio::test]
+async fn parallel_wrong_logins_each_count_and_lock_out() {
+    let e = Arc::new(env());
+    add_user(&e, "admin", Role::Admin, &[]);
+    // Run wrong logins for admin from `ip` at once; the statuses they got.
+    async fn guesses(e: &Arc<Env>, ip: &'static str, n: u32) -> Vec<StatusCode> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let e = e.clone();
+            tasks.spawn(async move { try_login(&e, "admin", "wrong password!", ip).await.status });
+        }
+        let mut out = Vec::new();
+        while let Some(s) = tasks.join_next().await {
+            out.push(s.unwrap());
+        }
+        out
+    }
+    let failures = |key: String| e.state.store().throttle_get(&key).unwrap().failures;
+
+    // Every guess waits on the hash at the same time; each still counts.
+    let ip = "198.51.100.40";
+    let got = guesses(&e, ip, auth::PAIR_LIMIT).await;
+    assert!(got.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{got:?}");
+    assert_eq!(failures(auth::pair_key("admin", ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(failures(auth::source_throttle_key(ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // More at once than the limit: only the limit's worth reach the password check.
+    let ip = "198.51.100.41";
+    let got = guesses(&e, ip, auth::PAIR_LIMIT + 3).await;
+    let checked = got.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = got.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((checked, refused), (auth::PAIR_LIMIT as usize, 3), "{got:?}");
+    assert_eq!(failures(auth::pair_key("admin", ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // A success takes back its own count from the source.
+    let ip = "198.51.100.42";
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(failures(auth::source_throttle_key(ip.parse().unwrap())), 0);
+}
