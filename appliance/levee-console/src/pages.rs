@@ -93,6 +93,15 @@ pub(crate) fn back(to: &str, msg: &str) -> Response {
     Redirect::to(&url).into_response()
 }
 
+/// A form handler's answer after a change: a refusal (a bad value, a config the engine
+/// will not load) goes back to the page at `to` as its message; other errors stay errors.
+fn edit_or_back(result: AppResult<Response>, to: &str) -> AppResult<Response> {
+    match result {
+        Err(AppError::BadRequest(m)) => Ok(back(to, &m)),
+        other => other,
+    }
+}
+
 fn qid(s: &str) -> AppResult<QueueId> {
     QueueId::parse(s).ok_or(AppError::NotFound)
 }
@@ -619,11 +628,8 @@ async fn domain_save(State(st): State<AppState>, p: Post<DomainForm>) -> AppResu
         tls: f.tls,
         enabled: f.enabled.is_some(),
     };
-    match edit_config(&st, |doc| config_edit::upsert_domain(doc, &edit)) {
-        Ok(()) => Ok(back("/domains", &format!("Saved {}.", edit.name))),
-        Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
-        Err(e) => Err(e),
-    }
+    let result = edit_config(&st, |doc| config_edit::upsert_domain(doc, &edit));
+    edit_or_back(result.map(|()| back("/domains", &format!("Saved {}.", edit.name))), "/domains")
 }
 
 #[derive(Deserialize)]
@@ -682,11 +688,10 @@ async fn domain_policy_save(
     let result = edit_config(&st, |doc| {
         config_edit::set_domain_thresholds(doc, &name, thresholds);
     });
-    match result {
-        Ok(()) => Ok(back("/domains", &format!("Saved the policy of {name}."))),
-        Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
-        Err(e) => Err(e),
-    }
+    edit_or_back(
+        result.map(|()| back("/domains", &format!("Saved the policy of {name}."))),
+        "/domains",
+    )
 }
 
 #[derive(Deserialize)]
@@ -718,11 +723,10 @@ async fn domain_weight_save(
         return Ok(back("/domains", &format!("No domain {name}.")));
     }
     let result = edit_config(&st, |doc| config_edit::set_domain_weight(doc, &name, &sym, w));
-    match result {
-        Ok(()) => Ok(back("/domains", &format!("Saved the weights of {name}."))),
-        Err(AppError::BadRequest(m)) => Ok(back("/domains", &m)),
-        Err(e) => Err(e),
-    }
+    edit_or_back(
+        result.map(|()| back("/domains", &format!("Saved the weights of {name}."))),
+        "/domains",
+    )
 }
 
 // ---- policy ------------------------------------------------------------------------------
@@ -918,11 +922,8 @@ async fn policy_save(State(st): State<AppState>, p: Post<PolicyForm>) -> AppResu
     ) else {
         return Ok(back("/policy", "Thresholds and days must be numbers."));
     };
-    match edit_config(&st, |doc| config_edit::set_thresholds(doc, tag, q, rej, days)) {
-        Ok(()) => Ok(back("/policy", "Saved.")),
-        Err(AppError::BadRequest(m)) => Ok(back("/policy", &m)),
-        Err(e) => Err(e),
-    }
+    let result = edit_config(&st, |doc| config_edit::set_thresholds(doc, tag, q, rej, days));
+    edit_or_back(result.map(|()| back("/policy", "Saved.")), "/policy")
 }
 
 #[derive(Deserialize)]
@@ -944,11 +945,8 @@ async fn weight_save(State(st): State<AppState>, p: Post<WeightForm>) -> AppResu
             s.parse::<f64>().map_err(|_| AppError::BadRequest("weight must be a number".into()))?,
         ),
     };
-    match edit_config(&st, |doc| config_edit::set_weight(doc, &sym, w)) {
-        Ok(()) => Ok(back("/policy", "Saved.")),
-        Err(AppError::BadRequest(m)) => Ok(back("/policy", &m)),
-        Err(e) => Err(e),
-    }
+    let result = edit_config(&st, |doc| config_edit::set_weight(doc, &sym, w));
+    edit_or_back(result.map(|()| back("/policy", "Saved.")), "/policy")
 }
 
 // ---- allow/block lists ---------------------------------------------------------------------
@@ -1717,14 +1715,14 @@ async fn user_password(
     p: Post<PasswordForm>,
 ) -> AppResult<Response> {
     p.viewer.require(Perm::Users)?;
-    match set_password(&st, &name, p.form.password).await {
-        Ok(u) if u.name == p.viewer.user.name => {
+    let result = set_password(&st, &name, p.form.password).await.and_then(|u| {
+        if u.name == p.viewer.user.name {
             start_session(&st, &u, "/users?msg=Password%20changed.")
+        } else {
+            Ok(back("/users", "Password set; that user's sessions and tokens ended."))
         }
-        Ok(_) => Ok(back("/users", "Password set; that user's sessions and tokens ended.")),
-        Err(AppError::BadRequest(m)) => Ok(back("/users", &m)),
-        Err(e) => Err(e),
-    }
+    });
+    edit_or_back(result, "/users")
 }
 
 // ---- own account ------------------------------------------------------------------------------
@@ -1787,11 +1785,10 @@ async fn account_password(
     if !ok {
         return Ok(back("/account", "The current password is wrong."));
     }
-    match set_password(&st, &p.viewer.user.name, p.form.password).await {
-        Ok(u) => start_session(&st, &u, "/account?msg=Password%20changed."),
-        Err(AppError::BadRequest(m)) => Ok(back("/account", &m)),
-        Err(e) => Err(e),
-    }
+    let result = set_password(&st, &p.viewer.user.name, p.form.password)
+        .await
+        .and_then(|u| start_session(&st, &u, "/account?msg=Password%20changed."));
+    edit_or_back(result, "/account")
 }
 
 #[derive(Deserialize)]
