@@ -283,7 +283,7 @@ async fn metrics(State(st): State<AppState>, v: Result<Viewer, AppError>) -> Res
 }
 
 pub(crate) fn metrics_text(st: &AppState) -> AppResult<String> {
-    let s = crate::pages::stats(st, 24)?;
+    let s = crate::stats::stats(st, 24)?;
     let queue = st.store().queue_all()?;
     let mut t = String::new();
     t.push_str("# HELP levee_messages_24h Messages received in the last 24 hours, by verdict.\n# TYPE levee_messages_24h gauge\n");
