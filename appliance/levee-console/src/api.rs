@@ -96,7 +96,7 @@ async fn me(v: Result<Viewer, AppError>) -> Response {
 async fn quarantine(
     State(st): State<AppState>,
     v: Result<Viewer, AppError>,
-    Query(f): Query<crate::pages::SearchForm>,
+    Query(f): Query<crate::pages::quarantine::SearchForm>,
 ) -> Response {
     out((|| {
         let v = v?;
@@ -137,7 +137,7 @@ async fn quarantine_act(
 ) -> Response {
     let r = async {
         let ApiWrite(v) = w?;
-        crate::pages::act_on(&st, &v, &id, &action).await?;
+        crate::pages::quarantine::act_on(&st, &v, &id, &action).await?;
         Ok(json!({ "ok": true }))
     }
     .await;
