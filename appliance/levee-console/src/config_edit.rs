@@ -1,5 +1,5 @@
 //! Console edits to the config file, made on the TOML document so comments and layout
-//! survive. The result is validated by the engine (`update_config`) like any file.
+//! survive. The result is validated by the engine (`Engine::edit_config`) like any file.
 
 use toml_edit::{ArrayOfTables, DocumentMut, InlineTable, Item, Table, TableLike, Value};
 
