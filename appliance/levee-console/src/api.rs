@@ -96,7 +96,7 @@ async fn me(v: Result<Viewer, AppError>) -> Response {
 async fn quarantine(
     State(st): State<AppState>,
     v: Result<Viewer, AppError>,
-    Query(f): Query<crate::pages::SearchForm>,
+    Query(f): Query<crate::pages::quarantine::SearchForm>,
 ) -> Response {
     out((|| {
         let v = v?;
@@ -137,7 +137,7 @@ async fn quarantine_act(
 ) -> Response {
     let r = async {
         let ApiWrite(v) = w?;
-        crate::pages::act_on(&st, &v, &id, &action).await?;
+        crate::pages::quarantine::act_on(&st, &v, &id, &action).await?;
         Ok(json!({ "ok": true }))
     }
     .await;
@@ -283,7 +283,7 @@ async fn metrics(State(st): State<AppState>, v: Result<Viewer, AppError>) -> Res
 }
 
 pub(crate) fn metrics_text(st: &AppState) -> AppResult<String> {
-    let s = crate::pages::stats(st, 24)?;
+    let s = crate::stats::stats(st, 24)?;
     let queue = st.store().queue_all()?;
     let mut t = String::new();
     t.push_str("# HELP levee_messages_24h Messages received in the last 24 hours, by verdict.\n# TYPE levee_messages_24h gauge\n");

@@ -105,10 +105,31 @@ pub fn record_failure(t: &Throttle, now: u64) -> Throttle {
     }
 }
 
-/// Whether a login attempt may be checked at all. The account is never locked as a
-/// whole: a flood from one source blocks that source, not the admin elsewhere.
-pub fn may_attempt(pair: &Throttle, source: &Throttle, now: u64) -> bool {
-    live_failures(pair, now) < PAIR_LIMIT && live_failures(source, now) < SOURCE_LIMIT
+/// Whether a login attempt may be checked against a key whose record is `t` and whose
+/// limit is `limit` ([`PAIR_LIMIT`] or [`SOURCE_LIMIT`]). The account is never locked
+/// as a whole: a flood from one source blocks that source, not the admin elsewhere.
+pub fn under_limit(t: &Throttle, limit: u32, now: u64) -> bool {
+    live_failures(t, now) < limit
+}
+
+/// The record once an attempt is counted before its password is checked: an attempt
+/// in flight counts as failed, so guesses sent in parallel cannot share one count. A
+/// refused attempt (already at `limit`) changes nothing, so refusals never extend a
+/// lock-out.
+pub fn reserve(t: Throttle, limit: u32, now: u64) -> Throttle {
+    if under_limit(&t, limit, now) {
+        record_failure(&t, now)
+    } else {
+        t
+    }
+}
+
+/// Gives back one reserved attempt (it succeeded, or another key refused it).
+pub fn release(t: Throttle, now: u64) -> Throttle {
+    match live_failures(&t, now) {
+        0 => t,
+        n => Throttle { failures: n - 1, window_start: t.window_start },
+    }
 }
 
 /// What a request may do.
@@ -178,22 +199,28 @@ mod tests {
     fn throttling_blocks_the_pair_and_the_source_not_the_account() {
         let now = 10_000;
         let mut pair = Throttle::default();
-        let src = Throttle::default();
         for _ in 0..PAIR_LIMIT {
-            assert!(may_attempt(&pair, &src, now));
-            pair = record_failure(&pair, now);
+            assert!(under_limit(&pair, PAIR_LIMIT, now));
+            pair = reserve(pair, PAIR_LIMIT, now);
         }
-        assert!(!may_attempt(&pair, &src, now));
+        assert_eq!(pair.failures, PAIR_LIMIT);
+        assert!(!under_limit(&pair, PAIR_LIMIT, now));
+        // A refused attempt is not counted.
+        assert_eq!(reserve(pair, PAIR_LIMIT, now + 1), pair);
         // The same account from another source is a different pair: still allowed.
-        assert!(may_attempt(&Throttle::default(), &src, now));
+        assert!(under_limit(&Throttle::default(), PAIR_LIMIT, now));
         // The window passes.
-        assert!(may_attempt(&pair, &src, now + THROTTLE_WINDOW_SECS));
+        assert!(under_limit(&pair, PAIR_LIMIT, now + THROTTLE_WINDOW_SECS));
         // A source that tries many accounts hits its own cap.
         let mut src = Throttle::default();
         for _ in 0..SOURCE_LIMIT {
-            src = record_failure(&src, now);
+            src = reserve(src, SOURCE_LIMIT, now);
         }
-        assert!(!may_attempt(&Throttle::default(), &src, now));
+        assert!(!under_limit(&src, SOURCE_LIMIT, now));
+        // A success gives its reservation back; nothing goes below zero.
+        assert_eq!(release(src, now).failures, SOURCE_LIMIT - 1);
+        assert_eq!(release(Throttle::default(), now), Throttle::default());
+        assert_eq!(release(src, now + THROTTLE_WINDOW_SECS), src);
         assert_ne!(
             pair_key("Admin", "10.0.0.1".parse().unwrap()),
             pair_key("admin", "10.0.0.2".parse().unwrap())

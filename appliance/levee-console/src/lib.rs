@@ -21,6 +21,7 @@ mod message;
 mod pages;
 pub(crate) mod rules;
 pub mod sanitize;
+mod stats;
 mod tls;
 mod training;
 mod user_pages;

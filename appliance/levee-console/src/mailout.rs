@@ -78,7 +78,7 @@ fn one_line(s: &str) -> String {
 }
 
 pub fn report_text(st: &AppState, hours: u64) -> AppResult<String> {
-    let s = crate::pages::stats(st, hours)?;
+    let s = crate::stats::stats(st, hours)?;
     let mut b =
         format!("Levee report for {} — last {hours} hours\n\n", st.engine().config().hostname.0);
     for (name, _, v) in &s.per_hour {

@@ -1254,3 +1254,90 @@ fn rule_uploads_take_only_plain_cf_files() {
     let big = "#".repeat(rules::MAX_BYTES + 1);
     assert!(rules::unpack(&rules_tarball(&[("big.cf", Some(&big))]), "").is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_config_edits_all_land_and_leave_no_temp_files() {
+    let e = env();
+    let before: std::collections::BTreeSet<_> =
+        std::fs::read_dir(&e.dir).unwrap().map(|d| d.unwrap().file_name()).collect();
+    // Each edit reads, rewrites and fsyncs the file: without one lock across that, an
+    // edit that read before the other's write drops the other's change.
+    const EACH: usize = 12;
+    let mut tasks = tokio::task::JoinSet::new();
+    let st = e.state.clone();
+    tasks.spawn_blocking(move || {
+        for i in 0..EACH {
+            let sym = format!("TEST_SYM_{i}");
+            pages::edit_config(&st, |doc| config_edit::set_weight(doc, &sym, Some(1.5))).unwrap();
+        }
+    });
+    let st = e.state.clone();
+    tasks.spawn_blocking(move || {
+        for i in 0..EACH {
+            let d = config_edit::DomainEdit {
+                name: format!("d{i}.example.test"),
+                downstream: "127.0.0.1:9".into(),
+                tls: "none".into(),
+                enabled: true,
+            };
+            pages::edit_config(&st, |doc| config_edit::upsert_domain(doc, &d)).unwrap();
+        }
+    });
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let path = e.state.engine().config_path().unwrap().to_path_buf();
+    let c = levee_config::Config::parse(&std::fs::read_to_string(&path).unwrap(), "t").unwrap();
+    assert_eq!(c.policy.weights.len(), EACH, "{:?}", c.policy.weights);
+    assert_eq!(c.domains.len(), EACH + 1);
+    // The running config is the last one written.
+    let running = e.state.engine().config();
+    assert_eq!((running.policy.weights.len(), running.domains.len()), (EACH, EACH + 1));
+    let after: std::collections::BTreeSet<_> =
+        std::fs::read_dir(&e.dir).unwrap().map(|d| d.unwrap().file_name()).collect();
+    assert_eq!(after, before, "no temp file is left beside the config");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn parallel_wrong_logins_each_count_and_lock_out() {
+    let e = Arc::new(env());
+    add_user(&e, "admin", Role::Admin, &[]);
+    // Run wrong logins for admin from `ip` at once; the statuses they got.
+    async fn guesses(e: &Arc<Env>, ip: &'static str, n: u32) -> Vec<StatusCode> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let e = e.clone();
+            tasks.spawn(async move { try_login(&e, "admin", "wrong password!", ip).await.status });
+        }
+        let mut out = Vec::new();
+        while let Some(s) = tasks.join_next().await {
+            out.push(s.unwrap());
+        }
+        out
+    }
+    let failures = |key: String| e.state.store().throttle_get(&key).unwrap().failures;
+
+    // Every guess waits on the hash at the same time; each still counts.
+    let ip = "198.51.100.40";
+    let got = guesses(&e, ip, auth::PAIR_LIMIT).await;
+    assert!(got.iter().all(|s| *s == StatusCode::UNAUTHORIZED), "{got:?}");
+    assert_eq!(failures(auth::pair_key("admin", ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(failures(auth::source_throttle_key(ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // More at once than the limit: only the limit's worth reach the password check.
+    let ip = "198.51.100.41";
+    let got = guesses(&e, ip, auth::PAIR_LIMIT + 3).await;
+    let checked = got.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = got.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((checked, refused), (auth::PAIR_LIMIT as usize, 3), "{got:?}");
+    assert_eq!(failures(auth::pair_key("admin", ip.parse().unwrap())), auth::PAIR_LIMIT);
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // A success takes back its own count from the source.
+    let ip = "198.51.100.42";
+    assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(failures(auth::source_throttle_key(ip.parse().unwrap())), 0);
+}

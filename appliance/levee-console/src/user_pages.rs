@@ -1,6 +1,6 @@
 //! End users: their own quarantine and their own allow/block list.
 
-use crate::pages::{quarantine_table, SearchForm};
+use crate::pages::quarantine::{quarantine_table, SearchForm};
 use crate::views::{button, csrf, page, time};
 use crate::{AppError, AppResult, AppState, Post, Viewer};
 use axum::extract::{Path, Query, State};
@@ -89,7 +89,7 @@ struct MyListForm {
 }
 
 fn back(msg: &str) -> Response {
-    Redirect::to(&format!("/my/lists?msg={}", crate::pages::enc(msg))).into_response()
+    Redirect::to(&format!("/my/lists?msg={}", crate::pages::quarantine::enc(msg))).into_response()
 }
 
 async fn my_list_add(State(st): State<AppState>, p: Post<MyListForm>) -> AppResult<Response> {

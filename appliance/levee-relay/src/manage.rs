@@ -8,13 +8,64 @@ use levee_store::QuarantineEntry;
 use levee_types::list::{ListEntry, ListKind, ListScope, Matcher};
 use levee_types::{Action, Address, Body, Envelope, QueueId};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// The store blob holding the Bayes model.
 pub const BAYES_BLOB: &str = "bayes";
 /// Rule weights fitted by `levee train` (`levee_filter::fit`), over the stock scores.
 pub const RULE_WEIGHTS_BLOB: &str = "rule_weights";
+
+/// Held by every writer of the config file from its read to its rename. One for the
+/// process rather than one per engine because it guards the file, which a process has
+/// one of.
+static CONFIG_WRITER: Mutex<()> = Mutex::new(());
+
+/// Replaces `path` with `bytes` so that a reader, or a crash, finds the old file or the
+/// new one and never a mix: a temp file of this write's own in the same directory (a
+/// shared temp name lets two writers interleave), fsynced, renamed over, then the
+/// directory fsynced so the rename itself is durable. Mode 0600: only the engine's user
+/// (and root) need to read it.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the config path names no file")
+    })?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The new file is in place; a failed directory sync only weakens crash safety, and
+    // failing the edit now would leave the file and the running config apart.
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        warn!(dir = %dir.display(), error = %e, "cannot sync the config directory");
+    }
+    Ok(())
+}
 
 /// The voter name of a staff action: `admin:<name>`.
 fn admin_voter(by: &str) -> String {
@@ -329,20 +380,29 @@ impl Engine {
     /// and switches to it. On any error the running config stays.
     pub fn update_config(&self, text: &str) -> Result<(), RelayError> {
         let path = self.config_path().ok_or(RelayError::NoConfigFile)?;
+        let _writer = CONFIG_WRITER.lock().unwrap_or_else(|p| p.into_inner());
+        self.install_config(path, text)
+    }
+
+    /// Reads the config file, lets `edit` turn its text into new text, and installs
+    /// that like [`Engine::update_config`], all under the one writer lock: an edit that
+    /// read the file before another edit's write would otherwise undo that edit.
+    pub fn edit_config<E: From<RelayError>>(
+        &self,
+        edit: impl FnOnce(&str) -> Result<String, E>,
+    ) -> Result<(), E> {
+        let path = self.config_path().ok_or(RelayError::NoConfigFile)?;
+        let _writer = CONFIG_WRITER.lock().unwrap_or_else(|p| p.into_inner());
+        let text = std::fs::read_to_string(path).map_err(RelayError::from)?;
+        let text = edit(&text)?;
+        Ok(self.install_config(path, &text)?)
+    }
+
+    /// Validates, writes and switches; the caller holds [`CONFIG_WRITER`], so the
+    /// order of reloads is the order of writes.
+    fn install_config(&self, path: &Path, text: &str) -> Result<(), RelayError> {
         let config = levee_config::Config::parse(text, &path.display().to_string())?;
-        let tmp = path.with_extension("toml.new");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        write_replacing(path, text.as_bytes())?;
         self.reload(config);
         info!(path = %path.display(), "config updated");
         Ok(())

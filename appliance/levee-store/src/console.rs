@@ -282,13 +282,30 @@ impl Store {
         Ok(get(&self.console.throttle, key.as_bytes(), "throttle")?.unwrap_or_default())
     }
 
-    /// Not flushed: losing a few counts in a crash costs nothing.
-    pub fn throttle_put(&self, key: &str, t: &Throttle) -> Result<(), StoreError> {
-        self.console
-            .throttle
-            .insert(key.as_bytes(), enc(t, "throttle")?)
-            .map_err(db_err("throttle put"))?;
-        Ok(())
+    /// Replaces the record under `key` with `f` of it, atomically: a compare-and-swap
+    /// that retries when another writer got in between, so concurrent attempts each
+    /// count. `f` may run more than once. Returns the records before and after. Not
+    /// flushed: losing a few counts in a crash costs nothing.
+    pub fn throttle_update(
+        &self,
+        key: &str,
+        mut f: impl FnMut(Throttle) -> Throttle,
+    ) -> Result<(Throttle, Throttle), StoreError> {
+        let tree = &self.console.throttle;
+        loop {
+            let old = tree.get(key.as_bytes()).map_err(db_err("throttle get"))?;
+            let before = match &old {
+                Some(v) => dec(v, "throttle")?,
+                None => Throttle::default(),
+            };
+            let after = f(before);
+            let swapped = tree
+                .compare_and_swap(key.as_bytes(), old, Some(enc(&after, "throttle")?))
+                .map_err(db_err("throttle update"))?;
+            if swapped.is_ok() {
+                return Ok((before, after));
+            }
+        }
     }
 
     pub fn throttle_clear(&self, key: &str) -> Result<(), StoreError> {
@@ -450,10 +467,33 @@ mod tests {
         assert!(s.schedule_remove(sid).unwrap());
 
         assert_eq!(s.throttle_get("k").unwrap(), Throttle::default());
-        s.throttle_put("k", &Throttle { failures: 3, window_start: 9 }).unwrap();
-        assert_eq!(s.throttle_get("k").unwrap().failures, 3);
+        let (before, after) = s
+            .throttle_update("k", |t| Throttle { failures: t.failures + 3, window_start: 9 })
+            .unwrap();
+        assert_eq!((before.failures, after.failures), (0, 3));
+        assert_eq!(s.throttle_get("k").unwrap(), after);
         s.throttle_clear("k").unwrap();
         assert_eq!(s.throttle_get("k").unwrap().failures, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn throttle_updates_from_parallel_threads_all_count() {
+        let dir = tmp("throttle-race");
+        let s = Store::open(&dir).unwrap();
+        const THREADS: u32 = 8;
+        const EACH: u32 = 50;
+        std::thread::scope(|scope| {
+            for _ in 0..THREADS {
+                scope.spawn(|| {
+                    for _ in 0..EACH {
+                        s.throttle_update("k", |t| Throttle { failures: t.failures + 1, ..t })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.throttle_get("k").unwrap().failures, THREADS * EACH);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
