@@ -4,8 +4,10 @@
 //!
 //! One owner: [`Learning`] holds the `Learner` behind one std mutex, never held across an
 //! await; every change is written to the store's `learning` tree under that lock. The global
-//! model changes only in [`Engine::apply_learning`], one batch at a time (its async mutex),
-//! which swaps `Engine::bayes` atomically and stores the model blob.
+//! model has two writers, [`Engine::apply_learning`] (validated vote batches) and
+//! `Engine::train_corpus` (an admin's upload); both hold `Learning::model_writer` from
+//! reading the current model until the new one is stored and swapped in, so neither loses
+//! the other's work and the stored blob is always the model in use.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -22,7 +24,8 @@ use crate::{manage::BAYES_BLOB, now_unix, Engine, RelayError};
 pub struct Learning {
     learner: Mutex<Learner>,
     heldback: RwLock<Option<Arc<HeldBack>>>,
-    applying: tokio::sync::Mutex<()>,
+    /// One writer of the global model at a time (see the module doc).
+    pub(crate) model_writer: tokio::sync::Mutex<()>,
 }
 
 impl Learning {
@@ -52,7 +55,7 @@ impl Learning {
         Ok(Learning {
             learner: Mutex::new(learner),
             heldback: RwLock::new(heldback.map(Arc::new)),
-            applying: tokio::sync::Mutex::new(()),
+            model_writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -201,7 +204,7 @@ impl Engine {
     /// on the held-back sample; refuses it otherwise (logged with the figures). Returns the
     /// (spam, ham) applied.
     pub async fn apply_learning(&self) -> Result<(usize, usize), RelayError> {
-        let _one = self.learning.applying.lock().await;
+        let _one = self.learning.model_writer.lock().await;
         let now = now_unix();
         let Some(sample) = self.learning.heldback() else {
             let pending = self.learning.lock().global.pending.len();

@@ -70,6 +70,9 @@ impl Engine {
         let result = tokio::task::spawn_blocking(move || {
             let progress = task_progress;
             progress.total.store(messages.len(), Ordering::Relaxed);
+            // held to the end: a validated batch (or another upload) waits, rather than
+            // swapping in a model built from one this run is about to replace
+            let _writer = engine.learning.model_writer.blocking_lock();
             for chunk in messages.chunks(CHUNK) {
                 // Tokenizing is the slow part; it happens before the model is locked.
                 let tokens: Vec<Vec<String>> =
@@ -153,5 +156,38 @@ mod tests {
         assert_eq!(progress.counts(), (1200, 1200));
         assert!(progress.finished() && progress.error().is_none());
         assert_eq!(levee_filter::bayes::Model::from_bytes(&stored).unwrap().counts(), (1200, 0));
+    }
+
+    /// Learn against learn: while another writer holds the model (a vote batch being
+    /// validated), an upload waits instead of training a model that batch will replace; then
+    /// it lands, and the store ends on the model in use.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn training_waits_for_the_model_writer_and_stores_the_model_in_use() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-train2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n",
+            dir.display()
+        );
+        let engine = Engine::open(levee_config::Config::parse(&text, "t").unwrap()).unwrap();
+        let spam: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("Subject: offer {i}\r\n\r\ncheap pills {i}\r\n").into_bytes())
+            .collect();
+        let held = engine.learning.model_writer.lock().await;
+        let e = engine.clone();
+        let task =
+            tokio::spawn(async move { e.train_corpus(spam, true, TrainProgress::new(0)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(engine.model_counts(), (0, 0), "trained while another writer held the model");
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(60), task)
+            .await
+            .expect("training finishes once the writer is free")
+            .unwrap()
+            .unwrap();
+        let stored = engine.store().blob_get(BAYES_BLOB).unwrap().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(engine.model_counts(), (300, 0));
+        assert_eq!(levee_filter::bayes::Model::from_bytes(&stored).unwrap().counts(), (300, 0));
     }
 }
