@@ -68,6 +68,13 @@ pub enum StoreOutcome {
     Refused(Reply),
 }
 
+/// The finding of a message the content filter panicked on (a `TEMPFAIL_`: asked again).
+const FILTER_PANICKED: &str = "TEMPFAIL_FILTER_PANIC";
+
+/// A message containing this panics the content filter in unit tests (`cfg(test)` only).
+#[cfg(test)]
+const PANIC_PROBE: &[u8] = b"X-Levee-Test-Check: panic";
+
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -566,6 +573,10 @@ impl Engine {
         let text = data.clone();
         let hop = headers::live_hop(envelope, &self.config().hostname.0);
         let content = tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if text.windows(PANIC_PROBE.len()).any(|w| w == PANIC_PROBE) {
+                panic!("test-only check: this message panics the content filter");
+            }
             let mut found = levee_filter::content_findings(&model, None, &text);
             if let Some(r) = &rules {
                 // SpamAssassin's relay rules read the chain with this connection on top.
@@ -576,8 +587,11 @@ impl Engine {
             found
         })
         .await
-        .unwrap_or_else(|_| {
-            vec![levee_types::Finding::new("CONTENT_FILTER_FAILED", "filter task failed")]
+        .unwrap_or_else(|e| {
+            // A panic on one hostile message costs that message only: it is asked for again
+            // (and the session closed), the engine goes on. See `panic` in Cargo.toml.
+            error!(client = %envelope.client_ip, from = %envelope.mail_from_path(), error = %e, "content filter panicked");
+            vec![levee_types::Finding::new(FILTER_PANICKED, "the content filter failed on this message")]
         });
         findings.extend(content);
         let global = levee_filter::score::verdict(&policies.global, &findings, false);
@@ -667,6 +681,18 @@ impl Engine {
         if groups.iter().any(|(_, v)| v.action == Action::Tempfail) {
             for (rcpts, verdict) in &groups {
                 self.log_refused(&part(rcpts), size, verdict);
+            }
+            let panicked = |(_, v): &(Vec<Address>, levee_types::Verdict)| {
+                v.findings.iter().any(|(f, _)| f.symbol == FILTER_PANICKED)
+            };
+            if groups.iter().any(panicked) {
+                // 421 closes the session: nothing more from a client whose message broke us
+                return StoreOutcome::Refused(Reply::with(
+                    421,
+                    3,
+                    0,
+                    "local error in processing, closing",
+                ));
             }
             return StoreOutcome::Refused(Reply::with(
                 451,
@@ -1308,6 +1334,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(engine.store().queue_all().unwrap().len(), before);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A check that panics on one message costs that message a 421 (asked again, session
+    /// closed) and nothing else: the next message is judged and queued as usual.
+    #[tokio::test]
+    async fn a_message_that_panics_a_check_gets_a_421_and_the_engine_lives() {
+        let dir = scratch("panic");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let conn = Conn::new("192.0.2.7".parse().unwrap());
+        let bad = b"X-Levee-Test-Check: panic\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+        match engine
+            .accept_message(incoming_from("a@sender.example", bad, &["b@plain.test"]), &conn)
+            .await
+        {
+            StoreOutcome::Refused(r) => assert!(r.to_string().starts_with("421 4.3.0"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.store().queue_all().unwrap().is_empty(), "nothing stored");
+        let good = incoming(&["c@plain.test"]);
+        assert!(matches!(engine.accept_message(good, &conn).await, StoreOutcome::Queued(..)));
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
