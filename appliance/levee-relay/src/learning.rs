@@ -232,7 +232,7 @@ impl Engine {
         let applied = match result {
             Ok(v) => {
                 self.store.blob_put(BAYES_BLOB, &candidate.to_bytes())?;
-                *self.bayes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(candidate);
+                self.set_bayes(candidate);
                 let mut l = self.learning.lock();
                 l.commit(&batch, now);
                 l.note_baseline(&sample, &v);

@@ -14,6 +14,7 @@ mod manage;
 mod queue;
 mod report;
 pub mod rules;
+pub mod snapshot;
 pub mod tls;
 pub mod training;
 
@@ -29,7 +30,7 @@ use levee_spool::{GroupCommit, RetryPolicy, Spool, SpoolMeta};
 use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Store};
 use levee_types::{Action, Address, Envelope, QueueId, Reply};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -81,7 +82,8 @@ pub fn now_unix() -> u64 {
 
 /// The shared state of the running relay.
 pub struct Engine {
-    config: RwLock<Arc<Config>>,
+    /// Config, checks, rules, policies, lists and the model: one value, swapped whole.
+    runtime: snapshot::Runtime,
     spool: Arc<Spool>,
     store: Store,
     commit: Arc<GroupCommit>,
@@ -94,19 +96,11 @@ pub struct Engine {
     resolver: Option<hickory_resolver::TokioResolver>,
     pool: queue::Pool,
     ban_hook: std::sync::OnceLock<BanHook>,
-    bayes: RwLock<Arc<levee_filter::bayes::Model>>,
-    /// SpamAssassin-language rules (`[rules]`); immutable once loaded, swapped on reload.
-    sa_rules: RwLock<Option<Arc<levee_filter::sa::Loaded>>>,
     /// Held while the rule set changes (reload, local rules upload), so changes do not interleave.
     rules_change: std::sync::Mutex<()>,
     /// Votes, overlays, autolearn and the validated path to `bayes` (one owner: see learning.rs).
     learning: learning::Learning,
-    lists: RwLock<Arc<Vec<levee_types::list::ListEntry>>>,
     config_path: std::sync::OnceLock<std::path::PathBuf>,
-    /// Rebuilt when the config changes, so console edits of `[checks]` apply at once.
-    net: RwLock<Option<Arc<levee_netcheck::NetChecks>>>,
-    /// Derived from the config (global and per domain); swapped with it.
-    policies: RwLock<Arc<Policies>>,
     health: health::Health,
     log_ring: std::sync::OnceLock<Arc<health::LogRing>>,
 }
@@ -235,7 +229,14 @@ impl Engine {
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
             connections: Arc::new(Semaphore::new(config.smtp.max_connections)),
-            config: RwLock::new(Arc::new(config)),
+            runtime: snapshot::Runtime::new(snapshot::Snapshot {
+                config: Arc::new(config),
+                net: net.map(Arc::new),
+                rules: sa_rules,
+                policies: Arc::new(policies),
+                lists: Arc::new(lists),
+                bayes: Arc::new(bayes),
+            }),
             spool,
             store,
             commit,
@@ -247,28 +248,27 @@ impl Engine {
             resolver,
             pool: queue::Pool::default(),
             ban_hook: std::sync::OnceLock::new(),
-            bayes: RwLock::new(Arc::new(bayes)),
-            sa_rules: RwLock::new(sa_rules),
             rules_change: std::sync::Mutex::new(()),
             learning,
-            lists: RwLock::new(Arc::new(lists)),
             config_path: std::sync::OnceLock::new(),
-            net: RwLock::new(net.map(Arc::new)),
-            policies: RwLock::new(Arc::new(policies)),
             health: health::Health::default(),
             log_ring: std::sync::OnceLock::new(),
         }))
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().config.clone()
+    }
+
+    /// Everything a judgement reads, consistent with itself (see `snapshot`).
+    pub fn snapshot(&self) -> Arc<snapshot::Snapshot> {
+        self.runtime.get()
     }
 
     /// Swaps in a new, already validated config; live sessions keep the one they began with.
     pub fn reload(&self, config: Config) {
         let net = net_checks(&config).map(Arc::new);
         self.learning.reconfigure(&config.learning);
-        *self.net.write().unwrap_or_else(|p| p.into_inner()) = net;
         let _g = self.rules_lock();
         // Rules that no longer load keep the running set (the error is logged).
         let rules = match sa_rules(&config.rules, &config.data_dir) {
@@ -278,29 +278,31 @@ impl Engine {
                 self.sa_rules()
             }
         };
-        self.set_rules(&config, rules);
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        let policies =
+            Arc::new(Policies::build(&config, rule_scores(&self.store, rules.as_deref())));
+        let config = Arc::new(config);
+        self.runtime.update(|s| snapshot::Snapshot { config, net, rules, policies, ..s.clone() });
     }
 
     /// Swaps in a rule set and the policies built from it and `config`.
     fn set_rules(&self, config: &Config, rules: Option<Arc<levee_filter::sa::Loaded>>) {
-        *self.policies.write().unwrap_or_else(|p| p.into_inner()) =
+        let policies =
             Arc::new(Policies::build(config, rule_scores(&self.store, rules.as_deref())));
-        *self.sa_rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        self.runtime.update(|s| snapshot::Snapshot { rules, policies, ..s.clone() });
     }
 
     /// The scorer's global policy (thresholds, weights and the rules' scores) in use.
     pub fn global_policy(&self) -> Arc<levee_filter::score::Policy> {
-        self.policies.read().unwrap_or_else(|p| p.into_inner()).global.clone()
+        self.runtime.get().policies.global.clone()
     }
 
     /// The SpamAssassin-language rules in use, if any.
     pub fn sa_rules(&self) -> Option<Arc<levee_filter::sa::Loaded>> {
-        self.sa_rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().rules.clone()
     }
 
     fn net(&self) -> Option<Arc<levee_netcheck::NetChecks>> {
-        self.net.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().net.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -533,15 +535,21 @@ impl Engine {
     }
 
     pub fn lists(&self) -> Arc<Vec<levee_types::list::ListEntry>> {
-        self.lists.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().lists.clone()
     }
 
     fn bayes(&self) -> Arc<levee_filter::bayes::Model> {
-        self.bayes.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().bayes.clone()
+    }
+
+    /// Swaps in a new model (its writers hold `Learning::model_writer`).
+    fn set_bayes(&self, model: levee_filter::bayes::Model) {
+        let bayes = Arc::new(model);
+        self.runtime.update(|s| snapshot::Snapshot { bayes, ..s.clone() });
     }
 
     fn policies(&self) -> Arc<Policies> {
-        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.runtime.get().policies.clone()
     }
 
     /// The global policy (for the connection stage, before any recipient is known).
@@ -565,13 +573,15 @@ impl Engine {
         mut findings: Vec<levee_types::Finding>,
         country: Option<&str>,
     ) -> Vec<(Vec<Address>, levee_types::Verdict)> {
-        let model = self.bayes();
-        let rules = self.sa_rules();
-        let policies = self.policies();
-        let lists = self.lists();
+        // one snapshot for the whole judgement: a reload meanwhile cannot mix two configs
+        let snap = self.snapshot();
+        let model = snap.bayes.clone();
+        let rules = snap.rules.clone();
+        let policies = snap.policies.clone();
+        let lists = snap.lists.clone();
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
         let text = data.clone();
-        let hop = headers::live_hop(envelope, &self.config().hostname.0);
+        let hop = headers::live_hop(envelope, &snap.config.hostname.0);
         let content = tokio::task::spawn_blocking(move || {
             #[cfg(test)]
             if text.windows(PANIC_PROBE.len()).any(|w| w == PANIC_PROBE) {
@@ -1149,6 +1159,49 @@ mod tests {
         assert_eq!((c.ip, c.trusted), ("192.0.2.7".parse::<IpAddr>().unwrap(), false));
         assert!(Conn::new("::ffff:127.0.0.1".parse().unwrap()).trusted);
         assert!(!Conn::new("2001:db8::7".parse().unwrap()).trusted);
+    }
+
+    /// Reload against readers: every snapshot a reader takes is all one config (its
+    /// thresholds, its list checks' weights), never half the old and half the new; and a
+    /// model swapped in meanwhile survives the reloads.
+    #[test]
+    fn a_reader_sees_all_old_or_all_new_and_no_writer_loses_another() {
+        let dir = scratch("snapshot");
+        let a = config(&dir, "[rules]\nspamassassin = false\n");
+        let b = config(
+            &dir,
+            "[policy]\ntag_at = 2.5\n[[checks.dnsbl]]\nzone = \"bl.example.net\"\nsymbol = \"BL\"\n[rules]\nspamassassin = false\n",
+        );
+        let engine = Engine::open(a.clone()).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut model = levee_filter::bayes::Model::new();
+        model.train(&["offer".to_string()], true);
+        let seen = std::thread::scope(|t| {
+            let reader = t.spawn(|| {
+                let mut seen = [0usize; 2];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let s = engine.snapshot();
+                    let is_b = s.config.policy.tag_at == 2.5;
+                    assert_eq!(s.policies.global.tag_at, s.config.policy.tag_at, "torn policy");
+                    let listed = s.policies.global.weight("BL") != 0.0;
+                    assert_eq!(listed, !s.config.checks.dnsbl.is_empty(), "torn checks");
+                    seen[usize::from(is_b)] += 1;
+                }
+                seen
+            });
+            for i in 0..200 {
+                engine.reload(if i % 2 == 0 { b.clone() } else { a.clone() });
+                if i == 100 {
+                    engine.set_bayes(model.clone());
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            reader.join().unwrap()
+        });
+        assert!(seen[0] + seen[1] > 0, "the reader ran");
+        assert_eq!(engine.bayes().counts(), (1, 0), "a reload dropped the swapped-in model");
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -336,7 +336,8 @@ impl Engine {
     /// Re-reads the lists from the store.
     pub fn reload_lists(&self) -> Result<(), RelayError> {
         let lists = self.store.list_entries()?;
-        *self.lists.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(lists);
+        let lists = Arc::new(lists);
+        self.runtime.update(|s| crate::snapshot::Snapshot { lists, ..s.clone() });
         Ok(())
     }
 

@@ -77,13 +77,12 @@ impl Engine {
                 // Tokenizing is the slow part; it happens before the model is locked.
                 let tokens: Vec<Vec<String>> =
                     chunk.iter().map(|m| levee_filter::bayes::tokenize(m)).collect();
-                let mut guard = engine.bayes.write().unwrap_or_else(|p| p.into_inner());
-                let mut model = (**guard).clone();
+                // the model writer lock makes this clone-train-swap safe from lost updates
+                let mut model = (*engine.bayes()).clone();
                 for t in &tokens {
                     model.train(t, spam);
                 }
-                *guard = Arc::new(model);
-                drop(guard);
+                engine.set_bayes(model);
                 progress.done.fetch_add(chunk.len(), Ordering::Relaxed);
             }
             let model = engine.bayes();
