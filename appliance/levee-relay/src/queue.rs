@@ -352,6 +352,8 @@ async fn deliver_to_first(
                     }
                 },
             };
+            // Set on every use: a pooled client may predate a config change.
+            client.set_data_timeout(config.delivery.data_timeout());
             match client
                 .send(&from, rcpts, eight_bit, meta.envelope.smtputf8, trace.as_bytes(), body)
                 .await
