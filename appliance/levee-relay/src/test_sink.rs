@@ -1,5 +1,5 @@
-//! Test helpers: a tiny downstream SMTP server that accepts or stalls at a chosen
-//! step, over any stream; and a scratch engine.
+//! Test helpers: a tiny downstream SMTP server that accepts, holds or stalls at a
+//! chosen step, over a real socket or any stream; and a scratch engine.
 
 use crate::Engine;
 use levee_config::Config;
@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 /// Where in a transaction the sink departs from a plain "250".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +30,46 @@ pub(crate) enum Behaviour {
     Accept,
     /// Neither reads nor answers from the step on, until the client gives up.
     Stall(Step),
+    /// At the end of DATA: tell `arrived`, wait for `release`, then answer `code`.
+    Hold { arrived: Arc<Notify>, release: Arc<Notify>, code: u16 },
 }
 
 /// How long a stalled or held sink keeps the connection before dropping it, so a test
 /// whose client has no deadline fails instead of hanging.
 const SINK_PATIENCE: Duration = Duration::from_secs(3600);
+
+/// A sink listening on 127.0.0.1, serving every connection with one behaviour.
+pub(crate) struct Sink {
+    pub addr: SocketAddr,
+    /// Every message received in full, as sent (dot-stuffed, up to the final dot).
+    pub messages: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start(behaviour: Behaviour) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let got = messages.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, behaviour.clone(), got.clone()));
+            }
+        });
+        Sink { addr, messages, task }
+    }
+
+    pub fn received(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 /// Serves one connection as `behaviour` says.
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -77,10 +114,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 let message = read_body(s).await?;
                 messages.lock().unwrap().push(message);
-                if stalls(Step::EndOfData) {
-                    return stall().await;
+                match behaviour {
+                    Behaviour::Stall(Step::EndOfData) => return stall().await,
+                    Behaviour::Hold { arrived, release, code } => {
+                        arrived.notify_one();
+                        let _ = tokio::time::timeout(SINK_PATIENCE, release.notified()).await;
+                        answer(s, Some(*code)).await?;
+                    }
+                    _ => say(s, "250 2.0.0 ok").await?,
                 }
-                say(s, "250 2.0.0 ok").await?;
             }
             "RSET" | "NOOP" => say(s, "250 2.0.0 ok").await?,
             "QUIT" => {
@@ -96,6 +138,14 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 async fn stall() -> std::io::Result<()> {
     tokio::time::sleep(SINK_PATIENCE).await;
     Ok(())
+}
+
+async fn answer<S: AsyncWrite + Unpin>(s: &mut S, code: Option<u16>) -> std::io::Result<()> {
+    match code {
+        None | Some(250) => say(s, "250 2.0.0 ok").await,
+        Some(c) if c >= 500 => say(s, &format!("{c} 5.7.1 the sink refuses")).await,
+        Some(c) => say(s, &format!("{c} 4.3.0 the sink says later")).await,
+    }
 }
 
 async fn say<S: AsyncWrite + Unpin>(s: &mut S, text: &str) -> std::io::Result<()> {
