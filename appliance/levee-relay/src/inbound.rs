@@ -510,6 +510,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_session_through_the_listener_gets_250_and_the_message_is_spooled() {
+        let dir = Scratch::new("inbound-full");
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), "tls = false", "");
+        let (addr, tx, server) = listen(&engine).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut s).await, "220 mx.levee.test");
+        cmd(&mut s, "EHLO client.example.test", "250").await;
+        cmd(&mut s, "MAIL FROM:<alice@sender.example.test>", "250").await;
+        cmd(&mut s, "RCPT TO:<bob@example.test>", "250").await;
+        cmd(&mut s, "DATA", "354").await;
+        let message = "From: alice@sender.example.test\r\nTo: bob@example.test\r\n\
+            Subject: minutes\r\nMessage-ID: <m1@sender.example.test>\r\n\r\n\
+            The minutes of the meeting.\r\n..a line with a leading dot\r\n";
+        s.write_all(message.as_bytes()).await.unwrap();
+        s.write_all(b".\r\n").await.unwrap();
+        let done = reply(&mut s).await;
+        starts(&done, "250 2.0.0 Ok: queued as ");
+        cmd(&mut s, "QUIT", "221").await;
+        let id = levee_types::QueueId::parse(done.trim_end().rsplit(' ').next().unwrap())
+            .expect("a queue id in the 250");
+        let entry = engine.store().queue_get(&id).unwrap().expect("queued");
+        assert_eq!(entry.recipients.len(), 1);
+        assert_eq!(entry.recipients[0].rcpt, "bob@example.test");
+        let (meta, body) = engine.spool.read(&id).unwrap();
+        assert_eq!(meta.envelope.mail_from.unwrap().to_string(), "alice@sender.example.test");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("Subject: minutes\r\n"), "{body}");
+        assert!(body.contains("\r\n.a line with a leading dot\r\n"), "unstuffed: {body}");
+        stop(tx, server).await;
+    }
+
+    #[tokio::test]
     async fn silent_starttls_clients_lose_their_slots_at_the_handshake_deadline() {
         let dir = Scratch::new("inbound-slots");
         let smtp = "max_connections = 2\ntls_handshake_timeout_secs = 1";

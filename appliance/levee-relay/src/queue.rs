@@ -457,7 +457,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_sink::{engine, Behaviour, Scratch, Sink};
+    use crate::test_sink::{engine, Behaviour, Scratch, Sink, Step};
     use crate::StoreOutcome;
     use levee_types::{Address, Body, Envelope};
     use tokio::sync::Notify;
@@ -494,6 +494,85 @@ mod tests {
 
     fn entry(engine: &Engine, id: &QueueId) -> Option<QueueEntry> {
         engine.store.queue_get(id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delivered_message_leaves_the_queue_and_the_spool() {
+        let dir = Scratch::new("deliver-ok");
+        let sink = Sink::start(Behaviour::Accept).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let id = queued(&engine).await;
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        assert_eq!(entry(&engine, &id), None);
+        assert!(engine.spool.read(&id).is_err(), "spool file removed");
+        assert_eq!(sink.received(), 1);
+        let sent = String::from_utf8(sink.messages.lock().unwrap()[0].clone()).unwrap();
+        assert!(sent.contains("X-Levee-Stamp: ") && sent.ends_with("\r\nhello\r\n"), "{sent}");
+        let log = engine.store.log_get(&id).unwrap().unwrap();
+        assert_eq!(log.deliveries[0].outcome, "delivered");
+    }
+
+    #[tokio::test]
+    async fn a_4xx_defers_the_recipient_with_growing_backoff() {
+        let dir = Scratch::new("deliver-4xx");
+        let sink = Sink::start(Behaviour::Refuse(Step::EndOfData, 451)).await;
+        let engine = engine(&dir.0, sink.addr, "", "[delivery]\nretry_first_secs = 60");
+        let id = queued(&engine).await;
+        let mut waits = Vec::new();
+        for n in 1..=2 {
+            let now = now_unix();
+            let at = attempt_in_time(&engine, &id).await.expect("retried later");
+            let e = entry(&engine, &id).expect("still queued");
+            assert_eq!((e.attempts, e.next_attempt), (n, at));
+            assert_eq!(e.recipients[0].status, RcptStatus::Deferred);
+            let reply = e.recipients[0].last_reply.clone().unwrap();
+            assert!(reply.starts_with("451 4.3.0"), "{reply}");
+            waits.push(at - now);
+        }
+        // 60 s, then 120 s (give or take the second the clock may tick meanwhile).
+        assert!((59..=61).contains(&waits[0]) && (119..=121).contains(&waits[1]), "{waits:?}");
+        assert!(engine.spool.read(&id).is_ok(), "the message is kept for the retry");
+    }
+
+    #[tokio::test]
+    async fn a_5xx_fails_the_recipient_and_bounces_to_the_sender() {
+        let dir = Scratch::new("deliver-5xx");
+        for (step, code) in [(Step::Rcpt, 550), (Step::EndOfData, 554)] {
+            let sink = Sink::start(Behaviour::Refuse(step, code)).await;
+            let engine = engine(&dir.0.join(format!("{step:?}")), sink.addr, "", "");
+            let id = queued(&engine).await;
+            assert_eq!(attempt_in_time(&engine, &id).await, None);
+            assert_eq!(entry(&engine, &id), None, "failed recipients leave the queue");
+            assert!(engine.spool.read(&id).is_err(), "spool file removed");
+            let log = engine.store.log_get(&id).unwrap().unwrap();
+            assert_eq!(log.deliveries[0].outcome, "failed", "{step:?}");
+            let reply = &log.deliveries[0].reply;
+            assert!(reply.starts_with(&code.to_string()), "{step:?}: {reply}");
+            // The only entry left is the DSN, addressed to the sender.
+            let left = engine.store.queue_all().unwrap();
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert_eq!(left[0].recipients[0].rcpt, SENDER);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_downstream_is_deferred_when_the_deadline_fires() {
+        let dir = Scratch::new("deliver-stall");
+        let tail = "[delivery]\ncommand_timeout_secs = 1\ndata_timeout_secs = 2";
+        for (step, limit) in [(Step::Mail, 1), (Step::EndOfData, 2)] {
+            let sink = Sink::start(Behaviour::Stall(step)).await;
+            let engine = engine(&dir.0.join(format!("{step:?}")), sink.addr, "", tail);
+            let id = queued(&engine).await;
+            let start = std::time::Instant::now();
+            assert!(attempt_in_time(&engine, &id).await.is_some(), "retried later");
+            let took = start.elapsed();
+            assert!(took >= Duration::from_secs(limit), "{step:?}: {took:?}");
+            assert!(took < Duration::from_secs(limit + 10), "{step:?}: {took:?}");
+            let e = entry(&engine, &id).unwrap();
+            assert_eq!(e.recipients[0].status, RcptStatus::Deferred, "{step:?}");
+            let reply = e.recipients[0].last_reply.clone().unwrap();
+            assert!(reply.starts_with("451") && reply.contains("timeout"), "{step:?}: {reply}");
+        }
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Test helpers: a tiny downstream SMTP server that accepts, holds or stalls at a
-//! chosen step, over a real socket or any stream; and a scratch engine.
+//! Test helpers: a tiny downstream SMTP server that accepts, refuses (4xx/5xx) or
+//! stalls at a chosen step, over a real socket or any stream; and a scratch engine.
 
 use crate::Engine;
 use levee_config::Config;
@@ -18,6 +18,7 @@ pub(crate) enum Step {
     /// The TLS handshake: STARTTLS is offered and answered 220, then nothing.
     Tls,
     Mail,
+    Rcpt,
     /// The message body after 354: the sink stops reading it.
     Body,
     /// The reply to the final dot.
@@ -28,6 +29,8 @@ pub(crate) enum Step {
 pub(crate) enum Behaviour {
     /// 250 to everything.
     Accept,
+    /// This code (4xx or 5xx) at the step instead of the usual reply.
+    Refuse(Step, u16),
     /// Neither reads nor answers from the step on, until the client gives up.
     Stall(Step),
     /// At the end of DATA: tell `arrived`, wait for `release`, then answer `code`.
@@ -86,6 +89,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     behaviour: &Behaviour,
     messages: &Mutex<Vec<Vec<u8>>>,
 ) -> std::io::Result<()> {
+    let at = |step: Step| match behaviour {
+        Behaviour::Refuse(s, code) if *s == step => Some(*code),
+        _ => None,
+    };
     let stalls = |step: Step| matches!(behaviour, Behaviour::Stall(s) if *s == step);
     if stalls(Step::Banner) {
         return stall().await;
@@ -106,7 +113,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 return stall().await;
             }
             "MAIL" if stalls(Step::Mail) => return stall().await,
-            "MAIL" | "RCPT" => say(s, "250 2.0.0 ok").await?,
+            "MAIL" => answer(s, at(Step::Mail)).await?,
+            "RCPT" => answer(s, at(Step::Rcpt)).await?,
             "DATA" => {
                 say(s, "354 go on").await?;
                 if stalls(Step::Body) {
@@ -121,7 +129,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                         let _ = tokio::time::timeout(SINK_PATIENCE, release.notified()).await;
                         answer(s, Some(*code)).await?;
                     }
-                    _ => say(s, "250 2.0.0 ok").await?,
+                    _ => answer(s, at(Step::EndOfData)).await?,
                 }
             }
             "RSET" | "NOOP" => say(s, "250 2.0.0 ok").await?,
