@@ -6,7 +6,7 @@
 
 mod types;
 
-pub use types::{Downstream, DownstreamHost, HostName, Listen, Prefix, TlsPolicy};
+pub use types::{Downstream, DownstreamHost, HostName, Listen, Prefix, Seconds, TlsPolicy};
 
 use levee_types::Domain;
 use serde::Deserialize;
@@ -310,8 +310,23 @@ pub struct Smtp {
     pub max_connections_per_ip: usize,
     #[serde(default = "defaults::max_errors")]
     pub max_errors: u32,
+    /// Silence from the client after which it gets `421 4.4.2` and is closed.
     #[serde(default = "defaults::idle_timeout_secs")]
-    pub idle_timeout_secs: u64,
+    pub idle_timeout_secs: Seconds,
+    /// A command line, once its first byte has arrived, must be complete within this;
+    /// the idle timer alone would let a client drip one byte at a time forever.
+    #[serde(default = "defaults::smtp_command_timeout_secs")]
+    pub command_timeout_secs: Seconds,
+    /// The whole message, from the 354 after DATA (or the first BDAT) to its end.
+    #[serde(default = "defaults::smtp_data_timeout_secs")]
+    pub data_timeout_secs: Seconds,
+    /// The TLS handshake after STARTTLS; a client that stalls in it cannot be sent a
+    /// reply, so it is closed.
+    #[serde(default = "defaults::tls_handshake_timeout_secs")]
+    pub tls_handshake_timeout_secs: Seconds,
+    /// Each write to the client (a client that never reads holds its replies back).
+    #[serde(default = "defaults::write_timeout_secs")]
+    pub write_timeout_secs: Seconds,
     #[serde(default = "defaults::min_data_rate")]
     pub min_data_rate: u64,
     #[serde(default = "defaults::max_command_line")]
@@ -341,10 +356,17 @@ pub struct Delivery {
     pub retry_max_interval_secs: u64,
     #[serde(default = "defaults::max_lifetime_secs")]
     pub max_lifetime_secs: u64,
+    /// The TCP connect to the next hop.
     #[serde(default = "defaults::connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
+    pub connect_timeout_secs: Seconds,
+    /// Each command and its whole reply (banner, EHLO, STARTTLS and the TLS handshake,
+    /// MAIL, RCPT, DATA, RSET).
     #[serde(default = "defaults::command_timeout_secs")]
-    pub command_timeout_secs: u64,
+    pub command_timeout_secs: Seconds,
+    /// Sending the message body, and then waiting for the reply to its final dot, each
+    /// (RFC 5321 4.5.3.2.6 asks a client to wait 10 minutes for that reply).
+    #[serde(default = "defaults::delivery_data_timeout_secs")]
+    pub data_timeout_secs: Seconds,
     #[serde(default = "defaults::delivery_concurrency")]
     pub concurrency: usize,
 }
@@ -357,6 +379,7 @@ impl Default for Delivery {
             max_lifetime_secs: defaults::max_lifetime_secs(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
             command_timeout_secs: defaults::command_timeout_secs(),
+            data_timeout_secs: defaults::delivery_data_timeout_secs(),
             concurrency: defaults::delivery_concurrency(),
         }
     }
@@ -364,10 +387,13 @@ impl Default for Delivery {
 
 impl Delivery {
     pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs)
+        self.connect_timeout_secs.duration()
     }
     pub fn command_timeout(&self) -> Duration {
-        Duration::from_secs(self.command_timeout_secs)
+        self.command_timeout_secs.duration()
+    }
+    pub fn data_timeout(&self) -> Duration {
+        self.data_timeout_secs.duration()
     }
 }
 
@@ -520,7 +546,7 @@ impl Default for Supervisor {
 }
 
 mod defaults {
-    use super::Listen;
+    use super::{Listen, Seconds};
     pub fn tag_at() -> f64 {
         4.0
     }
@@ -563,8 +589,22 @@ mod defaults {
     pub fn max_errors() -> u32 {
         10
     }
-    pub fn idle_timeout_secs() -> u64 {
-        300
+    pub fn idle_timeout_secs() -> Seconds {
+        Seconds::new(300)
+    }
+    pub fn smtp_command_timeout_secs() -> Seconds {
+        // A real client sends a command line in one packet; a minute covers a bad link.
+        Seconds::new(60)
+    }
+    pub fn smtp_data_timeout_secs() -> Seconds {
+        // 25 MB (the default size limit) at about 28 KB/s.
+        Seconds::new(900)
+    }
+    pub fn tls_handshake_timeout_secs() -> Seconds {
+        Seconds::new(10)
+    }
+    pub fn write_timeout_secs() -> Seconds {
+        Seconds::new(60)
     }
     pub fn min_data_rate() -> u64 {
         // Bytes per second; slower than a 2400 baud modem is a tarpit, not a client.
@@ -589,11 +629,14 @@ mod defaults {
     pub fn max_lifetime_secs() -> u64 {
         5 * 24 * 3600
     }
-    pub fn connect_timeout_secs() -> u64 {
-        30
+    pub fn connect_timeout_secs() -> Seconds {
+        Seconds::new(30)
     }
-    pub fn command_timeout_secs() -> u64 {
-        300
+    pub fn command_timeout_secs() -> Seconds {
+        Seconds::new(300)
+    }
+    pub fn delivery_data_timeout_secs() -> Seconds {
+        Seconds::new(600)
     }
     pub fn delivery_concurrency() -> usize {
         32

@@ -238,3 +238,43 @@ fn report_addresses_default_to_the_host_name_and_can_be_changed_or_turned_off() 
     let (_, msg) = err(&format!("{MINIMAL}[learning]\nreport_ham = \"spam@mx.example.test\"\n"));
     assert!(msg.contains("must differ"), "{msg}");
 }
+
+#[test]
+fn timeouts_have_defaults_and_refuse_zero_and_huge_values_on_their_line() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    let s = &c.smtp;
+    let got = [
+        s.idle_timeout_secs,
+        s.command_timeout_secs,
+        s.data_timeout_secs,
+        s.tls_handshake_timeout_secs,
+        s.write_timeout_secs,
+    ]
+    .map(Seconds::get);
+    assert_eq!(got, [300, 60, 900, 10, 60]);
+    let d = &c.delivery;
+    let got =
+        [d.connect_timeout_secs, d.command_timeout_secs, d.data_timeout_secs].map(Seconds::get);
+    assert_eq!(got, [30, 300, 600]);
+    assert_eq!(d.data_timeout(), Duration::from_secs(600));
+
+    let set = |key: &str, v: &str| MINIMAL.replace("[smtp]\n", &format!("[smtp]\n{key} = {v}\n"));
+    let c = Config::parse(&set("tls_handshake_timeout_secs", "3"), "t").unwrap();
+    assert_eq!(c.smtp.tls_handshake_timeout_secs.duration(), Duration::from_secs(3));
+    for key in [
+        "idle_timeout_secs",
+        "command_timeout_secs",
+        "data_timeout_secs",
+        "tls_handshake_timeout_secs",
+        "write_timeout_secs",
+    ] {
+        for bad in ["0", "604801", "18446744073709551615", "-1", "\"10\""] {
+            let (line, msg) = err(&set(key, bad));
+            assert_eq!(line, 4, "{key} = {bad}: {msg}");
+        }
+        assert!(Config::parse(&set(key, "604800"), "t").is_ok(), "{key}");
+    }
+    let (line, msg) = err(&format!("{MINIMAL}[delivery]\ndata_timeout_secs = 0\n"));
+    assert_eq!(line, 9, "{msg}");
+    assert!(msg.contains("out of range"), "{msg}");
+}

@@ -164,3 +164,47 @@ impl fmt::Display for Prefix {
         write!(f, "{}/{}", self.addr, self.len)
     }
 }
+
+/// A timeout in whole seconds, from 1 to [`Seconds::MAX`]. Zero would cut every
+/// connection at once, and a huge value overflows the clock arithmetic of a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(u64);
+
+impl Seconds {
+    /// One week: longer than any SMTP step may reasonably take.
+    pub const MAX: u64 = 7 * 24 * 3600;
+
+    /// `n` seconds; panics outside 1..=MAX (for defaults, which are constants).
+    pub const fn new(n: u64) -> Seconds {
+        assert!(n >= 1 && n <= Self::MAX, "timeout out of range");
+        Seconds(n)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if (1..=Self::MAX).contains(&n) {
+            Ok(Seconds(n))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "timeout {n} out of range: give whole seconds from 1 to {}",
+                Self::MAX
+            )))
+        }
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} s", self.0)
+    }
+}

@@ -81,13 +81,20 @@ pub struct TxOutcome {
     pub rcpts: Vec<Result<Reply, Reply>>,
 }
 
+/// How long sending a message body, and then its final reply, may each take unless
+/// [`Client::set_data_timeout`] says otherwise: RFC 5321 4.5.3.2.6's 10 minutes.
+pub const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub struct Client {
     io: Box<dyn Io>,
     peer: SocketAddr,
     parser: ReplyParser,
     caps: Caps,
     pub tls: bool,
+    /// Each command's write, and each whole reply.
     timeout: Duration,
+    /// The body's transfer, and the reply to its final dot.
+    data_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -128,13 +135,24 @@ impl Client {
             .map_err(|_| ClientError::Timeout(addr))?
             .map_err(|e| ClientError::Connect(addr, e))?;
         let _ = stream.set_nodelay(true);
+        Client::start(Box::new(stream), addr, opts).await
+    }
+
+    /// The SMTP part of [`Client::connect`] over a connected stream: the banner, EHLO
+    /// and, as the policy asks, STARTTLS.
+    async fn start(
+        io: Box<dyn Io>,
+        addr: SocketAddr,
+        opts: &ConnectOptions<'_>,
+    ) -> Result<Client, ClientError> {
         let mut client = Client {
-            io: Box::new(stream),
+            io,
             peer: addr,
             parser: ReplyParser::default(),
             caps: Caps::default(),
             tls: false,
             timeout: opts.command_timeout,
+            data_timeout: DEFAULT_DATA_TIMEOUT,
         };
         client.expect(220).await?;
         client.ehlo(opts.helo).await?;
@@ -174,20 +192,40 @@ impl Client {
         Ok(())
     }
 
+    /// How long the message body's transfer, and then the reply to its final dot, may
+    /// each take.
+    pub fn set_data_timeout(&mut self, limit: Duration) {
+        self.data_timeout = limit;
+    }
+
     async fn command(&mut self, line: &[u8]) -> Result<(), ClientError> {
+        self.write_within(line, self.timeout).await
+    }
+
+    /// Writes and flushes `bytes`, all within `limit`: a server that stops reading
+    /// cannot hold the delivery slot.
+    async fn write_within(&mut self, bytes: &[u8], limit: Duration) -> Result<(), ClientError> {
         let peer = self.peer;
-        tokio::time::timeout(self.timeout, self.io.write_all(line))
-            .await
-            .map_err(|_| ClientError::Timeout(peer))?
-            .map_err(|e| ClientError::Io(peer, e))?;
-        tokio::time::timeout(self.timeout, self.io.flush())
+        let io = &mut self.io;
+        let write = async {
+            io.write_all(bytes).await?;
+            io.flush().await
+        };
+        tokio::time::timeout(limit, write)
             .await
             .map_err(|_| ClientError::Timeout(peer))?
             .map_err(|e| ClientError::Io(peer, e))
     }
 
     async fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        self.read_reply_within(self.timeout).await
+    }
+
+    /// Reads one whole reply within `limit`. The deadline covers the reply, not each
+    /// read: a server that drips a byte at a time must not keep the slot for ever.
+    async fn read_reply_within(&mut self, limit: Duration) -> Result<Reply, ClientError> {
         let peer = self.peer;
+        let deadline = tokio::time::Instant::now() + limit;
         let mut buf = [0u8; 4096];
         loop {
             match self.parser.next_reply() {
@@ -195,7 +233,7 @@ impl Client {
                 Ok(None) => {}
                 Err(_) => return Err(ClientError::Protocol(peer)),
             }
-            let n = tokio::time::timeout(self.timeout, self.io.read(&mut buf))
+            let n = tokio::time::timeout_at(deadline, self.io.read(&mut buf))
                 .await
                 .map_err(|_| ClientError::Timeout(peer))?
                 .map_err(|e| ClientError::Io(peer, e))?;
@@ -312,13 +350,8 @@ impl Client {
         payload.extend_from_slice(headers);
         payload.extend_from_slice(body);
         let wire = levee_smtp::dot_stuff(&payload);
-        let peer = self.peer;
-        tokio::time::timeout(self.timeout, self.io.write_all(&wire))
-            .await
-            .map_err(|_| ClientError::Timeout(peer))?
-            .map_err(|e| ClientError::Io(peer, e))?;
-        self.io.flush().await.map_err(|e| ClientError::Io(peer, e))?;
-        let final_reply = self.read_reply().await?;
+        self.write_within(&wire, self.data_timeout).await?;
+        let final_reply = self.read_reply_within(self.data_timeout).await?;
         let out = results
             .into_iter()
             .map(|r| {
@@ -365,5 +398,120 @@ impl From<&str> for ServerNameOwned {
             rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
         });
         ServerNameOwned(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_sink::{self, Behaviour, Step};
+    use tokio::time::Instant;
+
+    const COMMAND: Duration = Duration::from_secs(30);
+    const DATA: Duration = Duration::from_secs(100);
+
+    fn peer() -> SocketAddr {
+        "127.0.0.1:25".parse().unwrap()
+    }
+
+    /// A client over an in-memory pipe (`capacity` octets each way) to a test sink.
+    async fn over_pipe(
+        behaviour: Behaviour,
+        capacity: usize,
+        tls: TlsPolicy,
+    ) -> Result<Client, ClientError> {
+        let (ours, theirs) = tokio::io::duplex(capacity);
+        tokio::spawn(test_sink::serve(theirs, behaviour, Default::default()));
+        let connector = crate::tls::connector();
+        let opts = ConnectOptions {
+            source: None,
+            helo: "mx.levee.test",
+            tls,
+            tls_name: "sink.test",
+            connect_timeout: COMMAND,
+            command_timeout: COMMAND,
+            connector: &connector,
+        };
+        let mut client = Client::start(Box::new(ours), peer(), &opts).await?;
+        client.set_data_timeout(DATA);
+        Ok(client)
+    }
+
+    async fn send(client: &mut Client, body: &[u8]) -> Result<TxOutcome, ClientError> {
+        let rcpts = ["bob@example.test".to_string()];
+        client.send("alice@sender.test", &rcpts, false, false, b"", body).await
+    }
+
+    #[track_caller]
+    fn timed_out_after<T: std::fmt::Debug>(
+        r: Result<T, ClientError>,
+        start: Instant,
+        limit: Duration,
+    ) {
+        assert!(matches!(r, Err(ClientError::Timeout(_))), "{r:?}");
+        let took = start.elapsed();
+        assert!(took >= limit && took < limit + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_times_out_at_the_banner_and_in_the_tls_handshake() {
+        let start = Instant::now();
+        let r = over_pipe(Behaviour::Stall(Step::Banner), 4096, TlsPolicy::None).await;
+        timed_out_after(r, start, COMMAND);
+
+        let start = Instant::now();
+        let r = over_pipe(Behaviour::Stall(Step::Tls), 4096, TlsPolicy::Opportunistic).await;
+        timed_out_after(r, start, COMMAND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_command_and_the_data_transfer_have_their_own_deadline() {
+        let body = b"Subject: hi\r\n\r\nhello\r\n";
+        let mut c = over_pipe(Behaviour::Accept, 4096, TlsPolicy::None).await.unwrap();
+        let start = Instant::now();
+        let out = send(&mut c, body).await.unwrap();
+        assert!(out.rcpts[0].is_ok(), "{out:?}");
+        assert_eq!(start.elapsed(), Duration::ZERO, "no deadline fires on a healthy server");
+
+        let mut c = over_pipe(Behaviour::Stall(Step::Mail), 4096, TlsPolicy::None).await.unwrap();
+        let start = Instant::now();
+        timed_out_after(send(&mut c, body).await, start, COMMAND);
+
+        // A server that stops reading the body: the write blocks, the data deadline ends it.
+        let big = b"0123456789abcdef\r\n".repeat(64 * 1024);
+        let mut c = over_pipe(Behaviour::Stall(Step::Body), 4096, TlsPolicy::None).await.unwrap();
+        let start = Instant::now();
+        timed_out_after(send(&mut c, &big).await, start, DATA);
+
+        let mut c =
+            over_pipe(Behaviour::Stall(Step::EndOfData), 4096, TlsPolicy::None).await.unwrap();
+        let start = Instant::now();
+        timed_out_after(send(&mut c, body).await, start, DATA);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_dripped_a_byte_at_a_time_is_cut_at_the_command_deadline() {
+        // Each byte comes well within the deadline; the whole reply does not.
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            for b in b"220 sink.test ESMTP\r\n" {
+                if theirs.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        let connector = crate::tls::connector();
+        let opts = ConnectOptions {
+            source: None,
+            helo: "mx.levee.test",
+            tls: TlsPolicy::None,
+            tls_name: "sink.test",
+            connect_timeout: COMMAND,
+            command_timeout: COMMAND,
+            connector: &connector,
+        };
+        let start = Instant::now();
+        timed_out_after(Client::start(Box::new(ours), peer(), &opts).await, start, COMMAND);
     }
 }

@@ -7,6 +7,7 @@ use levee_types::Reply;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -78,13 +79,13 @@ pub async fn serve(
         let slot = per_ip.enter(peer.ip(), config.smtp.max_connections_per_ip);
         let (Ok(permit), Some(slot)) = (total, slot) else {
             info!(client = %peer, "connection refused: too many connections");
-            sessions.spawn(refuse(stream));
+            sessions.spawn(refuse(stream, config.smtp.write_timeout_secs.duration()));
             continue;
         };
         let engine = engine.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            handle(engine, stream, peer, shutdown).await;
+            handle(engine, Box::new(stream), peer, shutdown).await;
             drop((permit, slot));
         });
         // Reap finished tasks so the set does not grow without bound.
@@ -94,18 +95,34 @@ pub async fn serve(
     while sessions.join_next().await.is_some() {}
 }
 
-async fn refuse(mut stream: TcpStream) {
+async fn refuse(mut stream: TcpStream, limit: Duration) {
     let reply = Reply::with(421, 7, 0, "too many connections, try again later");
-    let _ = stream.write_all(&reply.to_wire()).await;
-    let _ = stream.shutdown().await;
+    // These tasks hold no slot, but shutdown waits for them.
+    let _ = tokio::time::timeout(limit, async {
+        stream.write_all(&reply.to_wire()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn handle(
+/// The network deadlines the driver enforces itself; the command, data and idle
+/// deadlines are the session's (`poll_timeout`).
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Each flush of replies, and the close.
+    write: Duration,
+    /// The TLS handshake after STARTTLS.
+    tls_handshake: Duration,
+}
+
+/// Runs one connection to its end. Every wait in here has a deadline, so a silent or
+/// stalling client cannot hold its connection slot for longer than those allow.
+pub(crate) async fn handle(
     engine: Arc<Engine>,
-    stream: TcpStream,
+    mut io: Box<dyn Io>,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -115,7 +132,10 @@ async fn handle(
         PeerInfo { ip: peer.ip(), port: peer.port() },
         Instant::now().into_std(),
     );
-    let mut io: Box<dyn Io> = Box::new(stream);
+    let limits = Limits {
+        write: config.smtp.write_timeout_secs.duration(),
+        tls_handshake: config.smtp.tls_handshake_timeout_secs.duration(),
+    };
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut shutting_down = false;
@@ -128,6 +148,7 @@ async fn handle(
         &mut out,
         &mut buf,
         peer,
+        limits,
         &mut shutdown,
         &mut shutting_down,
         &mut relay_denied,
@@ -154,6 +175,7 @@ async fn drive(
     out: &mut Vec<u8>,
     buf: &mut [u8],
     peer: SocketAddr,
+    limits: Limits,
     shutdown: &mut watch::Receiver<bool>,
     shutting_down: &mut bool,
     relay_denied: &mut u32,
@@ -183,7 +205,7 @@ async fn drive(
                 }
                 Action::Store(incoming) => {
                     // Replies queued before the message (pipelined) go out first.
-                    if flush(io, out).await.is_err() {
+                    if flush(io, out, limits.write, peer).await.is_err() {
                         return;
                     }
                     let reply = match conn.report {
@@ -195,29 +217,36 @@ async fn drive(
                     session.stored(reply, Instant::now().into_std());
                 }
                 Action::StartTls => {
-                    if flush(io, out).await.is_err() {
+                    if flush(io, out, limits.write, peer).await.is_err() {
                         return;
                     }
                     let Some(acceptor) = engine.tls_acceptor() else { return };
                     let plain = std::mem::replace(io, Box::new(tokio::io::duplex(1).0));
-                    match acceptor.accept(plain).await {
-                        Ok(tls) => *io = Box::new(tls),
-                        Err(e) => {
+                    // Mid-handshake a plaintext 421 would only corrupt the stream: just close.
+                    match tokio::time::timeout(limits.tls_handshake, acceptor.accept(plain)).await {
+                        Ok(Ok(tls)) => *io = Box::new(tls),
+                        Ok(Err(e)) => {
                             debug!(client = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            info!(client = %peer, "TLS handshake timed out");
                             return;
                         }
                     }
                     session.tls_up(Instant::now().into_std());
                 }
                 Action::Close => {
-                    let _ = flush(io, out).await;
-                    let _ = io.shutdown().await;
+                    if flush(io, out, limits.write, peer).await.is_ok() {
+                        // A TLS close_notify is a write too.
+                        let _ = tokio::time::timeout(limits.write, io.shutdown()).await;
+                    }
                     debug!(client = %peer, "closed");
                     return;
                 }
             }
         }
-        if flush(io, out).await.is_err() {
+        if flush(io, out, limits.write, peer).await.is_err() {
             return;
         }
         if !session.wants_input() {
@@ -280,12 +309,264 @@ async fn greet(
     }
 }
 
-async fn flush(io: &mut Box<dyn Io>, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// Writes the queued replies within `limit`: a client that does not read them would
+/// otherwise hold the connection forever. On error or expiry the connection is dropped,
+/// as no reply can reach that client any more.
+async fn flush(
+    io: &mut Box<dyn Io>,
+    out: &mut Vec<u8>,
+    limit: Duration,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
-    io.write_all(out).await?;
-    io.flush().await?;
+    let write = async {
+        io.write_all(out).await?;
+        io.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r?,
+        Err(_) => {
+            info!(client = %peer, "write timed out: the client is not reading");
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+    }
     out.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_sink::{engine, Scratch};
+    use tokio::io::DuplexStream;
+    use tokio::task::JoinHandle;
+
+    /// A safety net for the tests' own waits (virtual seconds under paused time), longer
+    /// than any deadline configured here.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// Reads one whole reply (every line of it); what came before the end of the stream.
+    async fn reply<S: AsyncRead + Unpin>(s: &mut S) -> String {
+        let read = async {
+            let mut text = Vec::new();
+            let mut b = [0u8; 1];
+            while let Ok(1) = s.read(&mut b).await {
+                text.push(b[0]);
+                if text.ends_with(b"\r\n") {
+                    let line = text[..text.len() - 2].iter().rposition(|c| *c == b'\n');
+                    let start = line.map_or(0, |i| i + 1);
+                    if text.get(start + 3) == Some(&b' ') {
+                        break;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        };
+        tokio::time::timeout(PATIENCE, read).await.expect("a reply in time")
+    }
+
+    #[track_caller]
+    fn starts(reply: &str, code: &str) {
+        assert!(reply.starts_with(code), "expected {code}, got {reply:?}");
+    }
+
+    async fn cmd<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &str, code: &str) {
+        s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+        starts(&reply(s).await, code);
+    }
+
+    /// The real driver on one end of an in-memory pipe of `capacity` octets each way,
+    /// for a client on this host (no connection checks, no greet pause).
+    struct Piped {
+        client: DuplexStream,
+        driver: JoinHandle<()>,
+        /// Kept so the driver does not see a shutdown.
+        _shutdown: watch::Sender<bool>,
+    }
+
+    fn piped(engine: &Arc<Engine>, capacity: usize) -> Piped {
+        let (client, server) = tokio::io::duplex(capacity);
+        let (tx, rx) = watch::channel(false);
+        let peer = "127.0.0.1:40000".parse().unwrap();
+        let driver = tokio::spawn(handle(engine.clone(), Box::new(server), peer, rx));
+        Piped { client, driver, _shutdown: tx }
+    }
+
+    /// Waits for the driver to end (the connection closed, its slot freed) and says when.
+    async fn ended(driver: JoinHandle<()>) -> Instant {
+        tokio::time::timeout(PATIENCE, driver).await.expect("driver ended").unwrap();
+        Instant::now()
+    }
+
+    #[track_caller]
+    fn after(took: Duration, secs: u64) {
+        let limit = Duration::from_secs(secs);
+        assert!(took >= limit && took < limit + Duration::from_secs(1), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_line_dripped_a_byte_at_a_time_gets_421_at_its_deadline() {
+        let dir = Scratch::new("drip");
+        let smtp = "tls = false\nidle_timeout_secs = 5\ncommand_timeout_secs = 20";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let Piped { client, driver, _shutdown } = piped(&engine, 4096);
+        let (mut rd, mut wr) = tokio::io::split(client);
+        starts(&reply(&mut rd).await, "220 ");
+        let start = Instant::now();
+        // One octet every 4 s: the 5 s idle timer never fires, the line's deadline does.
+        tokio::spawn(async move {
+            for b in b"EHLO client.example.test\r\n" {
+                if wr.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+        });
+        assert_eq!(reply(&mut rd).await, "421 4.4.2 command timeout, closing\r\n");
+        after(ended(driver).await - start, 20);
+        assert_eq!(reply(&mut rd).await, "", "closed after the 421");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_or_half_sent_tls_handshake_is_cut_at_its_deadline() {
+        let dir = Scratch::new("tls-stall");
+        let engine =
+            engine(&dir.0, "127.0.0.1:9".parse().unwrap(), "tls_handshake_timeout_secs = 3", "");
+        // Nothing after the 220, then the first six octets of a ClientHello record.
+        for hello in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+            let Piped { mut client, driver, _shutdown } = piped(&engine, 4096);
+            starts(&reply(&mut client).await, "220 ");
+            cmd(&mut client, "EHLO client.example.test", "250").await;
+            cmd(&mut client, "STARTTLS", "220 ").await;
+            client.write_all(hello).await.unwrap();
+            let start = Instant::now();
+            after(ended(driver).await - start, 3);
+            assert_eq!(reply(&mut client).await, "", "no plaintext reply inside TLS");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_does_not_end_in_time_gets_421() {
+        let dir = Scratch::new("data-deadline");
+        let smtp = "tls = false\ndata_timeout_secs = 50\nmin_data_rate = 0\nmin_free_bytes = 1";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let Piped { mut client, driver, _shutdown } = piped(&engine, 4096);
+        starts(&reply(&mut client).await, "220 ");
+        cmd(&mut client, "EHLO client.example.test", "250").await;
+        cmd(&mut client, "MAIL FROM:<alice@sender.example.test>", "250").await;
+        cmd(&mut client, "RCPT TO:<bob@example.test>", "250").await;
+        cmd(&mut client, "DATA", "354").await;
+        let start = Instant::now();
+        // A line every 10 s keeps the idle timer quiet; the message never ends.
+        let more = async {
+            loop {
+                client.write_all(b"a line of the body\r\n").await?;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        };
+        let r: std::io::Result<()> = tokio::select! {
+            r = more => r,
+            _ = tokio::time::sleep(Duration::from_secs(49)) => Ok(()),
+        };
+        r.unwrap();
+        assert!(!driver.is_finished(), "not before the deadline");
+        assert_eq!(reply(&mut client).await, "421 4.4.2 data timeout, closing\r\n");
+        after(ended(driver).await - start, 50);
+        assert!(engine.store().queue_all().unwrap().is_empty(), "nothing stored");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_dropped_at_the_write_deadline() {
+        let dir = Scratch::new("deaf");
+        let engine = engine(
+            &dir.0,
+            "127.0.0.1:9".parse().unwrap(),
+            "tls = false\nwrite_timeout_secs = 7",
+            "",
+        );
+        // 64 octets each way: the banner fits, a few replies more do not.
+        let Piped { client, driver, _shutdown } = piped(&engine, 64);
+        // The read half is kept open and never read.
+        let (_unread, mut wr) = tokio::io::split(client);
+        let start = Instant::now();
+        tokio::spawn(async move { while wr.write_all(b"NOOP\r\n").await.is_ok() {} });
+        after(ended(driver).await - start, 7);
+    }
+
+    /// Serves on 127.0.0.1:0 through the real listener; returns its address.
+    async fn listen(engine: &Arc<Engine>) -> (SocketAddr, watch::Sender<bool>, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let server = tokio::spawn(serve(engine.clone(), listener, rx));
+        (addr, tx, server)
+    }
+
+    async fn stop(tx: watch::Sender<bool>, server: JoinHandle<()>) {
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server).await.expect("server stops").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_full_session_through_the_listener_gets_250_and_the_message_is_spooled() {
+        let dir = Scratch::new("inbound-full");
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), "tls = false", "");
+        let (addr, tx, server) = listen(&engine).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut s).await, "220 mx.levee.test");
+        cmd(&mut s, "EHLO client.example.test", "250").await;
+        cmd(&mut s, "MAIL FROM:<alice@sender.example.test>", "250").await;
+        cmd(&mut s, "RCPT TO:<bob@example.test>", "250").await;
+        cmd(&mut s, "DATA", "354").await;
+        let message = "From: alice@sender.example.test\r\nTo: bob@example.test\r\n\
+            Subject: minutes\r\nMessage-ID: <m1@sender.example.test>\r\n\r\n\
+            The minutes of the meeting.\r\n..a line with a leading dot\r\n";
+        s.write_all(message.as_bytes()).await.unwrap();
+        s.write_all(b".\r\n").await.unwrap();
+        let done = reply(&mut s).await;
+        starts(&done, "250 2.0.0 Ok: queued as ");
+        cmd(&mut s, "QUIT", "221").await;
+        let id = levee_types::QueueId::parse(done.trim_end().rsplit(' ').next().unwrap())
+            .expect("a queue id in the 250");
+        let entry = engine.store().queue_get(&id).unwrap().expect("queued");
+        assert_eq!(entry.recipients.len(), 1);
+        assert_eq!(entry.recipients[0].rcpt, "bob@example.test");
+        let (meta, body) = engine.spool.read(&id).unwrap();
+        assert_eq!(meta.envelope.mail_from.unwrap().to_string(), "alice@sender.example.test");
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("Subject: minutes\r\n"), "{body}");
+        assert!(body.contains("\r\n.a line with a leading dot\r\n"), "unstuffed: {body}");
+        stop(tx, server).await;
+    }
+
+    #[tokio::test]
+    async fn silent_starttls_clients_lose_their_slots_at_the_handshake_deadline() {
+        let dir = Scratch::new("inbound-slots");
+        let smtp = "max_connections = 2\ntls_handshake_timeout_secs = 1";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let (addr, tx, server) = listen(&engine).await;
+        // Before either handshake starts, so both deadlines end after start + 1 s.
+        let start = std::time::Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            starts(&reply(&mut s).await, "220 ");
+            cmd(&mut s, "EHLO client.example.test", "250").await;
+            cmd(&mut s, "STARTTLS", "220 ").await;
+            silent.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut third).await, "421 4.7.0 too many connections");
+        for s in &mut silent {
+            assert_eq!(reply(s).await, "", "closed by the server");
+        }
+        assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+        // The slots are free again: a fresh client is served.
+        let mut fresh = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut fresh).await, "220 mx.levee.test");
+        cmd(&mut fresh, "QUIT", "221").await;
+        stop(tx, server).await;
+    }
 }

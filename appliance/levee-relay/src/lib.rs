@@ -15,6 +15,8 @@ mod queue;
 mod report;
 pub mod rules;
 pub mod snapshot;
+#[cfg(test)]
+mod test_sink;
 pub mod tls;
 pub mod training;
 
@@ -325,7 +327,9 @@ impl Engine {
             max_command_line: c.smtp.max_command_line,
             max_data_line: c.smtp.max_data_line,
             max_errors: c.smtp.max_errors,
-            idle_timeout: Duration::from_secs(c.smtp.idle_timeout_secs),
+            idle_timeout: c.smtp.idle_timeout_secs.duration(),
+            command_timeout: c.smtp.command_timeout_secs.duration(),
+            data_timeout: c.smtp.data_timeout_secs.duration(),
             min_data_rate: c.smtp.min_data_rate,
             tls_available: self.tls.is_some(),
         }

@@ -78,6 +78,8 @@ pub async fn run(
 
 /// One delivery attempt of one message. Returns when to try again, if at all.
 async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
+    // A plan: this copy is changed as the attempt goes, then only what changed is written
+    // back (`write_back`), so a delete or another change made meanwhile is kept.
     let mut entry = match engine.store.queue_get(id) {
         Ok(Some(e)) if !e.held => e,
         Ok(_) => return None,
@@ -97,6 +99,7 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
         Err(_) => return Some(now_unix() + 60),
     };
     let config = engine.config();
+    let before = entry.recipients.clone();
 
     // Recipients still to do, grouped by domain: one transaction per next hop.
     let mut groups: HashMap<Domain, Vec<usize>> = HashMap::new();
@@ -162,11 +165,11 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
             r.last_reply = Some(reply.to_string());
         }
     }
-    entry.attempts += 1;
     let now = now_unix();
     let mut next = None;
     if entry.recipients.iter().any(|r| r.status == RcptStatus::Deferred) {
-        next = next_attempt(&engine.retry_policy(), entry.attempts, entry.received_at, now);
+        let attempts = entry.attempts + 1;
+        next = next_attempt(&engine.retry_policy(), attempts, entry.received_at, now);
         if next.is_none() {
             // Past the maximum lifetime: what is still deferred has failed for good.
             for r in entry.recipients.iter_mut().filter(|r| r.status == RcptStatus::Deferred) {
@@ -181,21 +184,61 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
             }
         }
     }
-    if !newly_failed.is_empty() {
+    // A message deleted during the attempt gets no DSN (the window between this check
+    // and the write-back below is not closed; the write-back itself is safe).
+    if !newly_failed.is_empty() && matches!(engine.store.queue_get(id), Ok(Some(_))) {
         bounce(engine, &meta, &body, &newly_failed).await;
     }
-    match next {
-        Some(at) => {
-            entry.next_attempt = at;
-            if let Err(e) = engine.store.queue_put(&entry) {
-                warn!(%id, error = %e, "cannot update the queue index");
-            }
-            Some(at)
-        }
-        None => {
-            finish(engine, &entry).await;
+    let changed: Vec<_> = entry
+        .recipients
+        .iter()
+        .filter(|r| !before.contains(r))
+        .map(|r| (r.rcpt.clone(), r.status, r.last_reply.clone()))
+        .collect();
+    let stored = engine.store.queue_update(id, |current| {
+        write_back(current, &changed, next);
+    });
+    match stored {
+        Ok(None) => {
+            info!(%id, "deleted during the delivery attempt; stays deleted");
             None
         }
+        Ok(Some(current)) if current.is_finished() => {
+            finish(engine, &current).await;
+            None
+        }
+        Ok(Some(current)) if current.held => None,
+        Ok(Some(current)) => Some(current.next_attempt),
+        Err(e) => {
+            warn!(%id, error = %e, "cannot update the queue index");
+            if next.is_none() {
+                finish(engine, &entry).await;
+            }
+            next
+        }
+    }
+}
+
+/// Applies one attempt's results to the entry as it is stored now: the recipients the
+/// attempt changed, if they are still waiting for delivery (one removed or settled
+/// meanwhile is left as it is), one more attempt, and the next due time.
+fn write_back(
+    current: &mut QueueEntry,
+    changed: &[(String, RcptStatus, Option<String>)],
+    next: Option<u64>,
+) {
+    for (rcpt, status, reply) in changed {
+        let waiting = current.recipients.iter_mut().find(|r| {
+            r.rcpt == *rcpt && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred)
+        });
+        if let Some(r) = waiting {
+            r.status = *status;
+            r.last_reply = reply.clone();
+        }
+    }
+    current.attempts += 1;
+    if let Some(at) = next {
+        current.next_attempt = at;
     }
 }
 
@@ -352,6 +395,8 @@ async fn deliver_to_first(
                     }
                 },
             };
+            // Set on every use: a pooled client may predate a config change.
+            client.set_data_timeout(config.delivery.data_timeout());
             match client
                 .send(&from, rcpts, eight_bit, meta.envelope.smtputf8, trace.as_bytes(), body)
                 .await
@@ -406,5 +451,157 @@ impl Pool {
         if list.len() < POOL_MAX_PER_HOST {
             list.push((client, tokio::time::Instant::now()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_sink::{engine, Behaviour, Scratch, Sink, Step};
+    use crate::StoreOutcome;
+    use levee_types::{Address, Body, Envelope};
+    use tokio::sync::Notify;
+
+    const SENDER: &str = "alice@sender.example.test";
+
+    /// A message from `SENDER` to bob@example.test, in the queue and the spool.
+    async fn queued(engine: &Arc<Engine>) -> QueueId {
+        let envelope = Envelope {
+            mail_from: Some(Address::parse(SENDER, false).unwrap()),
+            rcpt_to: vec![Address::parse("bob@example.test", false).unwrap()],
+            helo: "client.example.test".into(),
+            client_ip: "192.0.2.7".parse().unwrap(),
+            client_name: None,
+            tls: false,
+            body: Body::SevenBit,
+            smtputf8: false,
+            declared_size: None,
+        };
+        let data =
+            format!("From: {SENDER}\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n");
+        let action = levee_types::Action::Accept;
+        match engine.enqueue(envelope, data.into_bytes(), action, 0.0, Vec::new()).await {
+            StoreOutcome::Queued(id, _) => id,
+            StoreOutcome::Refused(r) => panic!("not queued: {r}"),
+        }
+    }
+
+    async fn attempt_in_time(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
+        tokio::time::timeout(Duration::from_secs(60), attempt(engine, id))
+            .await
+            .expect("the attempt ends within its deadlines")
+    }
+
+    fn entry(engine: &Engine, id: &QueueId) -> Option<QueueEntry> {
+        engine.store.queue_get(id).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_delivered_message_leaves_the_queue_and_the_spool() {
+        let dir = Scratch::new("deliver-ok");
+        let sink = Sink::start(Behaviour::Accept).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let id = queued(&engine).await;
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        assert_eq!(entry(&engine, &id), None);
+        assert!(engine.spool.read(&id).is_err(), "spool file removed");
+        assert_eq!(sink.received(), 1);
+        let sent = String::from_utf8(sink.messages.lock().unwrap()[0].clone()).unwrap();
+        assert!(sent.contains("X-Levee-Stamp: ") && sent.ends_with("\r\nhello\r\n"), "{sent}");
+        let log = engine.store.log_get(&id).unwrap().unwrap();
+        assert_eq!(log.deliveries[0].outcome, "delivered");
+    }
+
+    #[tokio::test]
+    async fn a_4xx_defers_the_recipient_with_growing_backoff() {
+        let dir = Scratch::new("deliver-4xx");
+        let sink = Sink::start(Behaviour::Refuse(Step::EndOfData, 451)).await;
+        let engine = engine(&dir.0, sink.addr, "", "[delivery]\nretry_first_secs = 60");
+        let id = queued(&engine).await;
+        let mut waits = Vec::new();
+        for n in 1..=2 {
+            let now = now_unix();
+            let at = attempt_in_time(&engine, &id).await.expect("retried later");
+            let e = entry(&engine, &id).expect("still queued");
+            assert_eq!((e.attempts, e.next_attempt), (n, at));
+            assert_eq!(e.recipients[0].status, RcptStatus::Deferred);
+            let reply = e.recipients[0].last_reply.clone().unwrap();
+            assert!(reply.starts_with("451 4.3.0"), "{reply}");
+            waits.push(at - now);
+        }
+        // 60 s, then 120 s after the attempt began (plus the attempt's own time).
+        assert!((60..=70).contains(&waits[0]) && (120..=130).contains(&waits[1]), "{waits:?}");
+        assert!(engine.spool.read(&id).is_ok(), "the message is kept for the retry");
+    }
+
+    #[tokio::test]
+    async fn a_5xx_fails_the_recipient_and_bounces_to_the_sender() {
+        let dir = Scratch::new("deliver-5xx");
+        for (step, code) in [(Step::Rcpt, 550), (Step::EndOfData, 554)] {
+            let sink = Sink::start(Behaviour::Refuse(step, code)).await;
+            let engine = engine(&dir.0.join(format!("{step:?}")), sink.addr, "", "");
+            let id = queued(&engine).await;
+            assert_eq!(attempt_in_time(&engine, &id).await, None);
+            assert_eq!(entry(&engine, &id), None, "failed recipients leave the queue");
+            assert!(engine.spool.read(&id).is_err(), "spool file removed");
+            let log = engine.store.log_get(&id).unwrap().unwrap();
+            assert_eq!(log.deliveries[0].outcome, "failed", "{step:?}");
+            let reply = &log.deliveries[0].reply;
+            assert!(reply.starts_with(&code.to_string()), "{step:?}: {reply}");
+            // The only entry left is the DSN, addressed to the sender.
+            let left = engine.store.queue_all().unwrap();
+            assert_eq!(left.len(), 1, "{left:?}");
+            assert_eq!(left[0].recipients[0].rcpt, SENDER);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_downstream_is_deferred_when_the_deadline_fires() {
+        let dir = Scratch::new("deliver-stall");
+        let tail = "[delivery]\ncommand_timeout_secs = 1\ndata_timeout_secs = 2";
+        for (step, limit) in [(Step::Mail, 1), (Step::EndOfData, 2)] {
+            let sink = Sink::start(Behaviour::Stall(step)).await;
+            let engine = engine(&dir.0.join(format!("{step:?}")), sink.addr, "", tail);
+            let id = queued(&engine).await;
+            let start = std::time::Instant::now();
+            assert!(attempt_in_time(&engine, &id).await.is_some(), "retried later");
+            let took = start.elapsed();
+            assert!(took >= Duration::from_secs(limit), "{step:?}: {took:?}");
+            assert!(took < Duration::from_secs(limit + 10), "{step:?}: {took:?}");
+            let e = entry(&engine, &id).unwrap();
+            assert_eq!(e.recipients[0].status, RcptStatus::Deferred, "{step:?}");
+            let reply = e.recipients[0].last_reply.clone().unwrap();
+            assert!(reply.starts_with("451") && reply.contains("timeout"), "{step:?}: {reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_deleted_during_delivery_stays_deleted() {
+        let dir = Scratch::new("deliver-delete");
+        let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        // The downstream holds its answer to the final dot until the delete is done, then
+        // defers: the attempt would write the entry back for a retry.
+        let hold =
+            Behaviour::Hold { arrived: arrived.clone(), release: release.clone(), code: 451 };
+        let sink = Sink::start(hold).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let id = queued(&engine).await;
+        let delivery = tokio::spawn({
+            let (engine, id) = (engine.clone(), id.clone());
+            async move { attempt_in_time(&engine, &id).await }
+        });
+        tokio::time::timeout(Duration::from_secs(30), arrived.notified())
+            .await
+            .expect("the message reached the sink");
+        engine.queue_delete(&id).await.unwrap();
+        release.notify_one();
+        assert_eq!(delivery.await.unwrap(), None, "not rescheduled");
+        assert_eq!(sink.received(), 1);
+        assert_eq!(entry(&engine, &id), None, "the deleted entry did not come back");
+        assert!(engine.store.queue_all().unwrap().is_empty());
+        assert!(engine.spool.read(&id).is_err());
+        // A retry of the same id (a stale timer) finds nothing to do.
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        assert_eq!(entry(&engine, &id), None);
     }
 }

@@ -36,6 +36,11 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Silence from the peer after which the session says 421 4.4.2 and closes.
     pub idle_timeout: Duration,
+    /// A command line must be complete this long after its first octet, or 421 4.4.2:
+    /// the idle timer restarts on every octet, so alone it never ends a slow drip.
+    pub command_timeout: Duration,
+    /// The whole message (354 or the first BDAT to the end of the content), or 421 4.4.2.
+    pub data_timeout: Duration,
     /// Octets per second during DATA/BDAT, averaged after [`DATA_RATE_GRACE`]; 0 disables.
     pub min_data_rate: u64,
     /// Whether STARTTLS can be offered (a certificate is loaded).
@@ -52,6 +57,8 @@ impl Default for SessionConfig {
             max_data_line: 8192,
             max_errors: 10,
             idle_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(900),
             min_data_rate: 512,
             tls_available: false,
         }
@@ -235,6 +242,8 @@ pub struct Session {
     bytes_in: u64,
     /// Start of the current DATA/BDAT phase and `bytes_in` at that moment.
     data_phase: Option<(Instant, u64)>,
+    /// When the first octet of the incomplete command line in `inbuf` arrived.
+    line_started: Option<Instant>,
     pregreet: bool,
     /// `shutdown` came while a `Store` was out: say 421 right after its reply.
     shutdown_after_store: bool,
@@ -258,6 +267,7 @@ impl Session {
             last_input: now,
             bytes_in: 0,
             data_phase: None,
+            line_started: None,
             pregreet: false,
             shutdown_after_store: false,
         };
@@ -294,6 +304,7 @@ impl Session {
             self.send(Reply::with(421, 7, 0, "too much pipelined input, closing"));
             self.close();
         }
+        self.track_line(now);
     }
 
     /// Policy's answer to the outstanding `Ask`.
@@ -313,6 +324,7 @@ impl Session {
                 }
                 self.last_input = now;
                 self.resume(now);
+                self.track_line(now);
                 return;
             }
             Expect::PolicyVerdict(p) => p,
@@ -326,6 +338,7 @@ impl Session {
             (Pending::Helo { name, extended }, Decision::Accept) => {
                 // RFC 5321 4.1.4: EHLO/HELO resets any transaction.
                 self.txn = None;
+                self.data_phase = None;
                 self.helo = Some(name);
                 let reply = if extended { self.ehlo_reply() } else { self.helo_reply() };
                 self.send(reply);
@@ -349,6 +362,7 @@ impl Session {
             (_, Decision::Reject(r)) => self.refuse(r),
         }
         self.resume(now);
+        self.track_line(now);
     }
 
     /// The result of the outstanding `Store`, sent verbatim; the transaction is over.
@@ -367,6 +381,7 @@ impl Session {
             self.close();
         }
         self.resume(now);
+        self.track_line(now);
     }
 
     /// The TLS handshake after `StartTls` succeeded. The client starts over with EHLO.
@@ -380,6 +395,7 @@ impl Session {
         self.inbuf.clear();
         self.scanned = 0;
         self.overlong = None;
+        self.line_started = None;
         self.last_input = now;
         self.expect = Expect::Command;
     }
@@ -390,11 +406,21 @@ impl Session {
             return;
         }
         if let Some((start, at)) = self.data_phase {
+            if now >= start + self.config.data_timeout {
+                self.send(Reply::with(421, 4, 2, "data timeout, closing"));
+                self.close();
+                return;
+            }
             if self.too_slow(start, at, now) {
                 self.send(Reply::with(421, 4, 2, "data rate too low, closing"));
                 self.close();
                 return;
             }
+        }
+        if self.line_deadline().is_some_and(|d| now >= d) {
+            self.send(Reply::with(421, 4, 2, "command timeout, closing"));
+            self.close();
+            return;
         }
         if now >= self.last_input + self.config.idle_timeout {
             self.send(Reply::with(421, 4, 2, "idle timeout, closing"));
@@ -444,7 +470,25 @@ impl Session {
             let due = Duration::from_millis(ms.min(u64::MAX as u128) as u64);
             start + due.max(DATA_RATE_GRACE)
         });
-        Some(rate.map_or(idle, |r| r.min(idle)))
+        let data = self.data_phase.map(|(start, _)| start + self.config.data_timeout);
+        [rate, data, self.line_deadline()].into_iter().flatten().chain([idle]).min()
+    }
+
+    /// When the incomplete command line must be complete, if one is under way.
+    fn line_deadline(&self) -> Option<Instant> {
+        self.line_started.map(|t| t + self.config.command_timeout)
+    }
+
+    /// Starts the command-line clock at the first octet of a line and stops it when no
+    /// line is under way (a line ends in `take_command`, which clears it).
+    fn track_line(&mut self, now: Instant) {
+        let partial = matches!(self.expect, Expect::Command)
+            && (!self.inbuf.is_empty() || self.overlong.is_some());
+        if !partial {
+            self.line_started = None;
+        } else if self.line_started.is_none() {
+            self.line_started = Some(now);
+        }
     }
 
     /// Whether the session processes input now (false while an `Ask`/`Store`/`StartTls`
@@ -537,6 +581,7 @@ impl Session {
                 }
                 Some(end) => {
                     self.overlong = None;
+                    self.line_started = None;
                     self.error(line_too_long(max));
                     Step::Consumed(end)
                 }
@@ -555,6 +600,7 @@ impl Session {
             }
             Some(end) => {
                 self.scanned = 0;
+                self.line_started = None;
                 if end > max {
                     self.error(line_too_long(max));
                 } else {
@@ -658,6 +704,7 @@ impl Session {
             Command::Rset(args) => {
                 if args.is_empty() {
                     self.txn = None;
+                    self.data_phase = None;
                     self.send(Reply::with(250, 0, 0, "ok"));
                 } else {
                     self.error(Reply::with(501, 5, 4, "syntax: RSET"));
@@ -897,6 +944,7 @@ impl Session {
         self.expect = Expect::Closed;
         self.txn = None;
         self.data_phase = None;
+        self.line_started = None;
         self.inbuf = Vec::new();
     }
 

@@ -38,6 +38,8 @@ fn config() -> SessionConfig {
         max_data_line: 1000,
         max_errors: 5,
         idle_timeout: Duration::from_secs(300),
+        command_timeout: Duration::from_secs(60),
+        data_timeout: Duration::from_secs(900),
         min_data_rate: 100,
         tls_available: true,
     }
@@ -395,6 +397,93 @@ fn idle_timeout_and_slow_data() {
     c.advance(10);
     c.take().assert_eq("421 4.4.2 data rate too low, closing\r\n");
     assert!(c.closed);
+}
+
+#[test]
+fn a_command_line_dripped_slower_than_its_deadline_is_cut() {
+    // One octet every 4 s never trips the 5 s idle timer; the 60 s line deadline does.
+    let mut c = Client::ready(SessionConfig { idle_timeout: Duration::from_secs(5), ..config() });
+    let start = c.now;
+    for b in b"NOOP NOOP NOOP NOOP".iter() {
+        c.send(&[*b]);
+        c.advance(4);
+        if c.closed {
+            break;
+        }
+    }
+    c.take().assert_eq("421 4.4.2 command timeout, closing\r\n");
+    assert_eq!(c.now - start, Duration::from_secs(60));
+
+    // A line that ends in time stops the clock; the next line gets its own 60 s, counted
+    // from its first octet, even when it arrives in the same read as the previous end.
+    let mut c = Client::ready(config());
+    c.send(b"NOO");
+    c.advance(50);
+    c.send(b"P\r\nNO").assert_eq("250 2.0.0 ok\r\n");
+    c.advance(59);
+    assert!(!c.closed);
+    c.send(b"OP\r\n").assert_eq("250 2.0.0 ok\r\n");
+    c.advance(200);
+    assert!(!c.closed, "silence between lines is the idle timer's business");
+    c.send(b"N");
+    c.advance(60);
+    c.take().assert_eq("421 4.4.2 command timeout, closing\r\n");
+
+    // An over-long line that is being discarded is still one line under the deadline.
+    let mut c = Client::ready(config());
+    for _ in 0..15 {
+        c.send(&[b'x'; 100]);
+        c.advance(4);
+    }
+    c.take().assert_eq("421 4.4.2 command timeout, closing\r\n");
+}
+
+#[test]
+fn the_whole_message_must_arrive_within_the_data_deadline() {
+    // No minimum rate here: this is about the deadline alone.
+    let fast =
+        SessionConfig { data_timeout: Duration::from_secs(100), min_data_rate: 0, ..config() };
+    let mut c = Client::ready(fast.clone());
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    // Often enough for the idle timer, but never finished.
+    for _ in 0..9 {
+        c.send(b"a line\r\n");
+        c.advance(10);
+    }
+    assert!(!c.closed);
+    c.send(b"more\r\n");
+    c.advance(10);
+    c.take().assert_eq("421 4.4.2 data timeout, closing\r\n");
+    assert!(c.closed && c.stored.is_empty());
+
+    // BDAT: the deadline runs from the first chunk to the last, across commands.
+    let mut c = Client::ready(fast.clone());
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.send(b"BDAT 5\r\nhello").assert_eq("250 2.0.0 5 octets received\r\n");
+    c.advance(60);
+    c.send(b"BDAT 5\r\nhello").assert_eq("250 2.0.0 5 octets received\r\n");
+    c.advance(40);
+    c.take().assert_eq("421 4.4.2 data timeout, closing\r\n");
+
+    // RSET ends the transaction and its clock; a message in time is stored.
+    let mut c = Client::ready(fast);
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.send(b"BDAT 5\r\nhello").assert_eq("250 2.0.0 5 octets received\r\n");
+    c.cmd("RSET", "250");
+    c.advance(150);
+    assert!(!c.closed);
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.advance(99);
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(c.stored.len(), 1);
+    c.advance(50);
+    assert!(!c.closed);
 }
 
 #[test]

@@ -52,6 +52,8 @@ fn base_config() -> SessionConfig {
         max_data_line: 1000,
         max_errors: 20,
         idle_timeout: Duration::from_secs(300),
+        command_timeout: Duration::from_secs(60),
+        data_timeout: Duration::from_secs(900),
         min_data_rate: 100,
         tls_available: true,
     }
@@ -67,6 +69,8 @@ fn set(config: &mut SessionConfig, kv: &str) {
         "max_data_line" => config.max_data_line = n() as usize,
         "max_errors" => config.max_errors = n() as u32,
         "idle_timeout" => config.idle_timeout = Duration::from_secs(n()),
+        "command_timeout" => config.command_timeout = Duration::from_secs(n()),
+        "data_timeout" => config.data_timeout = Duration::from_secs(n()),
         "min_data_rate" => config.min_data_rate = n(),
         "tls_available" => config.tls_available = v == "true",
         _ => panic!("unknown @config key {k:?}"),

@@ -272,6 +272,33 @@ impl Store {
         }
     }
 
+    /// Changes a queue entry with `f` in one atomic step: a compare-and-swap, retried
+    /// when another writer got in between, so `f` may run more than once (each time on
+    /// the entry as now stored) and must do nothing but change its argument. Nothing
+    /// happens when there is no entry, so a message deleted meanwhile stays deleted.
+    /// Returns the entry as stored, or `None` if there was none.
+    pub fn queue_update<F>(&self, id: &QueueId, mut f: F) -> Result<Option<QueueEntry>, StoreError>
+    where
+        F: FnMut(&mut QueueEntry),
+    {
+        let k = key(id);
+        loop {
+            let Some(old) = self.queue.get(k).map_err(db_err("queue get"))? else {
+                return Ok(None);
+            };
+            let mut entry: QueueEntry = decode(&old, &k)?;
+            f(&mut entry);
+            let new = encode(&entry, id)?;
+            let swapped = self
+                .queue
+                .compare_and_swap(k, Some(old), Some(new))
+                .map_err(db_err("queue update"))?;
+            if swapped.is_ok() {
+                return Ok(Some(entry));
+            }
+        }
+    }
+
     pub fn queue_remove(&self, id: &QueueId) -> Result<(), StoreError> {
         self.queue.remove(key(id)).map_err(db_err("queue remove"))?;
         Ok(())
@@ -551,6 +578,51 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(s.log_get(&id(1)).unwrap().unwrap().deliveries.len(), 100);
+    }
+
+    #[test]
+    fn queue_update_changes_an_entry_and_never_brings_back_a_missing_one() {
+        let d = TempDir::new("qupdate");
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(s.queue_update(&id(1), |e| e.attempts += 1).unwrap(), None);
+        assert_eq!(s.queue_get(&id(1)).unwrap(), None, "an update must not create an entry");
+        s.queue_put(&queue_entry(1)).unwrap();
+        let got = s.queue_update(&id(1), |e| e.recipients[0].status = RcptStatus::Delivered);
+        let got = got.unwrap().unwrap();
+        assert_eq!(got.recipients[0].status, RcptStatus::Delivered);
+        assert_eq!(s.queue_get(&id(1)).unwrap(), Some(got));
+        s.queue_remove(&id(1)).unwrap();
+        assert_eq!(s.queue_update(&id(1), |e| e.attempts += 1).unwrap(), None);
+        assert_eq!(s.queue_get(&id(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_queue_updates_lose_nothing_and_a_delete_wins() {
+        let d = TempDir::new("qupdate-race");
+        let s = Store::open(&d.0).unwrap();
+        let mut e = queue_entry(1);
+        e.attempts = 0;
+        s.queue_put(&e).unwrap();
+        let bump = |s: Store| {
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    s.queue_update(&id(1), |e| e.attempts += 1).unwrap();
+                }
+            })
+        };
+        let handles: Vec<_> = (0..4).map(|_| bump(s.clone())).collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.queue_get(&id(1)).unwrap().unwrap().attempts, 200);
+
+        // Updates racing a delete: whichever comes after the delete finds nothing.
+        let handles: Vec<_> = (0..4).map(|_| bump(s.clone())).collect();
+        s.queue_remove(&id(1)).unwrap();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(s.queue_get(&id(1)).unwrap(), None);
     }
 
     #[test]
