@@ -154,8 +154,9 @@ impl Engine {
         let Some(q) = self.store.quarantine_get(id)? else {
             return Err(RelayError::NotFound(id.clone()));
         };
-        let mut entry =
-            self.store.queue_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
+        if self.store.queue_get(id)?.is_none() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
         if allow_sender && !q.mail_from.is_empty() {
             for rcpt in &q.rcpt_to {
                 let entry = ListEntry {
@@ -166,9 +167,15 @@ impl Engine {
                 self.add_list_entry(&entry, "released from quarantine", by)?;
             }
         }
-        entry.held = false;
-        entry.next_attempt = now_unix();
-        self.store.queue_put(&entry)?;
+        // in one step on the entry as stored: a delete meanwhile is not undone
+        let now = now_unix();
+        let released = self.store.queue_update(id, |e| {
+            e.held = false;
+            e.next_attempt = now;
+        })?;
+        if released.is_none() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
         self.store.quarantine_remove(id)?;
         self.store.flush()?;
         info!(%id, by, allow_sender, "released from quarantine");
@@ -267,11 +274,13 @@ impl Engine {
         mut q: QuarantineEntry,
         gone: &[String],
     ) -> Result<(), RelayError> {
-        let mut entry =
-            self.store.queue_get(id)?.ok_or_else(|| RelayError::NotFound(id.clone()))?;
-        entry.recipients.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(&r.rcpt)));
+        let dropped = self.store.queue_update(id, |e| {
+            e.recipients.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(&r.rcpt)));
+        })?;
+        if dropped.is_none() {
+            return Err(RelayError::NotFound(id.clone()));
+        }
         q.rcpt_to.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(r)));
-        self.store.queue_put(&entry)?;
         self.store.quarantine_put(&q)?;
         self.store.flush()?;
         Ok(())
