@@ -6,7 +6,9 @@
 
 mod types;
 
-pub use types::{Downstream, DownstreamHost, HostName, Listen, Prefix, Seconds, TlsPolicy};
+pub use types::{
+    Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, Seconds, TlsPolicy,
+};
 
 use levee_types::Domain;
 use serde::Deserialize;
@@ -335,6 +337,10 @@ pub struct Smtp {
     pub max_data_line: usize,
     #[serde(default = "defaults::min_free_bytes")]
     pub min_free_bytes: u64,
+    /// A message with more `Received:` headers than this is a mail loop: `554 5.4.0` at
+    /// the end of DATA, and nothing is stored (Postfix's `hopcount_limit`).
+    #[serde(default = "defaults::max_received_headers")]
+    pub max_received_headers: HopLimit,
     /// How long clients other than this host wait for the banner; one that talks
     /// first is a bot and is refused (postscreen's pregreet test). 0 turns it off.
     #[serde(default = "defaults::greet_pause_ms")]
@@ -546,7 +552,7 @@ impl Default for Supervisor {
 }
 
 mod defaults {
-    use super::{Listen, Seconds};
+    use super::{HopLimit, Listen, Seconds};
     pub fn tag_at() -> f64 {
         4.0
     }
@@ -619,6 +625,10 @@ mod defaults {
     }
     pub fn min_free_bytes() -> u64 {
         64 * 1024 * 1024
+    }
+    pub fn max_received_headers() -> HopLimit {
+        // Postfix's hopcount_limit.
+        HopLimit::new(50)
     }
     pub fn retry_first_secs() -> u64 {
         60

@@ -278,3 +278,18 @@ fn timeouts_have_defaults_and_refuse_zero_and_huge_values_on_their_line() {
     assert_eq!(line, 9, "{msg}");
     assert!(msg.contains("out of range"), "{msg}");
 }
+
+#[test]
+fn the_hop_limit_defaults_to_50_and_refuses_zero_and_huge_values_on_its_line() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.smtp.max_received_headers.get(), 50);
+    let set =
+        |v: &str| MINIMAL.replace("[smtp]\n", &format!("[smtp]\nmax_received_headers = {v}\n"));
+    assert_eq!(Config::parse(&set("30"), "t").unwrap().smtp.max_received_headers.get(), 30);
+    assert_eq!(Config::parse(&set("1000"), "t").unwrap().smtp.max_received_headers.get(), 1000);
+    for bad in ["0", "1001", "18446744073709551615", "-1", "\"50\""] {
+        let (line, msg) = err(&set(bad));
+        assert_eq!(line, 4, "max_received_headers = {bad}: {msg}");
+    }
+    assert!(err(&set("0")).1.contains("out of range"));
+}

@@ -208,3 +208,43 @@ impl fmt::Display for Seconds {
         write!(f, "{} s", self.0)
     }
 }
+
+/// How many `Received:` headers a message may carry before it is refused as a mail loop,
+/// from 1 to [`HopLimit::MAX`]. Zero would refuse all relayed mail, and a huge limit
+/// would never stop a loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HopLimit(usize);
+
+impl HopLimit {
+    /// Far beyond any real path (Postfix refuses past 50), low enough to end a loop.
+    pub const MAX: usize = 1000;
+
+    /// `n` hops; panics outside 1..=MAX (for defaults, which are constants).
+    pub const fn new(n: usize) -> HopLimit {
+        assert!(n >= 1 && n <= Self::MAX, "hop limit out of range");
+        HopLimit(n)
+    }
+
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for HopLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        match usize::try_from(n) {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(HopLimit(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "hop limit {n} out of range: give a count from 1 to {}",
+                Self::MAX
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for HopLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -86,38 +86,75 @@ pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option
     h
 }
 
-/// Removes `Authentication-Results` fields that claim this gateway's authserv-id:
-/// they came from outside and are forgeries (RFC 8601 section 5), and a downstream
-/// that trusts our results must never see them. Everything else is kept byte-exact.
-pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
-    let end = message.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 2)?;
-    let mut out = Vec::with_capacity(message.len());
-    let mut removed = false;
+/// Where the header block ends: just past the CRLF of its last field. A message that
+/// starts with a blank line has no header; one without a blank line is all header.
+fn header_end(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 0;
+    }
+    message.windows(4).position(|w| w == b"\r\n\r\n").map_or(message.len(), |i| i + 2)
+}
+
+/// The header fields of a message, each with its continuation lines (those starting
+/// with space or tab), in order. One pass over the header block.
+fn fields(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let end = header_end(message);
     let mut i = 0;
-    while i < end {
-        // One field: a line and its continuation lines (starting with space or tab).
+    std::iter::from_fn(move || {
+        if i >= end {
+            return None;
+        }
         let mut j = i;
         loop {
-            let nl =
-                message[j..end].windows(2).position(|w| w == b"\r\n").map_or(end, |p| j + p + 2);
-            j = nl;
+            j = message[j..end].windows(2).position(|w| w == b"\r\n").map_or(end, |p| j + p + 2);
             if j >= end || !matches!(message[j], b' ' | b'\t') {
                 break;
             }
         }
         let field = &message[i..j];
-        if claims(field, authserv_id) {
-            removed = true;
+        i = j;
+        Some(field)
+    })
+}
+
+/// A field's name, without the whitespace obsolete syntax allows before the colon.
+fn field_name(field: &[u8]) -> Option<&[u8]> {
+    let colon = field.iter().position(|&b| b == b':')?;
+    Some(field[..colon].trim_ascii())
+}
+
+/// How many header fields are called `name` (any case).
+pub fn count_fields(message: &[u8], name: &str) -> usize {
+    fields(message)
+        .filter(|f| field_name(f).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+        .count()
+}
+
+/// The message without the header fields `drop` picks, and how many went; `None` when
+/// none did. Everything else is kept byte-exact.
+fn remove_fields(message: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<(Vec<u8>, usize)> {
+    let end = header_end(message);
+    let mut out = Vec::with_capacity(message.len());
+    let mut removed = 0;
+    for field in fields(message) {
+        if drop(field) {
+            removed += 1;
         } else {
             out.extend_from_slice(field);
         }
-        i = j;
     }
-    if !removed {
+    if removed == 0 {
         return None;
     }
     out.extend_from_slice(&message[end..]);
-    Some(out)
+    Some((out, removed))
+}
+
+/// Removes `Authentication-Results` fields that claim this gateway's authserv-id:
+/// they came from outside and are forgeries (RFC 8601 section 5), and a downstream
+/// that trusts our results must never see them. Everything else is kept byte-exact.
+pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>> {
+    remove_fields(message, |f| claims(f, authserv_id)).map(|(m, _)| m)
 }
 
 /// Whether a header field is `Authentication-Results: <authserv_id>; ...`.
@@ -175,6 +212,15 @@ mod tests {
         assert!(strip_forged_results(b"Subject: hi\r\n\r\nbody\r\n", "mx.example.test").is_none());
         let with_comment = b"Authentication-Results: mx.example.test (forged) 1; dkim=pass\r\n\r\n";
         assert_eq!(strip_forged_results(with_comment, "mx.example.test").unwrap(), b"\r\n");
+    }
+
+    #[test]
+    fn fields_are_counted_by_name_with_continuations_and_only_in_the_header() {
+        let m = b"Received: a\r\n\tReceived: folded, not a field\r\nreceived : b\r\nX-Received: c\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_fields(m, "received"), 2);
+        // No blank line: all header. A blank first line: no header at all.
+        assert_eq!(count_fields(b"Received: a\r\nReceived: b", "Received"), 2);
+        assert_eq!(count_fields(b"\r\nReceived: a\r\n", "received"), 0);
     }
 
     #[test]

@@ -656,6 +656,25 @@ impl Engine {
     async fn accept_message(self: &Arc<Self>, incoming: Incoming, conn: &Conn) -> StoreOutcome {
         let Incoming { mut envelope, mut data } = incoming;
         envelope.client_name = conn.confirmed_name.clone();
+        let hops = headers::count_fields(&data, "received");
+        let limit = self.config().smtp.max_received_headers.get();
+        if hops > limit {
+            // A loop between two relays would otherwise go round until a disk fills.
+            let verdict = levee_types::Verdict {
+                action: Action::Reject,
+                score: 0.0,
+                findings: vec![(
+                    levee_types::Finding::new(
+                        "MAIL_LOOP",
+                        format!("{hops} Received headers, more than {limit}"),
+                    ),
+                    0.0,
+                )],
+            };
+            self.log_refused(&envelope, data.len() as u64, &verdict);
+            warn!(client = %envelope.client_ip, from = %envelope.mail_from_path(), hops, limit, "refused: too many hops");
+            return StoreOutcome::Refused(Reply::with(554, 4, 0, "too many hops (mail loop?)"));
+        }
         let mut findings = conn.findings.clone();
         if let Some(clean) = headers::strip_forged_results(&data, &self.config().hostname.0) {
             warn!(client = %envelope.client_ip, "removed Authentication-Results claiming our name");
@@ -1413,6 +1432,41 @@ mod tests {
         assert!(engine.store().queue_all().unwrap().is_empty(), "nothing stored");
         let good = incoming(&["c@plain.test"]);
         assert!(matches!(engine.accept_message(good, &conn).await, StoreOutcome::Queued(..)));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A message with N `Received:` headers (any case) from 192.0.2.7 to `b@plain.test`.
+    fn hops(n: usize) -> Incoming {
+        let mut data = Vec::new();
+        for i in 0..n {
+            let name = if i % 2 == 0 { "Received" } else { "RECEIVED" };
+            data.extend_from_slice(
+                format!("{name}: from hop{i}.example by hop{}.example;\r\n\tMon, 1 Jan 2024 10:00:00 +0000\r\n", i + 1).as_bytes(),
+            );
+        }
+        data.extend_from_slice(
+            b"From: a@sender.example\r\nSubject: loop\r\n\r\nround and round\r\n",
+        );
+        incoming_from("a@sender.example", data, &["b@plain.test"])
+    }
+
+    #[tokio::test]
+    async fn more_received_headers_than_the_limit_is_a_554_and_nothing_is_stored() {
+        let dir = scratch("hops");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let conn = Conn::new("192.0.2.7".parse().unwrap());
+        match engine.accept_message(hops(51), &conn).await {
+            StoreOutcome::Refused(r) => assert!(r.to_string().starts_with("554 5.4.0"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.store().queue_all().unwrap().is_empty(), "nothing queued");
+        assert!(engine.spool.list().unwrap().is_empty(), "nothing spooled");
+        assert!(matches!(engine.accept_message(hops(50), &conn).await, StoreOutcome::Queued(..)));
+        // The limit follows the config.
+        engine.reload(config(&dir, &format!("max_received_headers = 3\n{DOMAINS}")));
+        assert!(matches!(engine.accept_message(hops(4), &conn).await, StoreOutcome::Refused(_)));
+        assert!(matches!(engine.accept_message(hops(3), &conn).await, StoreOutcome::Queued(..)));
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
