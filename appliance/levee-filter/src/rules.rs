@@ -217,8 +217,13 @@ fn from_checks(msg: &Message<'_>, out: &mut Vec<Finding>) {
     }
 }
 
+/// Attachment names listed in a `DANGEROUS_ATTACHMENT` detail; the rest are counted.
+const MAX_LISTED_ATTACHMENTS: usize = 10;
+
 fn attachments(msg: &Message<'_>, out: &mut Vec<Finding>) {
-    let mut seen = Vec::new();
+    // A set, not a list scan: a message can carry 100,000 parts.
+    let mut seen = std::collections::HashSet::new();
+    let mut listed = Vec::new();
     for part in &msg.parts {
         let Some(name) = part.attachment_name() else { continue };
         let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -232,12 +237,16 @@ fn attachments(msg: &Message<'_>, out: &mut Vec<Finding>) {
             Some(decoy) => format!("{name} (.{last} disguised as .{decoy})"),
             None => format!("{name} (.{last})"),
         };
-        if !seen.contains(&detail) {
-            seen.push(detail);
+        if seen.insert(detail.clone()) && listed.len() < MAX_LISTED_ATTACHMENTS {
+            listed.push(detail);
         }
     }
-    if !seen.is_empty() {
-        out.push(Finding::new("DANGEROUS_ATTACHMENT", seen.join(", ")));
+    if !listed.is_empty() {
+        let mut detail = listed.join(", ");
+        if seen.len() > listed.len() {
+            detail.push_str(&format!(" and {} more", seen.len() - listed.len()));
+        }
+        out.push(Finding::new("DANGEROUS_ATTACHMENT", detail));
     }
 }
 
@@ -249,5 +258,32 @@ fn subject_caps(msg: &Message<'_>, out: &mut Vec<Finding>) {
             "SUBJECT_ALL_CAPS",
             format!("subject: {}", subject.chars().take(60).collect::<String>()),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12: 100,000 sibling parts passed without a word, and their names were
+    /// de-duplicated by scanning a list (quadratic in the parts). Duplicates count once
+    /// and the detail names the first few.
+    #[test]
+    fn many_dangerous_attachments_are_counted_once_and_named_up_to_a_cap() {
+        let mut m = String::from(
+            "From: a@sender.example\r\nSubject: files\r\nMIME-Version: 1.0\r\n\
+             Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+        );
+        for i in (0..5000).chain(0..100) {
+            m.push_str(&format!(
+                "--b\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Disposition: attachment; filename=\"f{i}.exe\"\r\n\r\nx\r\n"
+            ));
+        }
+        m.push_str("--b--\r\n");
+        let found = check(m.as_bytes());
+        let f = found.iter().find(|f| f.symbol == "DANGEROUS_ATTACHMENT").expect("fired");
+        assert!(f.detail.starts_with("f0.exe (.exe), f1.exe (.exe), "), "{}", f.detail);
+        assert!(f.detail.ends_with("f9.exe (.exe) and 4990 more"), "{}", f.detail);
     }
 }
