@@ -157,6 +157,17 @@ pub fn strip_forged_results(message: &[u8], authserv_id: &str) -> Option<Vec<u8>
     remove_fields(message, |f| claims(f, authserv_id)).map(|(m, _)| m)
 }
 
+/// Removes every `X-Levee-*` field (any case) a message arrives with, and says how many:
+/// only this gateway writes them, at delivery, and a downstream that trusts our verdict or
+/// stamp must never see a sender's copy. Everything else is kept byte-exact.
+pub fn strip_our_headers(message: &[u8]) -> Option<(Vec<u8>, usize)> {
+    const OURS: &[u8] = b"x-levee-";
+    remove_fields(message, |f| {
+        field_name(f)
+            .is_some_and(|n| n.len() >= OURS.len() && n[..OURS.len()].eq_ignore_ascii_case(OURS))
+    })
+}
+
 /// Whether a header field is `Authentication-Results: <authserv_id>; ...`.
 fn claims(field: &[u8], authserv_id: &str) -> bool {
     let text = String::from_utf8_lossy(field);
@@ -221,6 +232,23 @@ mod tests {
         // No blank line: all header. A blank first line: no header at all.
         assert_eq!(count_fields(b"Received: a\r\nReceived: b", "Received"), 2);
         assert_eq!(count_fields(b"\r\nReceived: a\r\n", "received"), 0);
+    }
+
+    #[test]
+    fn inbound_levee_headers_of_any_case_are_removed_and_counted() {
+        let m = b"X-Levee-Stamp: forged\r\nReceived: x\r\nx-levee-verdict: accept\r\n\tfolded\r\nX-LEVEE-Score : -9\r\nX-Leveed: kept\r\nSubject: hi\r\n\r\nX-Levee-Stamp: in the body\r\n";
+        let (out, n) = strip_our_headers(m).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            out,
+            b"Received: x\r\nX-Leveed: kept\r\nSubject: hi\r\n\r\nX-Levee-Stamp: in the body\r\n"
+        );
+        assert!(strip_our_headers(b"Subject: hi\r\n\r\nX-Levee-Verdict: accept\r\n").is_none());
+        // A message without a blank line is all header: its stamp goes too.
+        assert_eq!(
+            strip_our_headers(b"Subject: hi\r\nX-Levee-Stamp: x\r\n").unwrap().0,
+            b"Subject: hi\r\n"
+        );
     }
 
     #[test]

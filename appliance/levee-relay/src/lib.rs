@@ -76,7 +76,7 @@ const FILTER_PANICKED: &str = "TEMPFAIL_FILTER_PANIC";
 
 /// A message containing this panics the content filter in unit tests (`cfg(test)` only).
 #[cfg(test)]
-const PANIC_PROBE: &[u8] = b"X-Levee-Test-Check: panic";
+const PANIC_PROBE: &[u8] = b"X-Test-Check: panic";
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -695,6 +695,12 @@ impl Engine {
                 with_ar.extend_from_slice(&data);
                 data = with_ar;
             }
+        }
+        // After the content stage, so DKIM is verified on the bytes the sender signed; before
+        // judging and storing, so neither the filter nor the downstream sees a forged stamp.
+        if let Some((clean, removed)) = headers::strip_our_headers(&data) {
+            warn!(client = %envelope.client_ip, from = %envelope.mail_from_path(), removed, "removed X-Levee-* headers that came from outside");
+            data = clean;
         }
         let data = Arc::new(data);
         let groups = self.judge(&envelope, data.clone(), findings, conn.country.as_deref()).await;
@@ -1421,7 +1427,7 @@ mod tests {
         let dir = scratch("panic");
         let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
         let conn = Conn::new("192.0.2.7".parse().unwrap());
-        let bad = b"X-Levee-Test-Check: panic\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+        let bad = b"X-Test-Check: panic\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
         match engine
             .accept_message(incoming_from("a@sender.example", bad, &["b@plain.test"]), &conn)
             .await
@@ -1467,6 +1473,37 @@ mod tests {
         engine.reload(config(&dir, &format!("max_received_headers = 3\n{DOMAINS}")));
         assert!(matches!(engine.accept_message(hops(4), &conn).await, StoreOutcome::Refused(_)));
         assert!(matches!(engine.accept_message(hops(3), &conn).await, StoreOutcome::Queued(..)));
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 12: a forged `X-Levee-Stamp` arrived next to ours. What is stored has none of
+    /// the sender's `X-Levee-*` fields, so delivery adds the only ones.
+    #[tokio::test]
+    async fn inbound_levee_headers_are_removed_before_the_message_is_stored() {
+        let dir = scratch("forged-stamp");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let conn = Conn::new("192.0.2.7".parse().unwrap());
+        let data =
+            b"X-Levee-Stamp: forged\r\nx-levee-verdict: accept\r\nFrom: a@sender.example\r\n\
+            X-LEVEE-SCORE: -20\r\nSubject: hi\r\n\r\nX-Levee-Stamp: quoted in the body\r\n"
+                .to_vec();
+        let msg = incoming_from("a@sender.example", data, &["b@plain.test"]);
+        let StoreOutcome::Queued(id, _) = engine.accept_message(msg, &conn).await else {
+            panic!("not queued")
+        };
+        let (_, stored) = engine.spool.read(&id).unwrap();
+        let kept: &[u8] =
+            b"From: a@sender.example\r\nSubject: hi\r\n\r\nX-Levee-Stamp: quoted in the body\r\n";
+        // Our own Authentication-Results may come first; nothing else may.
+        let front = &stored[..stored.len().saturating_sub(kept.len())];
+        assert!(stored.ends_with(kept), "{}", String::from_utf8_lossy(&stored));
+        assert!(headers::strip_our_headers(&stored).is_none(), "an X-Levee-* field was stored");
+        assert!(
+            front.is_empty() || front.starts_with(b"Authentication-Results: mx.example.test"),
+            "{}",
+            String::from_utf8_lossy(&stored)
+        );
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
