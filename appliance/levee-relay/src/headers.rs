@@ -1,6 +1,7 @@
 //! Trace headers Levee prepends when it relays a message, and RFC 5322 dates.
 
 use levee_spool::SpoolMeta;
+use levee_store::Release;
 
 /// `Sun, 22 Nov 2026 23:02:46 +0000` for a unix time (UTC).
 pub fn rfc5322_date(unix: u64) -> String {
@@ -60,8 +61,16 @@ pub fn live_hop(env: &levee_types::Envelope, hostname: &str) -> String {
     )
 }
 
-/// The block of headers prepended to a relayed message, CRLF-terminated.
-pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option<&str>) -> String {
+/// The block of headers prepended to a relayed message, CRLF-terminated. A message let go
+/// from quarantine says `released`, never its held verdict (a downstream rule that files
+/// by verdict would hold it again), and `X-Levee-Released` keeps what it was and who let it go.
+pub fn trace_headers(
+    meta: &SpoolMeta,
+    released: Option<&Release>,
+    hostname: &str,
+    stamp: &str,
+    rcpt: Option<&str>,
+) -> String {
     let env = &meta.envelope;
     let (client, with) = client_and_protocol(env);
     let for_part = rcpt.map(|r| format!("\r\n\tfor <{}>", clean(r))).unwrap_or_default();
@@ -75,7 +84,17 @@ pub fn trace_headers(meta: &SpoolMeta, hostname: &str, stamp: &str, rcpt: Option
         for_part,
         rfc5322_date(meta.received_at)
     );
-    h.push_str(&format!("X-Levee-Verdict: {}\r\n", meta.action));
+    match released {
+        Some(r) => {
+            h.push_str("X-Levee-Verdict: released\r\n");
+            h.push_str(&format!(
+                "X-Levee-Released: verdict={}; by={}\r\n",
+                clean(&r.verdict),
+                clean(&r.by)
+            ));
+        }
+        None => h.push_str(&format!("X-Levee-Verdict: {}\r\n", meta.action)),
+    }
     h.push_str(&format!("X-Levee-Score: {:.2}\r\n", meta.score));
     if !meta.findings.is_empty() {
         let list: Vec<String> =

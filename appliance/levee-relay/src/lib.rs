@@ -29,7 +29,7 @@ pub use training::TrainProgress;
 use levee_config::Config;
 use levee_smtp::{Decision, Incoming, Question, SessionConfig};
 use levee_spool::{GroupCommit, RetryPolicy, Spool, SpoolMeta};
-use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Store};
+use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Release, Store};
 use levee_types::{Action, Address, Envelope, QueueId, Reply};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -198,7 +198,7 @@ impl Engine {
             if store.queue_get(&meta.id)?.is_none() {
                 warn!(id = %meta.id, "queue record missing for spooled message; recreated");
                 let held = meta.action == Action::Quarantine;
-                store.queue_put(&queue_entry(meta, held))?;
+                store.queue_put(&queue_entry(meta, held, None))?;
             }
         }
         for entry in store.queue_all()? {
@@ -761,7 +761,7 @@ impl Engine {
                 (part(&rcpts), verdict)
             })
             .collect();
-        self.enqueue_copies(copies, data).await
+        self.enqueue_copies(copies, data, None).await
     }
 
     /// The message log keeps refused messages too, so the console can explain them.
@@ -789,16 +789,18 @@ impl Engine {
         findings: Vec<(levee_types::Finding, f64)>,
     ) -> StoreOutcome {
         let verdict = levee_types::Verdict { action, score, findings };
-        self.enqueue_copies(vec![(envelope, verdict)], data).await
+        self.enqueue_copies(vec![(envelope, verdict)], data, None).await
     }
 
     /// Stores one queue entry per (recipients, verdict) copy of the same message, all
     /// or none: the one reply covers them all, and after a 4xx the client sends the
-    /// whole message again, so a copy already written is taken back.
+    /// whole message again, so a copy already written is taken back. `released` marks
+    /// copies let go from quarantine.
     async fn enqueue_copies(
         self: &Arc<Self>,
         copies: Vec<(Envelope, levee_types::Verdict)>,
         data: Vec<u8>,
+        released: Option<Release>,
     ) -> StoreOutcome {
         let now = now_unix();
         let metas: Vec<SpoolMeta> = copies
@@ -822,7 +824,7 @@ impl Engine {
             for meta in &metas {
                 let quarantine = (meta.action == Action::Quarantine)
                     .then(|| manage::quarantine_entry(meta, &data, days));
-                if let Err(e) = engine.write_copy(meta, &data, quarantine) {
+                if let Err(e) = engine.write_copy(meta, &data, quarantine, released.as_ref()) {
                     engine.unwrite(&meta.id);
                     outcome = Err(e);
                     break;
@@ -891,9 +893,10 @@ impl Engine {
         meta: &SpoolMeta,
         data: &[u8],
         quarantine: Option<levee_store::QuarantineEntry>,
+        released: Option<&Release>,
     ) -> Result<(), RelayError> {
         self.spool.write(meta, data)?;
-        self.store.queue_put(&queue_entry(meta, quarantine.is_some()))?;
+        self.store.queue_put(&queue_entry(meta, quarantine.is_some(), released.cloned()))?;
         if let Some(q) = &quarantine {
             self.store.quarantine_put(q)?;
         }
@@ -1129,7 +1132,7 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RelayError> {
     Ok(out)
 }
 
-fn queue_entry(meta: &SpoolMeta, held: bool) -> QueueEntry {
+fn queue_entry(meta: &SpoolMeta, held: bool, released: Option<Release>) -> QueueEntry {
     QueueEntry {
         id: meta.id.clone(),
         received_at: meta.received_at,
@@ -1146,6 +1149,7 @@ fn queue_entry(meta: &SpoolMeta, held: bool) -> QueueEntry {
             })
             .collect(),
         held,
+        released,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::{now_unix, Engine, RelayError, StoreOutcome};
 use levee_spool::SpoolMeta;
-use levee_store::QuarantineEntry;
+use levee_store::{QuarantineEntry, Release};
 use levee_types::list::{ListEntry, ListKind, ListScope, Matcher};
 use levee_types::{Action, Address, Body, Envelope, QueueId};
 use std::net::{IpAddr, Ipv4Addr};
@@ -169,9 +169,11 @@ impl Engine {
         }
         // in one step on the entry as stored: a delete meanwhile is not undone
         let now = now_unix();
+        let release = Release { by: by.to_string(), verdict: q.action.clone() };
         let released = self.store.queue_update(id, |e| {
             e.held = false;
             e.next_attempt = now;
+            e.released = Some(release.clone());
         })?;
         if released.is_none() {
             return Err(RelayError::NotFound(id.clone()));
@@ -221,7 +223,13 @@ impl Engine {
         };
         let mut envelope = meta.envelope.clone();
         envelope.rcpt_to.retain(|a| mine.iter().any(|m| m.eq_ignore_ascii_case(&a.to_string())));
-        match self.enqueue(envelope, body, Action::Accept, meta.score, meta.findings).await {
+        let verdict = levee_types::Verdict {
+            action: Action::Accept,
+            score: meta.score,
+            findings: meta.findings,
+        };
+        let release = Release { by: by.to_string(), verdict: meta.action.to_string() };
+        match self.enqueue_copies(vec![(envelope, verdict)], body, Some(release)).await {
             StoreOutcome::Queued(..) => {}
             StoreOutcome::Refused(r) => {
                 return Err(RelayError::Io(std::io::Error::other(r.to_string())))

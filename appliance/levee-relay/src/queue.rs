@@ -132,7 +132,10 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
             None => (resolve_mx(engine, &domain).await, TlsPolicy::Opportunistic, None),
         };
         let (host_label, result) = match hosts {
-            Ok(hosts) => deliver_to_first(engine, &hosts, tls, source, &meta, &rcpts, &body).await,
+            Ok(hosts) => {
+                let msg = Outgoing { meta: &meta, body: &body, released: entry.released.as_ref() };
+                deliver_to_first(engine, &hosts, tls, source, &msg, &rcpts).await
+            }
             Err(reply) => (domain.to_string(), Err(reply)),
         };
         let now = now_unix();
@@ -347,6 +350,13 @@ async fn resolve_mx(engine: &Engine, domain: &Domain) -> Result<Vec<(SocketAddr,
     Ok(out)
 }
 
+/// A message on its way out: what the spool holds and how it left quarantine, if it did.
+struct Outgoing<'a> {
+    meta: &'a SpoolMeta,
+    body: &'a [u8],
+    released: Option<&'a levee_store::Release>,
+}
+
 /// Tries the hosts in order until one takes the transaction. A 5xx at connection
 /// time (banner, EHLO) is final; anything transient moves on to the next host.
 async fn deliver_to_first(
@@ -354,10 +364,10 @@ async fn deliver_to_first(
     hosts: &[(SocketAddr, String)],
     tls: TlsPolicy,
     source: Option<IpAddr>,
-    meta: &SpoolMeta,
+    msg: &Outgoing<'_>,
     rcpts: &[String],
-    body: &[u8],
 ) -> (String, Result<Vec<Result<Reply, Reply>>, Reply>) {
+    let Outgoing { meta, body, released } = *msg;
     let config = engine.config();
     let mut last = Reply::with(451, 4, 4, "no host tried");
     let mut label = String::new();
@@ -373,7 +383,8 @@ async fn deliver_to_first(
             connector: &engine.connector,
         };
         let rcpt_for = (rcpts.len() == 1).then(|| rcpts[0].as_str());
-        let trace = headers::trace_headers(meta, &config.hostname.0, engine.stamp(), rcpt_for);
+        let trace =
+            headers::trace_headers(meta, released, &config.hostname.0, engine.stamp(), rcpt_for);
         let from = meta.envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
         let eight_bit = meta.envelope.body != levee_types::Body::SevenBit;
         // A pooled connection may have been closed by the server while idle: if it
@@ -510,6 +521,63 @@ mod tests {
         assert!(sent.contains("X-Levee-Stamp: ") && sent.ends_with("\r\nhello\r\n"), "{sent}");
         let log = engine.store.log_get(&id).unwrap().unwrap();
         assert_eq!(log.deliveries[0].outcome, "delivered");
+    }
+
+    /// A message held in quarantine for bob and carol at example.test.
+    async fn held(engine: &Arc<Engine>) -> QueueId {
+        let rcpts = ["bob@example.test", "carol@example.test"];
+        let envelope = Envelope {
+            mail_from: Some(Address::parse(SENDER, false).unwrap()),
+            rcpt_to: rcpts.iter().map(|r| Address::parse(r, false).unwrap()).collect(),
+            helo: "client.example.test".into(),
+            client_ip: "192.0.2.7".parse().unwrap(),
+            client_name: None,
+            tls: false,
+            body: Body::SevenBit,
+            smtputf8: false,
+            declared_size: None,
+        };
+        let data = format!("From: {SENDER}\r\nSubject: held\r\n\r\nhello\r\n").into_bytes();
+        let action = levee_types::Action::Quarantine;
+        match engine.enqueue(envelope, data, action, 7.0, Vec::new()).await {
+            StoreOutcome::Queued(id, _) => id,
+            StoreOutcome::Refused(r) => panic!("not queued: {r}"),
+        }
+    }
+
+    /// Issue 12: a released message still said `X-Levee-Verdict: quarantine`, so a downstream
+    /// rule that files by verdict held it again.
+    #[tokio::test]
+    async fn released_mail_is_delivered_as_released_with_its_verdict_and_releaser() {
+        let dir = Scratch::new("deliver-released");
+        let sink = Sink::start(Behaviour::Accept).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let id = held(&engine).await;
+        assert_eq!(attempt_in_time(&engine, &id).await, None, "held mail is not sent");
+        assert_eq!(sink.received(), 0);
+        engine.quarantine_release(&id, false, "admin-ann").await.unwrap();
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        let sent = String::from_utf8(sink.messages.lock().unwrap()[0].clone()).unwrap();
+        assert!(sent.contains("\r\nX-Levee-Verdict: released\r\n"), "{sent}");
+        assert!(
+            sent.contains("\r\nX-Levee-Released: verdict=quarantine; by=admin-ann\r\n"),
+            "{sent}"
+        );
+        assert!(!sent.contains("X-Levee-Verdict: quarantine"), "{sent}");
+
+        // An end user's release of their own copy says so too; the rest stays held.
+        let id = held(&engine).await;
+        let only = ["carol@example.test".to_string()];
+        engine.quarantine_release_for(&id, &only, "carol@example.test").await.unwrap();
+        let copy = engine.store.queue_all().unwrap().into_iter().find(|e| !e.held).unwrap();
+        assert_eq!(attempt_in_time(&engine, &copy.id).await, None);
+        let sent = String::from_utf8(sink.messages.lock().unwrap()[1].clone()).unwrap();
+        assert!(sent.contains("\r\nX-Levee-Verdict: released\r\n"), "{sent}");
+        assert!(
+            sent.contains("\r\nX-Levee-Released: verdict=quarantine; by=carol@example.test\r\n"),
+            "{sent}"
+        );
+        assert!(entry(&engine, &id).unwrap().held, "bob's copy stays held");
     }
 
     #[tokio::test]

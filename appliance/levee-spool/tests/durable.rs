@@ -78,6 +78,7 @@ fn every_acknowledged_message_survives_a_restart() {
                                     last_reply: None,
                                 }],
                                 held: false,
+                                released: None,
                             })
                             .unwrap();
                         gc.commit().unwrap(); // the relay sends 250 here

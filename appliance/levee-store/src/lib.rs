@@ -118,6 +118,16 @@ pub struct QueueEntry {
     pub recipients: Vec<RcptState>,
     /// Quarantined: not delivered until released.
     pub held: bool,
+    /// Let go from quarantine: delivery says so instead of repeating the held verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<Release>,
+}
+
+/// Who released a quarantined message, and the verdict it had been held with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub by: String,
+    pub verdict: String,
 }
 
 impl QueueEntry {
@@ -438,6 +448,7 @@ mod tests {
                     last_reply: Some("451 4.3.0 try later".into()),
                 },
             ],
+            released: None,
             held: n.is_multiple_of(2),
         }
     }
