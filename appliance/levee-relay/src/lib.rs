@@ -62,6 +62,33 @@ pub enum RelayError {
     Rules(String),
 }
 
+impl RelayError {
+    /// The file system under the spool is full or over quota. The spool says so for its own
+    /// writes ([`levee_spool::SpoolError::is_full`]); an I/O error says so by its kind.
+    pub fn is_full(&self) -> bool {
+        match self {
+            RelayError::Spool(e) => e.is_full(),
+            RelayError::Io(e) => {
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The reply to a message that could not be stored: `452 4.3.1` when the disk is full (as
+/// at MAIL, so the client holds its mail and retries), `451 4.3.0` for any other failure.
+fn not_stored_reply(e: &RelayError) -> Reply {
+    if e.is_full() {
+        Reply::with(452, 3, 1, "insufficient system storage, try again later")
+    } else {
+        Reply::with(451, 3, 0, "local error in processing, try again later")
+    }
+}
+
 /// What became of a message handed over at the end of DATA.
 #[derive(Debug)]
 pub enum StoreOutcome {
@@ -844,19 +871,18 @@ impl Engine {
             Ok(metas)
         })
         .await;
-        let failed = |what: String| {
-            error!(id = %ids.first().map(|i| i.to_string()).unwrap_or_default(), error = %what, "message not stored");
-            StoreOutcome::Refused(Reply::with(
-                451,
-                3,
-                0,
-                "local error in processing, try again later",
-            ))
+        let failed = |e: RelayError| {
+            error!(id = %ids.first().map(|i| i.to_string()).unwrap_or_default(), error = %e, "message not stored");
+            StoreOutcome::Refused(not_stored_reply(&e))
         };
         let stored = match result {
             Ok(Ok(stored)) => stored,
-            Ok(Err(e)) => return failed(e.to_string()),
-            Err(e) => return failed(format!("store task failed: {e}")),
+            Ok(Err(e)) => return failed(e),
+            Err(e) => {
+                return failed(RelayError::Io(std::io::Error::other(format!(
+                    "store task failed: {e}"
+                ))))
+            }
         };
         for meta in &stored {
             info!(
@@ -1510,6 +1536,68 @@ mod tests {
         );
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_full_disk_is_a_452_and_any_other_store_failure_a_451() {
+        let spool = |kind: std::io::ErrorKind| {
+            RelayError::Spool(levee_spool::SpoolError::Io {
+                op: "write",
+                path: "/spool/tmp/x".into(),
+                source: kind.into(),
+            })
+        };
+        let code = |e: RelayError| not_stored_reply(&e).to_string();
+        assert!(code(spool(std::io::ErrorKind::StorageFull)).starts_with("452 4.3.1"));
+        assert!(
+            code(RelayError::Io(std::io::ErrorKind::QuotaExceeded.into())).starts_with("452 4.3.1")
+        );
+        assert!(code(spool(std::io::ErrorKind::PermissionDenied)).starts_with("451 4.3.0"));
+        assert!(code(RelayError::Rules("x".into())).starts_with("451 4.3.0"));
+    }
+
+    /// Issue 12: a disk that fills mid-message answered `451 4.3.0`. Needs root to mount a
+    /// small tmpfs as the data directory; skipped otherwise.
+    #[tokio::test]
+    async fn a_message_that_fills_the_disk_gets_a_452_and_leaves_nothing() {
+        let dir = scratch("disk-full");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+            return;
+        }
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _guard = Unmount(dir.clone());
+        let engine =
+            Engine::open(config(&dir, &format!("[rules]\nspamassassin = false\n{DOMAINS}")))
+                .unwrap();
+        let mut data = b"From: a@sender.example\r\nSubject: big\r\n\r\n".to_vec();
+        while data.len() < 8 << 20 {
+            data.extend_from_slice(
+                b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789\r\n",
+            );
+        }
+        let conn = Conn::new("192.0.2.7".parse().unwrap());
+        let big = incoming_from("a@sender.example", data, &["b@plain.test"]);
+        match engine.accept_message(big, &conn).await {
+            StoreOutcome::Refused(r) => assert!(r.to_string().starts_with("452 4.3.1"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(engine.store().queue_all().unwrap().is_empty(), "nothing queued");
+        assert!(engine.spool.list().unwrap().is_empty(), "nothing spooled");
+        drop(engine);
     }
 
     #[tokio::test]

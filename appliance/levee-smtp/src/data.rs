@@ -19,8 +19,13 @@ pub(crate) enum ContentFault {
     BareLineEnding,
     /// More octets than `max_message_size`.
     TooBig,
+    /// A NUL octet: refused rather than stripped, so what is stored and judged is
+    /// byte for byte what the client sent (RFC 5321 section 4.1.4 forbids NUL in text).
+    Nul,
     /// A line longer than `max_data_line` (CRLF included).
     LineTooLong,
+    /// No octets at all (`BDAT 0 LAST` as the only chunk, or DATA ended at once).
+    Empty,
 }
 
 /// Limits and verdict shared by both receivers. Once a fault is found nothing more is
@@ -31,12 +36,23 @@ pub(crate) struct ContentLimits {
     max_size: u64,
     bare: bool,
     too_big: bool,
+    nul: bool,
     long_line: bool,
+    /// Any octet of content arrived.
+    any: bool,
 }
 
 impl ContentLimits {
     pub(crate) fn new(max_line: usize, max_size: u64) -> Self {
-        ContentLimits { max_line, max_size, bare: false, too_big: false, long_line: false }
+        ContentLimits {
+            max_line,
+            max_size,
+            bare: false,
+            too_big: false,
+            nul: false,
+            long_line: false,
+            any: false,
+        }
     }
 
     pub(crate) fn fault(&self) -> Option<ContentFault> {
@@ -44,11 +60,18 @@ impl ContentLimits {
             Some(ContentFault::BareLineEnding)
         } else if self.too_big {
             Some(ContentFault::TooBig)
+        } else if self.nul {
+            Some(ContentFault::Nul)
         } else if self.long_line {
             Some(ContentFault::LineTooLong)
         } else {
             None
         }
+    }
+
+    /// The verdict once the content has ended: a fault, or no content at all.
+    pub(crate) fn end_fault(&self) -> Option<ContentFault> {
+        self.fault().or((!self.any).then_some(ContentFault::Empty))
     }
 
     fn check_line(&mut self, line_len: usize) {
@@ -59,7 +82,16 @@ impl ContentLimits {
 
     /// Appends accepted content unless the message is already refused.
     fn store(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        if bytes.is_empty() || self.fault().is_some() {
+        if bytes.is_empty() {
+            return;
+        }
+        self.any = true;
+        if self.fault().is_some() {
+            return;
+        }
+        if memchr::memchr(0, bytes).is_some() {
+            self.nul = true;
+            *out = Vec::new();
             return;
         }
         if out.len() as u64 + bytes.len() as u64 > self.max_size {
@@ -244,7 +276,7 @@ impl ChunkChecker {
         if self.prev_cr {
             self.limits.bare = true;
         }
-        self.limits.fault()
+        self.limits.end_fault()
     }
 }
 

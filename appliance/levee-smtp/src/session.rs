@@ -619,7 +619,7 @@ impl Session {
         if !done {
             return Step::NeedMore(used);
         }
-        let fault = reader.limits.fault();
+        let fault = reader.limits.end_fault();
         self.expect = Expect::Command;
         self.data_phase = None;
         match fault {
@@ -878,6 +878,8 @@ impl Session {
                 0,
                 format!("message has lines longer than {} octets", self.config.max_data_line),
             ),
+            ContentFault::Nul => Reply::with(550, 6, 0, "NUL octet in message"),
+            ContentFault::Empty => Reply::with(554, 6, 0, "empty message"),
         }
     }
 
