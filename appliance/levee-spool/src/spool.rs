@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,6 +59,17 @@ fn sync_dir(path: &Path) -> Result<(), SpoolError> {
     File::open(path).and_then(|d| d.sync_all()).map_err(io_err("fsync directory", path))
 }
 
+/// Creates `dir` (and its parents) if needed and makes it 0700: the mode is set after
+/// creation, so neither the umask nor an older install's 0755 leaves mail readable.
+fn private_dir(dir: &Path) -> Result<(), SpoolError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create directory", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool at `dir`, removes debris of interrupted writes
     /// from `tmp/`, checks every file in `queue/` and moves the ones that fail to
@@ -67,13 +79,14 @@ impl Spool {
         let queue = dir.join("queue");
         let corrupt = dir.join("corrupt");
         for d in [dir, &tmp, &queue, &corrupt] {
-            fs::create_dir_all(d).map_err(io_err("create directory", d))?;
+            private_dir(d)?;
         }
         let lock_path = dir.join("lock");
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(io_err("open", &lock_path))?;
         let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
@@ -197,9 +210,11 @@ impl Spool {
     pub fn write(&self, meta: &SpoolMeta, body: &[u8]) -> Result<(), SpoolError> {
         let tmp = self.tmp_path(&meta.id);
         // create_new: a tmp file of the same id belongs to someone else; leave it alone.
+        // Mail is private: 0600 whatever the umask (it can only take bits away).
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         let result = Self::write_tmp(file, &tmp, meta, body).and_then(|()| {
@@ -353,6 +368,27 @@ mod tests {
 
     fn t(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// Issue 12: spool files were 0644 and directories 0755 under the usual umask.
+    #[test]
+    fn the_spool_is_private_whatever_the_umask() {
+        use nix::sys::stat::{umask, Mode};
+        let d = TempDir::new("private");
+        let old = umask(Mode::from_bits_truncate(0o022));
+        let dir = d.path().join("spool");
+        // An older install's spool directory, as the umask made it.
+        fs::create_dir_all(dir.join("queue")).unwrap();
+        fs::set_permissions(dir.join("queue"), fs::Permissions::from_mode(0o755)).unwrap();
+        let (spool, _) = Spool::open(&dir).unwrap();
+        let m = write_one(&spool, 1_700_000_000, b"private");
+        umask(old);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for sub in ["", "tmp", "queue", "corrupt"] {
+            assert_eq!(mode(&dir.join(sub)), 0o700, "{sub}/");
+        }
+        assert_eq!(mode(&dir.join("lock")), 0o600);
+        assert_eq!(mode(&spool.queue_path(&m.id)), 0o600);
     }
 
     fn files_in(dir: &Path) -> Vec<String> {

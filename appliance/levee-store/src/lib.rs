@@ -25,6 +25,7 @@ use thiserror::Error;
 mod console;
 mod learning;
 mod lists;
+mod private;
 mod quarantine;
 
 pub use console::{ApiToken, Frequency, ReportSchedule, Role, Session, Throttle, User};
@@ -219,6 +220,10 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], key: &[u8]) -> Result<T, StoreError
 impl Store {
     /// Opens or creates the database at `path`. Creates the install secret on first open.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let perm_err = |op: &'static str| {
+            move |e: std::io::Error| StoreError::Db { op, message: e.to_string() }
+        };
+        private::create_dir(path).map_err(perm_err("create directory"))?;
         let db = sled::Config::new().path(path).open().map_err(db_err("open"))?;
         let queue = db.open_tree("queue").map_err(db_err("open tree queue"))?;
         let log = db.open_tree("log").map_err(db_err("open tree log"))?;
@@ -238,6 +243,7 @@ impl Store {
         }
         let secret = Self::load_or_create_secret(&meta)?;
         db.flush().map_err(db_err("flush"))?;
+        private::tighten(path).map_err(perm_err("make files private"))?;
         Ok(Store { db, queue, log, quarantine, lists, blobs, console, learning, secret })
     }
 
