@@ -374,6 +374,51 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), req);
     }
 
+    /// Every wait in these tests ends by then.
+    const WAIT: Duration = Duration::from_secs(30);
+
+    async fn line(read: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, read.read_line(&mut line)).await.unwrap().unwrap();
+        line
+    }
+
+    #[tokio::test]
+    async fn bad_and_oversized_requests_get_an_error_and_shutdown_removes_the_socket() {
+        let dir = std::env::temp_dir().join(format!("levee-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = format!(
+            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\n\
+             tls = false\n[rules]\nspamassassin = false\n",
+            dir.display()
+        );
+        let engine = Engine::open(levee_config::Config::parse(&text, "t").unwrap()).unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let task = start(engine, stopped).expect("the socket binds");
+        let path = socket_path(&dir);
+
+        // A line that is not a request is answered, and the connection goes on.
+        let (read, mut write) = UnixStream::connect(&path).await.unwrap().into_split();
+        let mut read = BufReader::new(read);
+        write.write_all(b"nonsense\n{\"op\":\"status\"}\n").await.unwrap();
+        assert!(line(&mut read).await.contains("bad request"));
+        let status: Reply = serde_json::from_str(&line(&mut read).await).unwrap();
+        assert_eq!(status, Reply::Status(Status::default()));
+
+        // An over-long line is refused and the connection closed (it cannot be re-synchronised).
+        let (read, mut write) = UnixStream::connect(&path).await.unwrap().into_split();
+        let mut read = BufReader::new(read);
+        let big = vec![b'x'; MAX_REQUEST + 1];
+        tokio::time::timeout(WAIT, write.write_all(&big)).await.unwrap().unwrap();
+        assert!(line(&mut read).await.contains(&format!("request over {MAX_REQUEST} bytes")));
+        assert_eq!(line(&mut read).await, "", "closed after the refusal");
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn unknown_requests_and_fields_are_refused() {
         assert!(serde_json::from_str::<Request>(r#"{"op":"drop_everything"}"#).is_err());
