@@ -122,21 +122,28 @@ impl Engine {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let engine = Engine { child, log };
+        let mut engine = Engine { child, log };
+        // Connect rather than run a command: a command that found no socket yet would open
+        // the store itself and could take sled's lock from under the starting engine.
+        let socket = root.join("data").join("control.sock");
         wait_until("the engine's control socket", || {
-            let o = levee(&[&"status", &"--config", &config]);
-            text(&o.stdout).contains("engine: running")
+            let gone = engine.child.try_wait().unwrap();
+            assert!(gone.is_none(), "the engine exited: {}", engine.log_text());
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         engine
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let log = self.log.clone();
         wait_until("the engine to stop", || self.child.try_wait().unwrap().is_some());
         let status = self.child.wait().unwrap();
-        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let log = self.log_text();
         assert!(status.success(), "{status}\n{log}");
         assert!(log.contains("control socket closed"), "{log}");
     }
