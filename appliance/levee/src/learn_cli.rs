@@ -243,7 +243,11 @@ fn train_through(
         let mut send = |batch: &mut Vec<Bytes>, bytes: &mut usize| -> Result<()> {
             let messages = std::mem::take(batch);
             *bytes = 0;
-            match engine.call(&Request::Train { spam: label, messages })? {
+            // Earlier batches stay learned; say how far it got, so nobody trains them twice.
+            let reply = engine
+                .call(&Request::Train { spam: label, messages })
+                .with_context(|| format!("training stopped after {sent} of {total} messages"))?;
+            match reply {
                 Reply::Trained { learned, model_spam, model_ham } => {
                     sent += learned;
                     counts[usize::from(!label)] += learned;
