@@ -5,6 +5,7 @@
 //! One [`Engine`] holds the shared state; [`Engine::run`] serves until shutdown.
 
 mod client;
+pub mod control;
 mod dsn;
 mod headers;
 pub mod health;
