@@ -1341,3 +1341,50 @@ async fn parallel_wrong_logins_each_count_and_lock_out() {
     assert_eq!(try_login(&e, "admin", PASSWORD, ip).await.status, StatusCode::SEE_OTHER);
     assert_eq!(failures(auth::source_throttle_key(ip.parse().unwrap())), 0);
 }
+
+/// Not a test: prints how long `/metrics` takes to render over a log of 100,000 records
+/// received in the last day (every record inside the 24-hour window, the worst case).
+/// `cargo test -p levee-console metrics_latency -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn metrics_latency_with_100k_log_records() {
+    const RECORDS: u64 = 100_000;
+    let e = env();
+    let store = e.state.store();
+    let t = now();
+    let actions = ["accept", "tag", "quarantine", "reject", "tempfail"];
+    for i in 0..RECORDS {
+        store
+            .log_put(&levee_store::LogEntry {
+                id: QueueId::from_u64(i + 1),
+                received_at: t - 86_000 + i * 86_000 / RECORDS,
+                client_ip: "192.0.2.1".into(),
+                helo: "mx.sender.test".into(),
+                mail_from: format!("s{}@sender{}.test", i % 1_000, i % 37),
+                rcpt_to: vec![format!("u{}@example.test", i % 50)],
+                size: 5_000,
+                action: actions[(i % 5) as usize].into(),
+                score: 3.5,
+                findings: vec![
+                    ("BAYES_50".into(), "0.5".into(), 0.8),
+                    (format!("SA_RULE_{}", i % 200), String::new(), 1.2),
+                ],
+                deliveries: vec![],
+            })
+            .unwrap();
+    }
+    let mut times: Vec<std::time::Duration> = (0..5)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            let text = api::metrics_text(&e.state).unwrap();
+            let took = start.elapsed();
+            assert!(text.contains("levee_log_messages 100000"), "{text}");
+            took
+        })
+        .collect();
+    times.sort();
+    println!(
+        "/metrics over {RECORDS} log records: median {:?}, min {:?}, max {:?} (5 renders)",
+        times[2], times[0], times[4]
+    );
+}
