@@ -15,7 +15,7 @@
 //! - `d` + hour + kind byte + name: per-hour top-list counts: `r` reason (a finding
 //!   with positive weight), `s` sender (lower-case, `<>` for none), `t` recipient.
 //!
-//! Hour keys that fall to zero are removed, so pruning the log also shrinks this tree.
+//! Keys that fall to zero are removed, so pruning the log also shrinks this tree.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -139,7 +139,9 @@ impl Delta {
             // Saturating: a counter that would go negative was already wrong, and
             // wrapping would turn it into nonsense on every page.
             let new = if d < 0 { old.saturating_sub(d.unsigned_abs()) } else { old + d as u64 };
-            if new == 0 && k.first().is_some_and(|b| matches!(b, b'h' | b'd')) {
+            // A zero is stored as no key, so the tree holds only what is counted now and
+            // a recount (which cannot see zeros) compares equal.
+            if new == 0 {
                 t.remove(k)?;
             } else {
                 t.insert(k, &new.to_be_bytes())?;

@@ -790,6 +790,34 @@ mod tests {
     }
 
     #[test]
+    fn pruning_removes_only_old_records_and_keeps_the_counters_right() {
+        let d = TempDir::new("prune");
+        let s = Store::open(&d.0).unwrap();
+        // 1,500 records one hour apart (more than one prune batch), in id order.
+        let base = 1_700_000_000;
+        for n in 0..1_500u64 {
+            s.log_put(&LogEntry { received_at: base + n * 3600, ..varied(n + 1) }).unwrap();
+        }
+        s.quarantine_put(&quarantined(1)).unwrap();
+        let written = s.log_written().unwrap();
+        let cutoff = base + 1_200 * 3600;
+        assert_eq!(s.log_prune(cutoff).unwrap(), 1_200);
+        let left = s.log_page(None, 10_000).unwrap();
+        assert_eq!(left.len(), 300);
+        assert!(left.iter().all(|e| e.received_at >= cutoff));
+        assert_eq!(left.last().unwrap().received_at, cutoff, "the first record kept");
+        let c = s.counts(0, true).unwrap();
+        assert_eq!(c, s.recount().unwrap());
+        assert_eq!((c.log, c.quarantine), (300, 1));
+        assert_eq!(c.log_by_hour.keys().next().unwrap().0, cutoff / 3600, "old hours are gone");
+        assert_eq!(s.log_written().unwrap(), written, "totals never go down");
+        assert_eq!(s.log_prune(cutoff).unwrap(), 0);
+        assert_eq!(s.log_prune(u64::MAX).unwrap(), 300);
+        assert_eq!(s.counts(0, true).unwrap(), s.recount().unwrap());
+        assert_eq!(s.log_len().unwrap(), 0);
+    }
+
+    #[test]
     fn finished_means_no_recipient_left_to_try() {
         let mut e = queue_entry(1);
         assert!(!e.is_finished());
