@@ -5,7 +5,8 @@
 //! - `queue`: per-message delivery state ([`QueueEntry`]), key = queue id as u64 big-endian.
 //! - `log`: one [`LogEntry`] per received message, same key. Queue ids put the receipt time
 //!   in their high bits, so key order is age order and "newest first" is a reverse scan.
-//! - `meta`: the schema version and the per-install secret.
+//! - `meta`: the schema version, the per-install secret and one-time upgrade marks.
+//! - `lists`, `list_index`: allow/block entries by id, and entry text → id (see `lists.rs`).
 //! - `counters`: counts of the log and the quarantine kept on write (see `counters.rs`).
 //! - `learning`: safe learning's votes, queue, counters and validation sample (JSON).
 //!
@@ -187,6 +188,7 @@ pub struct Store {
     log: sled::Tree,
     quarantine: sled::Tree,
     lists: sled::Tree,
+    list_index: sled::Tree,
     blobs: sled::Tree,
     console: console::ConsoleTrees,
     learning: sled::Tree,
@@ -234,6 +236,7 @@ impl Store {
         let meta = db.open_tree("meta").map_err(db_err("open tree meta"))?;
         let quarantine = db.open_tree("quarantine").map_err(db_err("open tree quarantine"))?;
         let lists = db.open_tree("lists").map_err(db_err("open tree lists"))?;
+        let list_index = db.open_tree("list_index").map_err(db_err("open tree list_index"))?;
         let blobs = db.open_tree("blobs").map_err(db_err("open tree blobs"))?;
         let console = console::ConsoleTrees::open(&db)?;
         let learning = db.open_tree("learning").map_err(db_err("open tree learning"))?;
@@ -252,8 +255,21 @@ impl Store {
             counters.clear().map_err(db_err("clear counters"))?;
             counters::rebuild(&counters, &log, &quarantine)?;
         }
+        lists::index_once(&lists, &list_index, &meta)?;
         db.flush().map_err(db_err("flush"))?;
-        Ok(Store { db, queue, log, quarantine, lists, blobs, console, learning, counters, secret })
+        Ok(Store {
+            db,
+            queue,
+            log,
+            quarantine,
+            lists,
+            list_index,
+            blobs,
+            console,
+            learning,
+            counters,
+            secret,
+        })
     }
 
     fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {
