@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use crate::{db_err, decode, LogEntry, QuarantineEntry, StoreError};
@@ -30,7 +29,7 @@ const KEY_QUARANTINE: &[u8] = b"quarantine";
 const HOUR: u64 = 3600;
 
 /// Top-list kinds under the `d` prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TopKind {
     /// A finding with positive weight.
     Reason,

@@ -569,7 +569,7 @@ mod tests {
 
     /// Opens a store another handle just closed: sled's flusher thread may hold the file lock
     /// for a moment after the drop (seen on a loaded machine), so retry briefly.
-    fn reopen(dir: &std::path::Path) -> Store {
+    pub(crate) fn reopen(dir: &std::path::Path) -> Store {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir) {

@@ -219,7 +219,7 @@ mod tests {
             s.db.open_tree("meta").unwrap().remove(KEY_INDEXED).unwrap();
             s.flush().unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = crate::tests::reopen(&dir);
         let all = s.list_all().unwrap();
         assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [3]);
         assert_eq!(s.list_add(&text.parse().unwrap(), "", "admin", 1).unwrap(), 3);
@@ -244,7 +244,7 @@ mod tests {
             assert!(s.list_remove(id).unwrap());
             assert!(!s.list_remove(id).unwrap());
         }
-        let s = Store::open(&dir).unwrap();
+        let s = crate::tests::reopen(&dir);
         let all = s.list_entries().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].to_string(), "block country CN");
