@@ -1079,11 +1079,13 @@ fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
     Some(levee_netcheck::NetChecks::new(dns, net, geoip))
 }
 
-/// Periodic chores: quarantine expiry hourly, learning every ten minutes, both at start.
+/// Periodic chores: quarantine expiry and log retention hourly, learning every ten
+/// minutes, all at start.
 async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     for round in 0u64.. {
         if round % 6 == 0 {
             engine.expire_quarantine().await;
+            prune_log(&engine).await;
         }
         // Pending votes and autolearn reach the model in validated, rate-capped batches.
         if let Err(e) = engine.apply_learning().await {
@@ -1092,6 +1094,29 @@ async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Removes message-log records older than `log.retention_days`. On a blocking thread:
+/// the first round after an upgrade (or a shorter retention) may remove many.
+async fn prune_log(engine: &Engine) -> usize {
+    let cutoff = now_unix().saturating_sub(engine.config().log.retention_days.as_secs());
+    let store = engine.store.clone();
+    match tokio::task::spawn_blocking(move || store.log_prune(cutoff)).await {
+        Ok(Ok(n)) => {
+            if n > 0 {
+                info!(pruned = n, "message log records past their retention removed");
+            }
+            n
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot prune the message log");
+            0
+        }
+        Err(e) => {
+            warn!(error = %e, "message log pruning failed");
+            0
         }
     }
 }
@@ -1205,6 +1230,38 @@ mod tests {
         });
         assert!(seen[0] + seen[1] > 0, "the reader ran");
         assert_eq!(engine.bayes().counts(), (1, 0), "a reload dropped the swapped-in model");
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn housekeeping_prunes_the_log_to_the_configured_retention() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let engine = Engine::open(config(&dir, "[log]\nretention_days = 2\n")).unwrap();
+        let now = now_unix();
+        let ages = [5 * 86_400, 2 * 86_400 + 60, 2 * 86_400 - 60, 0];
+        for (n, age) in ages.iter().enumerate() {
+            let e = LogEntry {
+                id: QueueId::from_u64(n as u64 + 1),
+                received_at: now - age,
+                client_ip: "192.0.2.1".into(),
+                helo: "mx.test".into(),
+                mail_from: String::new(),
+                rcpt_to: vec![],
+                size: 10,
+                action: "accept".into(),
+                score: 0.0,
+                findings: vec![],
+                deliveries: vec![],
+            };
+            engine.store.log_put(&e).unwrap();
+        }
+        assert_eq!(prune_log(&engine).await, 2);
+        let left: Vec<u64> =
+            engine.store.log_recent(10).unwrap().iter().map(|e| now - e.received_at).collect();
+        assert_eq!(left, [0, 2 * 86_400 - 60]);
+        assert_eq!(prune_log(&engine).await, 0);
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
