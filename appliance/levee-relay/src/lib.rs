@@ -1175,7 +1175,7 @@ fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
 mod tests {
     use super::*;
 
-    fn config(dir: &std::path::Path, extra: &str) -> Config {
+    pub(crate) fn config(dir: &std::path::Path, extra: &str) -> Config {
         let text = format!(
             "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n{extra}",
             dir.display()
@@ -1296,7 +1296,7 @@ mod tests {
         [domain.policy.weights]\nTEST_SIGN = 9.0\n\
         [policy.weights]\nTEST_SIGN = 5.0\n";
 
-    fn scratch(name: &str) -> std::path::PathBuf {
+    pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("levee-relay-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
