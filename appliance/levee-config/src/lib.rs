@@ -7,7 +7,8 @@
 mod types;
 
 pub use types::{
-    Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, Seconds, TlsPolicy,
+    Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, RetentionDays, Seconds,
+    TlsPolicy,
 };
 
 use levee_types::Domain;
@@ -51,6 +52,18 @@ pub struct Config {
     pub learning: Learning,
     #[serde(default)]
     pub rules: Rules,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// `[log]`: the message log the console shows.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// Days a message-log record is kept; housekeeping removes older ones hourly.
+    /// 1 to 3650, default 30.
+    #[serde(default)]
+    pub retention_days: RetentionDays,
 }
 
 /// `[rules]`: rule files in SpamAssassin's language (`levee_sarules`).

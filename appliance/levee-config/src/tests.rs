@@ -293,3 +293,23 @@ fn the_hop_limit_defaults_to_50_and_refuses_zero_and_huge_values_on_its_line() {
     }
     assert!(err(&set("0")).1.contains("out of range"));
 }
+
+#[test]
+fn log_retention_defaults_to_30_days_and_is_bounded() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.log.retention_days.days(), 30);
+    assert_eq!(c.log.retention_days.as_secs(), 30 * 86_400);
+    for days in [1, 365, 3650] {
+        let c =
+            Config::parse(&format!("{MINIMAL}[log]\nretention_days = {days}\n"), "t.toml").unwrap();
+        assert_eq!(u64::from(c.log.retention_days.days()), days);
+    }
+    for bad in ["0", "3651", "-1", "70000", "\"30\"", "1.5"] {
+        let (line, msg) = err(&format!("{MINIMAL}[log]\nretention_days = {bad}\n"));
+        assert_eq!(line, 9, "{bad}: {msg}");
+    }
+    let (_, msg) = err(&format!("{MINIMAL}[log]\nretention_days = 0\n"));
+    assert!(msg.contains("between 1 and 3650"), "{msg}");
+    let (line, msg) = err(&format!("{MINIMAL}[log]\nretention = 3\n"));
+    assert_eq!(line, 9, "{msg}");
+}

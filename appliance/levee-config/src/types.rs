@@ -248,3 +248,49 @@ impl fmt::Display for HopLimit {
         write!(f, "{}", self.0)
     }
 }
+
+/// Days the message log keeps a record: 1 to 3650 (ten years), default 30. Zero is
+/// refused rather than read as "keep nothing", which would empty the log every hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionDays(u16);
+
+impl RetentionDays {
+    pub const MIN: u16 = 1;
+    pub const MAX: u16 = 3650;
+
+    pub fn new(days: u64) -> Result<RetentionDays, String> {
+        u16::try_from(days)
+            .ok()
+            .filter(|d| (Self::MIN..=Self::MAX).contains(d))
+            .map(RetentionDays)
+            .ok_or_else(|| {
+                format!(
+                    "retention_days must be between {} and {} (here {days})",
+                    Self::MIN,
+                    Self::MAX
+                )
+            })
+    }
+
+    pub fn days(self) -> u16 {
+        self.0
+    }
+
+    pub fn as_secs(self) -> u64 {
+        u64::from(self.0) * 86_400
+    }
+}
+
+impl Default for RetentionDays {
+    fn default() -> Self {
+        RetentionDays(30)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetentionDays {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // i64 so that a negative number gets our message, not serde's.
+        let n = i64::deserialize(d)?;
+        RetentionDays::new(u64::try_from(n).unwrap_or(0)).map_err(serde::de::Error::custom)
+    }
+}

@@ -283,24 +283,29 @@ async fn metrics(State(st): State<AppState>, v: Result<Viewer, AppError>) -> Res
 }
 
 pub(crate) fn metrics_text(st: &AppState) -> AppResult<String> {
-    let s = crate::stats::stats(st, 24)?;
-    let queue = st.store().queue_all()?;
+    let store = st.store();
+    let day = crate::stats::last_day(st)?;
+    let counts = store.counts(u64::MAX, false)?;
+    let written = store.log_written()?;
+    let queue = store.queue_all()?;
     let mut t = String::new();
     t.push_str("# HELP levee_messages_24h Messages received in the last 24 hours, by verdict.\n# TYPE levee_messages_24h gauge\n");
-    for (name, _, v) in &s.per_hour {
-        t.push_str(&format!(
-            "levee_messages_24h{{verdict=\"{name}\"}} {}\n",
-            v.iter().sum::<u64>()
-        ));
+    for (name, n) in &day {
+        t.push_str(&format!("levee_messages_24h{{verdict=\"{name}\"}} {n}\n"));
+    }
+    t.push_str("# HELP levee_messages_total Messages written to the message log, by verdict (pruning does not lower it).\n# TYPE levee_messages_total counter\n");
+    for (name, _) in crate::stats::VERDICTS {
+        let n = written.get(name).copied().unwrap_or(0);
+        t.push_str(&format!("levee_messages_total{{verdict=\"{name}\"}} {n}\n"));
     }
     t.push_str("# HELP levee_queue_messages Messages waiting for delivery.\n# TYPE levee_queue_messages gauge\n");
     t.push_str(&format!("levee_queue_messages {}\n", queue.iter().filter(|q| !q.held).count()));
     t.push_str("# HELP levee_quarantine_messages Messages held in quarantine.\n# TYPE levee_quarantine_messages gauge\n");
-    t.push_str(&format!("levee_quarantine_messages {}\n", st.store().quarantine_len()));
+    t.push_str(&format!("levee_quarantine_messages {}\n", counts.quarantine));
     t.push_str(
         "# HELP levee_log_messages Records in the message log.\n# TYPE levee_log_messages gauge\n",
     );
-    t.push_str(&format!("levee_log_messages {}\n", st.store().log_len()));
+    t.push_str(&format!("levee_log_messages {}\n", counts.log));
     let c = st.engine().config();
     t.push_str("# HELP levee_domain_ready Whether a domain accepts mail (1) or its set-up is incomplete (0).\n# TYPE levee_domain_ready gauge\n");
     for d in &c.domains {

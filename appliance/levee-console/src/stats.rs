@@ -1,8 +1,8 @@
-//! Counts over the message log for the dashboard, the API and the report mail. Kept out
+//! Counts over the message log for the dashboard, the metrics and the report mail. Kept out
 //! of the pages so that the mail writers (`mailout`) do not depend on the HTML pages.
 
 use crate::{now, AppResult, AppState};
-use levee_types::QueueId;
+use levee_store::TopKind;
 use std::collections::HashMap;
 
 /// The message log's actions, each with its colour in the charts.
@@ -30,51 +30,33 @@ fn top(m: HashMap<String, u64>, n: usize) -> Vec<(String, u64)> {
     v
 }
 
-/// Counts over the message log for the last `hours` hours.
+/// Counts over the message log for the last `hours` hours, from the store's counters
+/// (a few keys per hour of the window, not the log itself).
 pub(crate) fn stats(st: &AppState, hours: u64) -> AppResult<Stats> {
-    let t = now();
-    let start = (t / 3600 + 1 - hours) * 3600;
+    let first = now() / 3600 + 1 - hours;
+    let c = st.store().counts(first, true)?;
     let mut per_hour: Vec<_> =
         VERDICTS.iter().map(|(n, c)| (*n, *c, vec![0u64; hours as usize])).collect();
-    let (mut total, mut reasons, mut senders, mut rcpts) =
-        (HashMap::new(), HashMap::new(), HashMap::new(), HashMap::new());
-    let mut before: Option<QueueId> = None;
-    // At most 100k records; the log is newest first.
-    'pages: for _ in 0..100 {
-        let page = st.store().log_page(before.as_ref(), 1000)?;
-        if page.is_empty() {
-            break;
+    let mut total = HashMap::new();
+    for ((hour, action), n) in &c.log_by_hour {
+        let bucket = (hour - first) as usize;
+        if let Some(b) =
+            per_hour.iter_mut().find(|s| s.0 == action).and_then(|s| s.2.get_mut(bucket))
+        {
+            *b += n;
         }
-        for e in &page {
-            if e.received_at < start {
-                break 'pages;
-            }
-            let bucket = ((e.received_at - start) / 3600) as usize;
-            if let Some(s) = per_hour.iter_mut().find(|s| s.0 == e.action) {
-                if let Some(b) = s.2.get_mut(bucket) {
-                    *b += 1;
-                }
-            }
-            *total.entry(e.action.clone()).or_insert(0) += 1;
-            for (sym, _, w) in &e.findings {
-                if *w > 0.0 {
-                    *reasons.entry(sym.clone()).or_insert(0) += 1;
-                }
-            }
-            *senders
-                .entry(if e.mail_from.is_empty() {
-                    "<>".into()
-                } else {
-                    e.mail_from.to_lowercase()
-                })
-                .or_insert(0) += 1;
-            for r in &e.rcpt_to {
-                *rcpts.entry(r.to_lowercase()).or_insert(0) += 1;
-            }
-        }
-        before = page.last().map(|e| e.id.clone());
+        *total.entry(action.clone()).or_insert(0) += n;
     }
-    let hours_labels = (0..hours).map(|i| format!("{:02}h", ((start / 3600 + i) % 24))).collect();
+    let (mut reasons, mut senders, mut rcpts) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for ((_, kind, name), n) in c.top_by_hour {
+        let m = match kind {
+            TopKind::Reason => &mut reasons,
+            TopKind::Sender => &mut senders,
+            TopKind::Recipient => &mut rcpts,
+        };
+        *m.entry(name).or_insert(0) += n;
+    }
+    let hours_labels = (0..hours).map(|i| format!("{:02}h", (first + i) % 24)).collect();
     Ok(Stats {
         hours: hours_labels,
         per_hour,
@@ -83,4 +65,18 @@ pub(crate) fn stats(st: &AppState, hours: u64) -> AppResult<Stats> {
         senders: top(senders, 10),
         recipients: top(rcpts, 10),
     })
+}
+
+/// Messages received in the last 24 hours, by verdict (the `/metrics` gauge), without the
+/// top lists that [`stats`] also reads.
+pub(crate) fn last_day(st: &AppState) -> AppResult<Vec<(&'static str, u64)>> {
+    let first = now() / 3600 + 1 - 24;
+    let c = st.store().counts(first, false)?;
+    Ok(VERDICTS
+        .iter()
+        .map(|(name, _)| {
+            let n = c.log_by_hour.iter().filter(|((_, a), _)| a == name).map(|(_, n)| n).sum();
+            (*name, n)
+        })
+        .collect())
 }

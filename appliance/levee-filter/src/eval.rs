@@ -188,7 +188,7 @@ pub fn tokenize_files(
 }
 
 /// The messages of one file (an mbox holds many), blank ones left out.
-fn messages_of(f: &MailFile) -> Result<Vec<Vec<u8>>, FilterError> {
+pub fn messages_of(f: &MailFile) -> Result<Vec<Vec<u8>>, FilterError> {
     let bytes = std::fs::read(&f.path).map_err(|e| FilterError::io(&f.path, e))?;
     let mut messages = if f.mbox { crate::mailbox::split_mbox(&bytes) } else { vec![bytes] };
     messages.retain(|m| !m.iter().all(u8::is_ascii_whitespace));

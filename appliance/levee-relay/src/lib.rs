@@ -5,6 +5,7 @@
 //! One [`Engine`] holds the shared state; [`Engine::run`] serves until shutdown.
 
 mod client;
+pub mod control;
 mod dsn;
 mod headers;
 pub mod health;
@@ -1132,11 +1133,13 @@ fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
     Some(levee_netcheck::NetChecks::new(dns, net, geoip))
 }
 
-/// Periodic chores: quarantine expiry hourly, learning every ten minutes, both at start.
+/// Periodic chores: quarantine expiry and log retention hourly, learning every ten
+/// minutes, all at start.
 async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     for round in 0u64.. {
         if round % 6 == 0 {
             engine.expire_quarantine().await;
+            prune_log(&engine).await;
         }
         // Pending votes and autolearn reach the model in validated, rate-capped batches.
         if let Err(e) = engine.apply_learning().await {
@@ -1145,6 +1148,29 @@ async fn housekeeping(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) 
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Removes message-log records older than `log.retention_days`. On a blocking thread:
+/// the first round after an upgrade (or a shorter retention) may remove many.
+async fn prune_log(engine: &Engine) -> usize {
+    let cutoff = now_unix().saturating_sub(engine.config().log.retention_days.as_secs());
+    let store = engine.store.clone();
+    match tokio::task::spawn_blocking(move || store.log_prune(cutoff)).await {
+        Ok(Ok(n)) => {
+            if n > 0 {
+                info!(pruned = n, "message log records past their retention removed");
+            }
+            n
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot prune the message log");
+            0
+        }
+        Err(e) => {
+            warn!(error = %e, "message log pruning failed");
+            0
         }
     }
 }
@@ -1204,7 +1230,7 @@ fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
 mod tests {
     use super::*;
 
-    fn config(dir: &std::path::Path, extra: &str) -> Config {
+    pub(crate) fn config(dir: &std::path::Path, extra: &str) -> Config {
         let text = format!(
             "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n{extra}",
             dir.display()
@@ -1263,6 +1289,38 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[tokio::test]
+    async fn housekeeping_prunes_the_log_to_the_configured_retention() {
+        let dir = std::env::temp_dir().join(format!("levee-relay-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let engine = Engine::open(config(&dir, "[log]\nretention_days = 2\n")).unwrap();
+        let now = now_unix();
+        let ages = [5 * 86_400, 2 * 86_400 + 60, 2 * 86_400 - 60, 0];
+        for (n, age) in ages.iter().enumerate() {
+            let e = LogEntry {
+                id: QueueId::from_u64(n as u64 + 1),
+                received_at: now - age,
+                client_ip: "192.0.2.1".into(),
+                helo: "mx.test".into(),
+                mail_from: String::new(),
+                rcpt_to: vec![],
+                size: 10,
+                action: "accept".into(),
+                score: 0.0,
+                findings: vec![],
+                deliveries: vec![],
+            };
+            engine.store.log_put(&e).unwrap();
+        }
+        assert_eq!(prune_log(&engine).await, 2);
+        let left: Vec<u64> =
+            engine.store.log_recent(10).unwrap().iter().map(|e| now - e.received_at).collect();
+        assert_eq!(left, [0, 2 * 86_400 - 60]);
+        assert_eq!(prune_log(&engine).await, 0);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_policy_is_derived_from_the_config_and_follows_reloads() {
         let dir = std::env::temp_dir().join(format!("levee-relay-policy-{}", std::process::id()));
@@ -1293,7 +1351,7 @@ mod tests {
         [domain.policy.weights]\nTEST_SIGN = 9.0\n\
         [policy.weights]\nTEST_SIGN = 5.0\n";
 
-    fn scratch(name: &str) -> std::path::PathBuf {
+    pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("levee-relay-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir

@@ -108,6 +108,14 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::{config, scratch};
+
+    /// `n` distinct spam-like messages.
+    fn offers(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("Subject: offer {i}\r\n\r\ncheap pills {i}\r\n").into_bytes())
+            .collect()
+    }
 
     #[test]
     fn weights_fitted_by_levee_train_replace_stock_scores_until_the_config_names_one() {
@@ -137,16 +145,9 @@ mod tests {
 
     #[tokio::test]
     async fn corpus_training_counts_and_stores() {
-        let dir = std::env::temp_dir().join(format!("levee-relay-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let text = format!(
-            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n",
-            dir.display()
-        );
-        let engine = Engine::open(levee_config::Config::parse(&text, "t").unwrap()).unwrap();
-        let messages: Vec<Vec<u8>> = (0..1200)
-            .map(|i| format!("Subject: offer {i}\r\n\r\ncheap pills {i}\r\n").into_bytes())
-            .collect();
+        let dir = scratch("train");
+        let engine = Engine::open(config(&dir, "")).unwrap();
+        let messages = offers(1200);
         let progress = TrainProgress::new(messages.len());
         let counts = engine.train_corpus(messages, true, progress.clone()).await.unwrap();
         let stored = engine.store().blob_get(BAYES_BLOB).unwrap().unwrap();
@@ -162,16 +163,9 @@ mod tests {
     /// it lands, and the store ends on the model in use.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn training_waits_for_the_model_writer_and_stores_the_model_in_use() {
-        let dir = std::env::temp_dir().join(format!("levee-relay-train2-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let text = format!(
-            "hostname = \"mx.example.test\"\ndata_dir = \"{}\"\n[smtp]\nlisten = [\"127.0.0.1:0\"]\ntls = false\n",
-            dir.display()
-        );
-        let engine = Engine::open(levee_config::Config::parse(&text, "t").unwrap()).unwrap();
-        let spam: Vec<Vec<u8>> = (0..300)
-            .map(|i| format!("Subject: offer {i}\r\n\r\ncheap pills {i}\r\n").into_bytes())
-            .collect();
+        let dir = scratch("train-writer");
+        let engine = Engine::open(config(&dir, "")).unwrap();
+        let spam = offers(300);
         let held = engine.learning.model_writer.lock().await;
         let e = engine.clone();
         let task =

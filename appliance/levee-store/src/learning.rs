@@ -75,7 +75,7 @@ mod tests {
             s.learning_put("user:c@example.test", &7u32).unwrap();
             s.flush().unwrap();
         }
-        let s = Store::open(&dir).unwrap();
+        let s = crate::tests::reopen(&dir);
         assert_eq!(s.learning_get::<Vec<u32>>(LEARN_GLOBAL).unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(s.learning_get::<Vec<u32>>(LEARN_HELDBACK).unwrap(), None);
         let (users, bad) = s.learning_users::<String>().unwrap();

@@ -5,7 +5,9 @@
 //! - `queue`: per-message delivery state ([`QueueEntry`]), key = queue id as u64 big-endian.
 //! - `log`: one [`LogEntry`] per received message, same key. Queue ids put the receipt time
 //!   in their high bits, so key order is age order and "newest first" is a reverse scan.
-//! - `meta`: the schema version and the per-install secret.
+//! - `meta`: the schema version, the per-install secret and one-time upgrade marks.
+//! - `lists`, `list_index`: allow/block entries by id, and entry text → id (see `lists.rs`).
+//! - `counters`: counts of the log and the quarantine kept on write (see `counters.rs`).
 //! - `learning`: safe learning's votes, queue, counters and validation sample (JSON).
 //!
 //! Values are JSON (serde_json): a person can read them with a sled dump, and added
@@ -20,15 +22,19 @@ use std::path::Path;
 use levee_types::QueueId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
 use thiserror::Error;
 
 mod console;
+mod counters;
 mod learning;
 mod lists;
 mod private;
 mod quarantine;
 
 pub use console::{ApiToken, Frequency, ReportSchedule, Role, Session, Throttle, User};
+pub use counters::{Counts, TopKind};
 pub use learning::{LEARN_GLOBAL, LEARN_HELDBACK};
 pub use lists::StoredListEntry;
 pub use quarantine::{QuarantineEntry, QuarantineQuery};
@@ -53,6 +59,19 @@ pub enum StoreError {
 
 fn db_err(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
     move |e| StoreError::Db { op, message: e.to_string() }
+}
+
+/// Unwraps a transaction's result: our own error as it was, sled's with `op`.
+fn tx_err(op: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => db_err(op)(e),
+    }
+}
+
+/// Aborts a transaction with a store error (a record that does not decode, say).
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
 }
 
 /// Serde for [`QueueId`] as its printed form (the type itself stays serde-free).
@@ -180,9 +199,11 @@ pub struct Store {
     log: sled::Tree,
     quarantine: sled::Tree,
     lists: sled::Tree,
+    list_index: sled::Tree,
     blobs: sled::Tree,
     console: console::ConsoleTrees,
     learning: sled::Tree,
+    counters: sled::Tree,
     secret: [u8; 32],
 }
 
@@ -190,9 +211,9 @@ impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the secret.
         f.debug_struct("Store")
-            .field("queue", &self.queue.len())
-            .field("log", &self.log.len())
-            .finish()
+            .field("log", &self.log_len().ok())
+            .field("quarantine", &self.quarantine_len().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -230,9 +251,11 @@ impl Store {
         let meta = db.open_tree("meta").map_err(db_err("open tree meta"))?;
         let quarantine = db.open_tree("quarantine").map_err(db_err("open tree quarantine"))?;
         let lists = db.open_tree("lists").map_err(db_err("open tree lists"))?;
+        let list_index = db.open_tree("list_index").map_err(db_err("open tree list_index"))?;
         let blobs = db.open_tree("blobs").map_err(db_err("open tree blobs"))?;
         let console = console::ConsoleTrees::open(&db)?;
         let learning = db.open_tree("learning").map_err(db_err("open tree learning"))?;
+        let counters = db.open_tree("counters").map_err(db_err("open tree counters"))?;
 
         match meta.get(KEY_SCHEMA).map_err(db_err("read schema"))? {
             Some(v) if v.as_ref() == SCHEMA_VERSION => {}
@@ -242,9 +265,27 @@ impl Store {
             }
         }
         let secret = Self::load_or_create_secret(&meta)?;
+        if !counters.contains_key(counters::KEY_COMPLETE).map_err(db_err("read counters"))? {
+            // A store from before the counters (or one whose first count was cut short).
+            counters.clear().map_err(db_err("clear counters"))?;
+            counters::rebuild(&counters, &log, &quarantine)?;
+        }
+        lists::index_once(&lists, &list_index, &meta)?;
         db.flush().map_err(db_err("flush"))?;
         private::tighten(path).map_err(perm_err("make files private"))?;
-        Ok(Store { db, queue, log, quarantine, lists, blobs, console, learning, secret })
+        Ok(Store {
+            db,
+            queue,
+            log,
+            quarantine,
+            lists,
+            list_index,
+            blobs,
+            console,
+            learning,
+            counters,
+            secret,
+        })
     }
 
     fn load_or_create_secret(meta: &sled::Tree) -> Result<[u8; 32], StoreError> {
@@ -333,10 +374,30 @@ impl Store {
 
     // ---- message log -------------------------------------------------------------
 
-    /// Records a received message (replaces an earlier record of the same id).
+    /// Records a received message (replaces an earlier record of the same id), with its
+    /// counters in the same transaction.
     pub fn log_put(&self, e: &LogEntry) -> Result<(), StoreError> {
-        self.log.insert(key(&e.id), encode(e, &e.id)?).map_err(db_err("log put"))?;
-        Ok(())
+        let k = key(&e.id);
+        let bytes = encode(e, &e.id)?;
+        (&self.log, &self.counters)
+            .transaction(|(log, ctr)| {
+                let mut delta = counters::Delta::default();
+                let old = log.insert(&k, bytes.as_slice())?;
+                let old_action = match old {
+                    Some(old) => {
+                        let old: LogEntry = decode(&old, &k).map_err(abort)?;
+                        delta.log_record(&old, -1);
+                        Some(old.action)
+                    }
+                    None => None,
+                };
+                if old_action.as_deref() != Some(e.action.as_str()) {
+                    delta.log_written(&e.action);
+                }
+                delta.log_record(e, 1);
+                delta.apply(ctr)
+            })
+            .map_err(tx_err("log put"))
     }
 
     pub fn log_get(&self, id: &QueueId) -> Result<Option<LogEntry>, StoreError> {
@@ -393,9 +454,74 @@ impl Store {
         }
     }
 
-    /// Number of records in the message log.
-    pub fn log_len(&self) -> usize {
-        self.log.len()
+    /// Removes log records received before `cutoff` (unix seconds), oldest first, and
+    /// returns how many went. Keys are time-ordered ids, so the scan stops at the first
+    /// record that is new enough: a clock step back may leave a few old records for a
+    /// later round, but never costs a scan of the whole log.
+    pub fn log_prune(&self, cutoff: u64) -> Result<usize, StoreError> {
+        // Small transactions: each holds sled's write lock, which intake waits for.
+        const BATCH: usize = 512;
+        let mut removed = 0;
+        loop {
+            let mut old = Vec::with_capacity(BATCH);
+            for kv in self.log.iter() {
+                let (k, v) = kv.map_err(db_err("log scan"))?;
+                let e: LogEntry = decode(&v, &k)?;
+                if e.received_at >= cutoff || old.len() == BATCH {
+                    break;
+                }
+                old.push(k);
+            }
+            if old.is_empty() {
+                return Ok(removed);
+            }
+            removed += (&self.log, &self.counters)
+                .transaction(|(log, ctr)| {
+                    let mut delta = counters::Delta::default();
+                    let mut n = 0;
+                    for k in &old {
+                        // Read again inside the transaction: the record may have changed.
+                        let Some(v) = log.get(k)? else { continue };
+                        let e: LogEntry = decode(&v, k).map_err(abort)?;
+                        if e.received_at < cutoff {
+                            log.remove(k)?;
+                            delta.log_record(&e, -1);
+                            n += 1;
+                        }
+                    }
+                    delta.apply(ctr)?;
+                    Ok(n)
+                })
+                .map_err(tx_err("log prune"))?;
+            if old.len() < BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Number of records in the message log (a counter read).
+    pub fn log_len(&self) -> Result<usize, StoreError> {
+        Ok(counters::read_log(&self.counters)? as usize)
+    }
+
+    /// The counters: record counts, log records by action, and log records by hour from
+    /// hour `from_hour` (unix seconds / 3600) on. With `tops`, also the per-hour counts of
+    /// reasons, senders and recipients, which are many more keys.
+    pub fn counts(&self, from_hour: u64, tops: bool) -> Result<Counts, StoreError> {
+        counters::read(&self.counters, from_hour, tops)
+    }
+
+    /// Log records ever written, by action; these never decrease (pruning and removal
+    /// leave them), as Prometheus counters must not. A record rewritten with another
+    /// action (a message taken back to a tempfail) counts under both.
+    pub fn log_written(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        counters::written(&self.counters)
+    }
+
+    /// What [`Store::counts`]`(0, true)` should read, counted from scratch by scanning the
+    /// log and the quarantine: for checks and tests, not for pages.
+    pub fn recount(&self) -> Result<Counts, StoreError> {
+        counters::recount(&self.log, &self.quarantine)
     }
 
     // ---- install secret ----------------------------------------------------------
@@ -487,7 +613,7 @@ mod tests {
 
     /// Opens a store another handle just closed: sled's flusher thread may hold the file lock
     /// for a moment after the drop (seen on a loaded machine), so retry briefly.
-    fn reopen(dir: &std::path::Path) -> Store {
+    pub(crate) fn reopen(dir: &std::path::Path) -> Store {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir) {
@@ -552,7 +678,7 @@ mod tests {
             s.log_page(Some(&top2[1]), 3).unwrap().into_iter().map(|e| e.id).collect();
         assert_eq!(next, [id(sorted[2]), id(sorted[3]), id(sorted[4])]);
         assert!(s.log_recent(0).unwrap().is_empty());
-        assert_eq!(s.log_len(), ids.len());
+        assert_eq!(s.log_len().unwrap(), ids.len());
     }
 
     #[test]
@@ -653,6 +779,147 @@ mod tests {
         let back = s.log_get(&id(3)).unwrap().unwrap();
         assert!(back.score.is_nan() && back.findings[0].2.is_nan());
         assert_eq!(back.findings[0].0, "DNSBL");
+    }
+
+    fn quarantined(n: u64) -> QuarantineEntry {
+        QuarantineEntry {
+            id: id(n),
+            received_at: 1_700_000_000 + n,
+            expires_at: 1_800_000_000,
+            client_ip: "192.0.2.1".into(),
+            mail_from: String::new(),
+            rcpt_to: vec!["a@dest.test".into()],
+            from_header: String::new(),
+            subject: "s".into(),
+            size: 1,
+            score: 7.0,
+            action: "quarantine".into(),
+            findings: vec![],
+        }
+    }
+
+    /// Log records with different actions, hours, senders, recipients and reasons.
+    fn varied(n: u64) -> LogEntry {
+        let actions = ["accept", "tag", "quarantine", "reject", "tempfail"];
+        LogEntry {
+            received_at: 1_700_000_000 + n * 1_000,
+            action: actions[(n % 5) as usize].into(),
+            mail_from: if n.is_multiple_of(3) {
+                String::new()
+            } else {
+                format!("S{}@x.test", n % 4)
+            },
+            rcpt_to: vec![format!("r{}@dest.test", n % 2), "R0@dest.test".into()],
+            findings: vec![
+                (format!("SYM{}", n % 3), String::new(), 1.0),
+                ("NEG".into(), String::new(), -1.0),
+                (format!("SYM{}", n % 3), "again".into(), 2.0),
+            ],
+            ..log_entry(n)
+        }
+    }
+
+    #[test]
+    fn counters_follow_writes_replacements_and_removals() {
+        let d = TempDir::new("counters");
+        let s = Store::open(&d.0).unwrap();
+        for n in 1..=20 {
+            s.log_put(&varied(n)).unwrap();
+        }
+        // A message taken back: the same id again with another action.
+        s.log_put(&LogEntry { action: "tempfail".into(), ..varied(1) }).unwrap();
+        // The same record again changes nothing.
+        s.log_put(&varied(2)).unwrap();
+        for n in [1, 2, 3] {
+            s.quarantine_put(&quarantined(n)).unwrap();
+        }
+        s.quarantine_put(&quarantined(2)).unwrap();
+        s.quarantine_remove(&id(3)).unwrap();
+        s.quarantine_remove(&id(3)).unwrap();
+
+        let c = s.counts(0, true).unwrap();
+        assert_eq!(c, s.recount().unwrap());
+        assert_eq!((c.log, c.quarantine), (20, 2));
+        assert_eq!((s.log_len().unwrap(), s.quarantine_len().unwrap()), (20, 2));
+        assert_eq!(c.log_by_action["tempfail"], 5, "{c:?}");
+        assert_eq!(c.log_by_action["tag"], 3);
+        // Per record once: R0 is in every record, SYM twice in one record counts once.
+        let top = |kind, name: &str| -> u64 {
+            c.top_by_hour
+                .iter()
+                .filter(|((_, k, n), _)| *k == kind && n == name)
+                .map(|(_, v)| v)
+                .sum()
+        };
+        assert_eq!(top(TopKind::Recipient, "r0@dest.test"), 20);
+        assert_eq!(top(TopKind::Reason, "SYM0"), 6);
+        assert_eq!(top(TopKind::Reason, "NEG"), 0);
+        assert_eq!(top(TopKind::Sender, "<>"), 6);
+        assert_eq!(top(TopKind::Sender, "s1@x.test"), 4);
+        let written = s.log_written().unwrap();
+        assert_eq!(written["tag"], 4, "the first write of the taken-back message counts");
+        assert_eq!(written["tempfail"], 5);
+        // The hour window leaves older hours out.
+        let from = varied(15).received_at / 3600;
+        let late = s.counts(from, false).unwrap();
+        assert!(late.top_by_hour.is_empty());
+        let in_window = (1..=20).filter(|n| varied(*n).received_at / 3600 >= from).count();
+        assert!(in_window < 20);
+        assert_eq!(late.log_by_hour.values().sum::<u64>(), in_window as u64);
+    }
+
+    #[test]
+    fn counters_survive_reopen_and_an_old_store_is_recounted_once() {
+        let d = TempDir::new("recount");
+        {
+            let s = Store::open(&d.0).unwrap();
+            for n in 1..=7 {
+                s.log_put(&varied(n)).unwrap();
+            }
+            s.quarantine_put(&quarantined(1)).unwrap();
+            s.flush().unwrap();
+        }
+        let expected = {
+            let s = reopen(&d.0);
+            let c = s.counts(0, true).unwrap();
+            assert_eq!(c.log, 7);
+            assert_eq!(c, s.recount().unwrap());
+            // Make it look like a store from before the counters.
+            s.counters.clear().unwrap();
+            s.flush().unwrap();
+            c
+        };
+        let s = reopen(&d.0);
+        assert_eq!(s.counts(0, true).unwrap(), expected);
+        assert_eq!(s.log_written().unwrap().values().sum::<u64>(), 7);
+    }
+
+    #[test]
+    fn pruning_removes_only_old_records_and_keeps_the_counters_right() {
+        let d = TempDir::new("prune");
+        let s = Store::open(&d.0).unwrap();
+        // 1,500 records one hour apart (more than one prune batch), in id order.
+        let base = 1_700_000_000;
+        for n in 0..1_500u64 {
+            s.log_put(&LogEntry { received_at: base + n * 3600, ..varied(n + 1) }).unwrap();
+        }
+        s.quarantine_put(&quarantined(1)).unwrap();
+        let written = s.log_written().unwrap();
+        let cutoff = base + 1_200 * 3600;
+        assert_eq!(s.log_prune(cutoff).unwrap(), 1_200);
+        let left = s.log_page(None, 10_000).unwrap();
+        assert_eq!(left.len(), 300);
+        assert!(left.iter().all(|e| e.received_at >= cutoff));
+        assert_eq!(left.last().unwrap().received_at, cutoff, "the first record kept");
+        let c = s.counts(0, true).unwrap();
+        assert_eq!(c, s.recount().unwrap());
+        assert_eq!((c.log, c.quarantine), (300, 1));
+        assert_eq!(c.log_by_hour.keys().next().unwrap().0, cutoff / 3600, "old hours are gone");
+        assert_eq!(s.log_written().unwrap(), written, "totals never go down");
+        assert_eq!(s.log_prune(cutoff).unwrap(), 0);
+        assert_eq!(s.log_prune(u64::MAX).unwrap(), 300);
+        assert_eq!(s.counts(0, true).unwrap(), s.recount().unwrap());
+        assert_eq!(s.log_len().unwrap(), 0);
     }
 
     #[test]

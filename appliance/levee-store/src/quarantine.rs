@@ -2,9 +2,10 @@
 //! message itself stays in the spool (held in the queue) until it is released or
 //! deleted.
 
-use crate::{db_err, decode, encode, key, qid, Store, StoreError};
+use crate::{counters, db_err, decode, encode, key, qid, tx_err, Store, StoreError};
 use levee_types::QueueId;
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
@@ -66,9 +67,18 @@ impl QuarantineQuery {
 }
 
 impl Store {
+    /// Adds or replaces an entry; the quarantine counter changes in the same transaction.
     pub fn quarantine_put(&self, e: &QuarantineEntry) -> Result<(), StoreError> {
-        self.quarantine.insert(key(&e.id), encode(e, &e.id)?).map_err(db_err("quarantine put"))?;
-        Ok(())
+        let (k, bytes) = (key(&e.id), encode(e, &e.id)?);
+        (&self.quarantine, &self.counters)
+            .transaction(|(q, ctr)| {
+                let mut delta = counters::Delta::default();
+                if q.insert(&k, bytes.as_slice())?.is_none() {
+                    delta.quarantine(1);
+                }
+                delta.apply(ctr)
+            })
+            .map_err(tx_err("quarantine put"))
     }
 
     pub fn quarantine_get(&self, id: &QueueId) -> Result<Option<QuarantineEntry>, StoreError> {
@@ -79,8 +89,16 @@ impl Store {
     }
 
     pub fn quarantine_remove(&self, id: &QueueId) -> Result<(), StoreError> {
-        self.quarantine.remove(key(id)).map_err(db_err("quarantine remove"))?;
-        Ok(())
+        let k = key(id);
+        (&self.quarantine, &self.counters)
+            .transaction(|(q, ctr)| {
+                let mut delta = counters::Delta::default();
+                if q.remove(&k)?.is_some() {
+                    delta.quarantine(-1);
+                }
+                delta.apply(ctr)
+            })
+            .map_err(tx_err("quarantine remove"))
     }
 
     /// Matching entries, newest first, with the total number that matched.
@@ -117,7 +135,8 @@ impl Store {
         Ok(out)
     }
 
-    pub fn quarantine_len(&self) -> usize {
-        self.quarantine.len()
+    /// Number of held messages (a counter read).
+    pub fn quarantine_len(&self) -> Result<usize, StoreError> {
+        Ok(counters::read_quarantine(&self.counters)? as usize)
     }
 }

@@ -1,10 +1,12 @@
-//! `levee train`, `levee eval` and `levee queue`: the commands that open the store
-//! directly, so they work only while the engine is stopped.
+//! `levee train` and `levee eval`: through the running engine when it answers (see
+//! `reach`), else on the store directly.
 
+use crate::admin_cli;
+use crate::reach::{self, Reach};
 use anyhow::{bail, Context, Result};
-use levee_config::Config;
 use levee_filter::bayes::Model;
 use levee_filter::eval::MailFile;
+use levee_relay::control::{Bytes, Reply, Request, MAX_REQUEST};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -74,39 +76,6 @@ pub struct EvalArgs {
     rules: RulesArgs,
 }
 
-#[derive(clap::Args, Debug)]
-pub struct QueueArgs {
-    #[arg(long, short)]
-    config: PathBuf,
-}
-
-/// Opens the store under `data`, saying plainly when the engine holds it: sled takes an
-/// exclusive lock for the one process that may use it.
-fn open_store(data: &Path) -> Result<levee_store::Store> {
-    match levee_store::Store::open(&data.join("db")) {
-        Ok(s) => Ok(s),
-        Err(e) if is_lock_error(&e.to_string()) => bail!(
-            "the engine is running and holds {}; stop it first (systemctl stop levee, or \
-             end `levee run`), or upload the messages in the console under Training (/training)",
-            data.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("opening the store in {}", data.display())),
-    }
-}
-
-fn is_lock_error(message: &str) -> bool {
-    ["WouldBlock", "Resource temporarily unavailable", "os error 11", "could not acquire lock"]
-        .iter()
-        .any(|m| message.contains(m))
-}
-
-fn load_model(store: &levee_store::Store) -> Result<Model> {
-    Ok(match store.blob_get(levee_relay::BAYES_BLOB)? {
-        Some(bytes) => Model::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => Model::new(),
-    })
-}
-
 /// Every file of mail under each path, labelled; each unreadable path and each path with
 /// no message in it is reported once, and any of them fails the command.
 fn gather(args: &TrainArgs) -> Result<Vec<(MailFile, bool)>> {
@@ -152,8 +121,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let files = gather(args)?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    let store = open_store(&args.data)?;
-    let mut model = if args.reset { Model::new() } else { load_model(&store)? };
+    let store = match reach::reach(&args.data)? {
+        Reach::Engine(engine) => return train_through(engine, args, &files),
+        Reach::Store(store) => store,
+    };
+    let mut model =
+        if args.reset { Model::new() } else { admin_cli::stored_model(&store, &args.data)? };
     let rules = args.rules.load(&args.data)?;
     let judged = levee_filter::eval::judge_files(
         &files,
@@ -204,13 +177,25 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if listed.is_empty() {
         bail!("{}: no message listed", args.manifest.display());
     }
-    let store = open_store(&args.data)?;
-    let model = load_model(&store)?;
+    // Only two blobs are read; the store is closed again before the (long) judging, so
+    // an engine can start meanwhile.
+    let (bayes, weights) = match reach::reach(&args.data)? {
+        Reach::Engine(mut engine) => match engine.call(&Request::Model)? {
+            Reply::Model { bayes, rule_weights } => (bayes.map(|b| b.0), rule_weights.map(|b| b.0)),
+            other => return Err(reach::unexpected(other)),
+        },
+        Reach::Store(store) => (
+            store.blob_get(levee_relay::BAYES_BLOB)?,
+            store.blob_get(levee_relay::RULE_WEIGHTS_BLOB)?,
+        ),
+    };
+    let model = admin_cli::model_from(bayes.as_deref())
+        .with_context(|| format!("the model in {}", args.data.display()))?;
     let mut policy = levee_filter::score::Policy::default();
     let rules = args.rules.load(&args.data)?;
     if let Some(r) = &rules {
-        let learned = match store.blob_get(levee_relay::RULE_WEIGHTS_BLOB)? {
-            Some(b) => levee_filter::fit::weights_from_bytes(&b),
+        let learned = match &weights {
+            Some(b) => levee_filter::fit::weights_from_bytes(b),
             None => Default::default(),
         };
         policy.rule_scores =
@@ -227,34 +212,85 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn queue(args: &QueueArgs) -> Result<()> {
-    let config = Config::load(&args.config)?;
-    let store = open_store(&config.data_dir)?;
-    let now = levee_relay::now_unix();
-    for e in store.queue_all()? {
-        let age = now.saturating_sub(e.received_at);
-        println!(
-            "{}  age {}s  attempts {}  next in {}s{}",
-            e.id,
-            age,
-            e.attempts,
-            e.next_attempt.saturating_sub(now),
-            if e.held { "  HELD" } else { "" }
+/// Raw bytes per training request: well under `MAX_REQUEST` once base64 adds a third, and
+/// small enough that progress shows every few seconds.
+const BATCH_BYTES: usize = 4 << 20;
+/// Messages per training request, at most (the engine swaps its model per 500).
+const BATCH_MESSAGES: usize = 500;
+
+/// `levee train` while the engine runs: the messages go to the engine's own training path
+/// (the console upload's), a batch per request. That path adds to the model in use; it
+/// neither starts it afresh nor fits the rules' weights, which need the engine stopped.
+fn train_through(
+    mut engine: reach::Engine,
+    args: &TrainArgs,
+    files: &[(MailFile, bool)],
+) -> Result<()> {
+    if args.reset {
+        bail!(
+            "--reset replaces the model the running engine uses, so it needs the engine \
+             stopped (systemctl stop levee, or end `levee run`); without --reset the messages \
+             are added to the engine's model"
         );
-        for r in &e.recipients {
-            println!("    {}  {:?}  {}", r.rcpt, r.status, r.last_reply.as_deref().unwrap_or(""));
+    }
+    // A message that base64 would push past the engine's request limit cannot be sent.
+    let largest = (MAX_REQUEST - 4096) / 4 * 3;
+    let total: usize = files.iter().map(|(f, _)| f.messages).sum();
+    let (mut sent, mut counts, mut skipped, mut model) = (0, [0usize; 2], 0, (0, 0));
+    for label in [true, false] {
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut bytes = 0;
+        let mut send = |batch: &mut Vec<Bytes>, bytes: &mut usize| -> Result<()> {
+            let messages = std::mem::take(batch);
+            *bytes = 0;
+            // Earlier batches stay learned; say how far it got, so nobody trains them twice.
+            let reply = engine
+                .call(&Request::Train { spam: label, messages })
+                .with_context(|| format!("training stopped after {sent} of {total} messages"))?;
+            match reply {
+                Reply::Trained { learned, model_spam, model_ham } => {
+                    sent += learned;
+                    counts[usize::from(!label)] += learned;
+                    model = (model_spam, model_ham);
+                    eprintln!("trained {sent}/{total}");
+                    Ok(())
+                }
+                other => Err(reach::unexpected(other)),
+            }
+        };
+        for (file, _) in files.iter().filter(|(_, spam)| *spam == label) {
+            let messages =
+                levee_filter::eval::messages_of(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for m in messages {
+                if m.len() > largest {
+                    skipped += 1;
+                    continue;
+                }
+                if !batch.is_empty()
+                    && (bytes + m.len() > BATCH_BYTES || batch.len() == BATCH_MESSAGES)
+                {
+                    send(&mut batch, &mut bytes)?;
+                }
+                bytes += m.len();
+                batch.push(Bytes(m));
+            }
+        }
+        if !batch.is_empty() {
+            send(&mut batch, &mut bytes)?;
         }
     }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lock_errors_are_recognised() {
-        assert!(super::is_lock_error(
-            "store open: IO error: Resource temporarily unavailable (os error 11)"
-        ));
-        assert!(!super::is_lock_error("store open: permission denied"));
+    if skipped > 0 {
+        eprintln!("levee: {skipped} message(s) over {} MiB not sent to the engine", largest >> 20);
     }
+    if sent == 0 {
+        bail!("no message found");
+    }
+    println!(
+        "trained on {} spam and {} ham through the running engine; the model now knows {} spam, {} ham",
+        counts[0], counts[1], model.0, model.1
+    );
+    println!(
+        "the rules' weights and the held-back sample are refitted only by levee train with the engine stopped"
+    );
+    Ok(())
 }

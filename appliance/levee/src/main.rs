@@ -1,9 +1,11 @@
 //! `levee`: the appliance binary. `anyhow` lives here and nowhere else.
 
+mod admin_cli;
 mod gate;
 mod learn_cli;
 mod logging;
 mod notify;
+mod reach;
 mod rules;
 mod supervise;
 
@@ -23,8 +25,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train the content model from known spam and ham (folders of one message per file,
-    /// Maildirs or mbox files) into the store under DATA. The engine must be stopped (the
-    /// store is single-process); while it runs, upload in the console under Training.
+    /// Maildirs or mbox files) into the store under DATA. While the engine runs, the
+    /// messages go through it and are added to its model (no --reset, no rule weights).
     Train(learn_cli::TrainArgs),
     /// Classify every message of a manifest (`path label source` per line, paths
     /// relative to the manifest) with the model under DATA, network checks off, and
@@ -39,8 +41,15 @@ enum Command {
     },
     /// Validate a config file; exits non-zero and names the line at fault.
     CheckConfig { file: PathBuf },
-    /// Show the delivery queue (engine stopped).
-    Queue(learn_cli::QueueArgs),
+    /// Show the delivery queue.
+    Queue(admin_cli::ConfigArg),
+    /// Show, add and remove allow/block list entries.
+    Lists {
+        #[command(subcommand)]
+        command: admin_cli::ListsCommand,
+    },
+    /// Whether the engine runs, and what the queue, the lists and the model hold.
+    Status(admin_cli::ConfigArg),
     /// As root: apply the gate, bind the ports and run the engine unprivileged, restarting it
     /// if it dies. SIGHUP reloads the config, SIGTERM stops gracefully.
     Supervise {
@@ -79,7 +88,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
-        Command::Queue(args) => learn_cli::queue(&args),
+        Command::Queue(args) => admin_cli::queue(&args),
+        Command::Lists { command } => admin_cli::lists(&command),
+        Command::Status(args) => admin_cli::status(&args),
         Command::Supervise { config } => supervise::supervise(&config),
         Command::Engine { config } => supervise::engine(&config),
         Command::Gate { command } => gate::run(command),
@@ -125,10 +136,14 @@ fn run(path: Option<&std::path::Path>) -> Result<()> {
         let console = console_on.then(|| {
             tokio::spawn(levee_console::serve(engine.clone(), console_listeners, stop_rx.clone()))
         });
+        let control = levee_relay::control::start(engine.clone(), stop_rx.clone());
         let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
         wait_for_stop(path, &engine).await?;
         let _ = stop_tx.send(true);
         relay.await.context("relay task")??;
+        if let Some(c) = control {
+            c.await.context("control socket task")?;
+        }
         if let Some(c) = console {
             c.await.context("console task")??;
         }

@@ -749,10 +749,14 @@ pub fn engine(path: &Path) -> Result<()> {
         let console = console_on.then(|| {
             tokio::spawn(levee_console::serve(engine.clone(), console_listeners, stop_rx.clone()))
         });
+        let control = levee_relay::control::start(engine.clone(), stop_rx.clone());
         let relay = tokio::spawn(engine.clone().run(listeners, stop_rx));
         crate::wait_for_stop(Some(path), &engine).await?;
         let _ = stop_tx.send(true);
         relay.await.context("relay task")??;
+        if let Some(c) = control {
+            c.await.context("control socket task")?;
+        }
         if let Some(c) = console {
             c.await.context("console task")??;
         }

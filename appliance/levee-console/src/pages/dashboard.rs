@@ -24,7 +24,8 @@ pub(super) async fn dashboard(State(st): State<AppState>, v: Viewer) -> AppResul
     let s = stats::stats(&st, 24)?;
     let queue = st.store().queue_all()?;
     let deferred = queue.iter().filter(|q| !q.held).count();
-    let held = st.store().quarantine_len();
+    let held = st.store().quarantine_len()?;
+    let logged = st.store().log_len()?;
     let setup_pending: Vec<String> = st
         .engine()
         .config()
@@ -47,7 +48,7 @@ pub(super) async fn dashboard(State(st): State<AppState>, v: Viewer) -> AppResul
                 div.card { h3 { "Now" } table {
                     tr { td { "Delivery queue" } td { a href="/queue" { (deferred) } } }
                     tr { td { "Quarantine" } td { a href="/quarantine" { (held) } } }
-                    tr { td { "Messages logged" } td { (st.store().log_len()) } }
+                    tr { td { "Messages logged" } td { (logged) } }
                 } }
             }
             h2 { "Mail per hour by verdict" }
