@@ -287,7 +287,6 @@ pub(crate) fn metrics_text(st: &AppState) -> AppResult<String> {
     let day = crate::stats::last_day(st)?;
     let counts = store.counts(u64::MAX, false)?;
     let written = store.log_written()?;
-    let queue = store.queue_all()?;
     let mut t = String::new();
     t.push_str("# HELP levee_messages_24h Messages received in the last 24 hours, by verdict.\n# TYPE levee_messages_24h gauge\n");
     for (name, n) in &day {
@@ -299,7 +298,7 @@ pub(crate) fn metrics_text(st: &AppState) -> AppResult<String> {
         t.push_str(&format!("levee_messages_total{{verdict=\"{name}\"}} {n}\n"));
     }
     t.push_str("# HELP levee_queue_messages Messages waiting for delivery.\n# TYPE levee_queue_messages gauge\n");
-    t.push_str(&format!("levee_queue_messages {}\n", queue.iter().filter(|q| !q.held).count()));
+    t.push_str(&format!("levee_queue_messages {}\n", store.queue_waiting()));
     t.push_str("# HELP levee_quarantine_messages Messages held in quarantine.\n# TYPE levee_quarantine_messages gauge\n");
     t.push_str(&format!("levee_quarantine_messages {}\n", counts.quarantine));
     t.push_str(

@@ -86,7 +86,7 @@ pub fn report_text(st: &AppState, hours: u64) -> AppResult<String> {
     }
     b.push_str(&format!(
         "\nDelivery queue: {}\nQuarantine: {}\n",
-        st.store().queue_all()?.iter().filter(|q| !q.held).count(),
+        st.store().queue_waiting(),
         st.store().quarantine_len()?
     ));
     for (title, rows) in [

@@ -18,6 +18,8 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use levee_types::QueueId;
 use serde::de::DeserializeOwned;
@@ -191,6 +193,12 @@ pub struct LogEntry {
     pub deliveries: Vec<DeliveryAttempt>,
 }
 
+/// 1 if a stored queue record is waiting for delivery (not held), else 0; an unreadable
+/// record counts as not waiting, as `queue_all` would refuse it.
+fn waits(v: Option<&[u8]>, k: &[u8]) -> i64 {
+    v.and_then(|v| decode::<QueueEntry>(v, k).ok()).map_or(0, |e| i64::from(!e.held))
+}
+
 /// The store. Cheap to clone: every clone shares one database.
 #[derive(Clone)]
 pub struct Store {
@@ -204,6 +212,9 @@ pub struct Store {
     console: console::ConsoleTrees,
     learning: sled::Tree,
     counters: sled::Tree,
+    /// Queue entries waiting for delivery (not held): counted once at open, then kept on
+    /// every queue write, so metrics and reports need no scan. Per process, like the lock.
+    waiting: Arc<AtomicI64>,
     secret: [u8; 32],
 }
 
@@ -247,6 +258,11 @@ impl Store {
         private::create_dir(path).map_err(perm_err("create directory"))?;
         let db = sled::Config::new().path(path).open().map_err(db_err("open"))?;
         let queue = db.open_tree("queue").map_err(db_err("open tree queue"))?;
+        let mut waiting = 0i64;
+        for kv in queue.iter() {
+            let (k, v) = kv.map_err(db_err("queue scan"))?;
+            waiting += waits(Some(&v), &k);
+        }
         let log = db.open_tree("log").map_err(db_err("open tree log"))?;
         let meta = db.open_tree("meta").map_err(db_err("open tree meta"))?;
         let quarantine = db.open_tree("quarantine").map_err(db_err("open tree quarantine"))?;
@@ -284,6 +300,7 @@ impl Store {
             console,
             learning,
             counters,
+            waiting: Arc::new(AtomicI64::new(waiting)),
             secret,
         })
     }
@@ -317,8 +334,21 @@ impl Store {
     // ---- queue index -------------------------------------------------------------
 
     pub fn queue_put(&self, e: &QueueEntry) -> Result<(), StoreError> {
-        self.queue.insert(key(&e.id), encode(e, &e.id)?).map_err(db_err("queue put"))?;
+        let k = key(&e.id);
+        let old = self.queue.insert(k, encode(e, &e.id)?).map_err(db_err("queue put"))?;
+        self.count_waiting(i64::from(!e.held) - waits(old.as_deref(), &k));
         Ok(())
+    }
+
+    /// Queue entries waiting for delivery (not held), without a scan.
+    pub fn queue_waiting(&self) -> u64 {
+        u64::try_from(self.waiting.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn count_waiting(&self, delta: i64) {
+        if delta != 0 {
+            self.waiting.fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     pub fn queue_get(&self, id: &QueueId) -> Result<Option<QueueEntry>, StoreError> {
@@ -344,6 +374,7 @@ impl Store {
                 return Ok(None);
             };
             let mut entry: QueueEntry = decode(&old, &k)?;
+            let was = i64::from(!entry.held);
             f(&mut entry);
             let new = encode(&entry, id)?;
             let swapped = self
@@ -351,13 +382,16 @@ impl Store {
                 .compare_and_swap(k, Some(old), Some(new))
                 .map_err(db_err("queue update"))?;
             if swapped.is_ok() {
+                self.count_waiting(i64::from(!entry.held) - was);
                 return Ok(Some(entry));
             }
         }
     }
 
     pub fn queue_remove(&self, id: &QueueId) -> Result<(), StoreError> {
-        self.queue.remove(key(id)).map_err(db_err("queue remove"))?;
+        let k = key(id);
+        let old = self.queue.remove(k).map_err(db_err("queue remove"))?;
+        self.count_waiting(-waits(old.as_deref(), &k));
         Ok(())
     }
 
@@ -721,6 +755,33 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(s.log_get(&id(1)).unwrap().unwrap().deliveries.len(), 100);
+    }
+
+    /// The waiting count follows puts, held/released updates and removals, and a reopened
+    /// store counts the same as a full scan.
+    #[test]
+    fn the_waiting_count_is_kept_on_write_and_matches_a_scan() {
+        let d = TempDir::new("waiting");
+        let scan = |s: &Store| s.queue_all().unwrap().iter().filter(|e| !e.held).count() as u64;
+        {
+            let s = Store::open(&d.0).unwrap();
+            for n in 1..=5 {
+                let mut e = queue_entry(n);
+                e.held = n % 2 == 0;
+                s.queue_put(&e).unwrap();
+            }
+            assert_eq!((s.queue_waiting(), scan(&s)), (3, 3));
+            s.queue_put(&queue_entry(1)).unwrap(); // replaced, still waiting
+            s.queue_update(&id(2), |e| e.held = false).unwrap(); // released
+            s.queue_update(&id(3), |e| e.held = true).unwrap(); // held
+            s.queue_remove(&id(5)).unwrap();
+            s.queue_remove(&id(5)).unwrap(); // already gone
+            s.queue_remove(&id(4)).unwrap(); // a held one
+            assert_eq!((s.queue_waiting(), scan(&s)), (2, 2));
+            s.flush().unwrap();
+        }
+        let s = reopen(&d.0);
+        assert_eq!((s.queue_waiting(), scan(&s)), (2, 2));
     }
 
     #[test]
