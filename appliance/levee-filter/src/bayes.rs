@@ -75,8 +75,14 @@ const RECIPIENT_HEADERS: &[&str] = &[
 ];
 
 /// The tokens of a message: sorted, unique, at most [`MAX_TOKENS`], each at most
-/// [`MAX_TOKEN_LEN`] bytes. Never fails: unparsable input is tokenized as plain text.
+/// [`MAX_TOKEN_LEN`] bytes. Never fails: unparsable input is tokenized as plain text. The
+/// message is read up to its first bound ([`crate::limits`]): parts past it are not tokenized.
 pub fn tokenize(message: &[u8]) -> Vec<String> {
+    tokenize_bounded(crate::limits::bounded(message))
+}
+
+/// [`tokenize`] on a message already cut by [`crate::limits::scan`].
+pub(crate) fn tokenize_bounded(message: &[u8]) -> Vec<String> {
     let mut sink = Sink::default();
     match MessageParser::default().parse(message) {
         Some(msg) => {

@@ -8,7 +8,9 @@
 //!   combining) plus a [`linear`] model (logistic regression on hashed tokens) trained on the
 //!   same tokens; their combined probability is reported as a `BAYES_*` bucket;
 //! - [`rules`]: a small set of structural rules (GTUBE, missing headers, dangerous attachments...);
-//! - [`sa`]: SpamAssassin's rule files (`levee-sarules`), each hit an `SA_<NAME>` finding.
+//! - [`sa`]: SpamAssassin's rule files (`levee-sarules`), each hit an `SA_<NAME>` finding;
+//! - [`limits`]: bounds on MIME depth, part count, header count and line length, checked before
+//!   any parse; the other checks read a message only up to the first bound it exceeds.
 //!
 //! [`votes`] turns releases, reports and strong evidence into bounded, validated learning.
 //!
@@ -19,6 +21,7 @@ pub mod bayes;
 pub mod eval;
 pub mod fit;
 mod html;
+pub mod limits;
 pub mod linear;
 pub mod mailbox;
 pub mod rules;
@@ -64,18 +67,22 @@ pub fn classify(
     score::verdict(policy, &content_findings(model, sa_rules, message), allow_listed)
 }
 
-/// Every content finding for one message: the rules, SpamAssassin's rules when loaded, and the
-/// Bayes bucket. Pure: no network, no clock; the relay adds its own findings (DNSBL, SPF...).
+/// Every content finding for one message: the bounds that bit, the rules, SpamAssassin's rules
+/// when loaded, and the Bayes bucket. Pure: no network, no clock; the relay adds its own
+/// findings (DNSBL, SPF...).
 pub fn content_findings(
     model: &bayes::Model,
     sa_rules: Option<&levee_sarules::RuleSet>,
     message: &[u8],
 ) -> Vec<Finding> {
-    let mut findings = rules::check(message);
+    let scan = limits::scan(message);
+    let message = &message[..scan.cut];
+    let mut findings = scan.findings;
+    findings.extend(rules::check_bounded(message));
     if let Some(set) = sa_rules {
-        findings.extend(sa::findings(set, message));
+        findings.extend(sa::findings_bounded(set, message));
     }
-    let tokens = bayes::tokenize(message);
+    let tokens = bayes::tokenize_bounded(message);
     findings.extend(bayes::findings(model, &tokens));
     findings
 }

@@ -149,8 +149,13 @@ const SAME_AS_OWN: &[&str] = &["MISSING_MID", "SUBJ_ALL_CAPS"];
 /// The findings of one message. A rule named like a symbol Levee emits itself (`GTUBE`,
 /// `MISSING_DATE`...) or testing the same thing ([`SAME_AS_OWN`]) is left out: the same
 /// evidence would count twice, and the admin's weight for Levee's symbol would no longer
-/// decide it.
+/// decide it. The message is read up to its first bound ([`crate::limits`]).
 pub fn findings(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
+    findings_bounded(rules, crate::limits::bounded(message))
+}
+
+/// [`findings`] on a message already cut by [`crate::limits::scan`].
+pub(crate) fn findings_bounded(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
     let parsed = SaMessage::parse(message);
     rules
         .check(&parsed)

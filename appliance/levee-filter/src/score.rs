@@ -64,6 +64,13 @@ pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("REPLYTO_DIFFERENT_DOMAIN", 0.3),
     ("DANGEROUS_ATTACHMENT", 4.0),
     ("SUBJECT_ALL_CAPS", 1.5),
+    // Bounds on a message's shape (`crate::limits`). No mail client nests 20 deep or sends
+    // 1,000 parts; those shapes exist to exhaust a parser, and they quarantine alone. Many
+    // header fields or a very long line also come from broken generators: hints only.
+    ("MIME_NESTING_LIMIT", 6.0),
+    ("MIME_PARTS_LIMIT", 6.0),
+    ("HEADER_COUNT_LIMIT", 3.0),
+    ("LINE_LENGTH_LIMIT", 1.0),
     // Network checks (levee-netcheck). DNS lists are named in the config and carry
     // their weight there. Authentication proves who sent a message, not that it is
     // wanted, so passes earn little trust; failures of a published policy weigh most.
@@ -95,6 +102,39 @@ pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("USER_HAM_VOTE", -6.0),
     ("USER_SPAM_VOTE", 6.0),
 ];
+
+/// What each of Levee's own content symbols means, for the console's symbol list; a symbol
+/// not named here is described only by its source.
+pub const DESCRIPTIONS: &[(&str, &str)] = &[
+    ("GTUBE", "the GTUBE test string is in the message"),
+    ("MISSING_DATE", "no Date header"),
+    ("MISSING_MESSAGE_ID", "no Message-ID header"),
+    ("MISSING_FROM", "no From header"),
+    ("UNPARSABLE_MESSAGE", "the message has no header section at all"),
+    ("HTML_ONLY_LITTLE_TEXT", "HTML without a text alternative and under 80 visible characters"),
+    (
+        "HTML_LINK_TEXT_MISMATCH",
+        "a link's visible text is a web address in another domain than its target",
+    ),
+    ("URL_NUMERIC_IP", "an HTML link points at a bare IPv4 address"),
+    ("FROM_DISPLAY_ADDR_MISMATCH", "the From display name holds an address in another domain"),
+    ("FREEMAIL_REPLYTO", "replies go to a freemail mailbox while From is elsewhere"),
+    ("REPLYTO_DIFFERENT_DOMAIN", "Reply-To's domain differs from From's (list rewrites excepted)"),
+    ("DANGEROUS_ATTACHMENT", "an executable, script, disk image or macro document is attached"),
+    ("SUBJECT_ALL_CAPS", "the subject has 10+ letters, all capitals"),
+    (
+        "MIME_NESTING_LIMIT",
+        "multipart or message/rfc822 nested more than 20 deep; the rest is not read",
+    ),
+    ("MIME_PARTS_LIMIT", "more than 1,000 MIME parts; the rest is not read"),
+    ("HEADER_COUNT_LIMIT", "a header section of more than 1,000 fields; the rest is not read"),
+    ("LINE_LENGTH_LIMIT", "a line longer than 100,000 octets"),
+];
+
+/// The meaning of one of Levee's own content symbols ([`DESCRIPTIONS`]).
+pub fn describe(symbol: &str) -> Option<&'static str> {
+    DESCRIPTIONS.iter().find(|(s, _)| *s == symbol).map(|(_, d)| *d)
+}
 
 /// Suffixes of findings that say a check could not give an answer (timed out, failed,
 /// a DNS list refused us, a temporary DNS error). They weigh nothing unless the table

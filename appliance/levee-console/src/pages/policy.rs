@@ -123,7 +123,10 @@ pub(super) async fn symbols(
     let defaults = levee_filter::score::Policy::default();
     let mut rows: Vec<(String, f64, bool, String)> = levee_filter::score::DEFAULT_WEIGHTS
         .iter()
-        .map(|(s, w)| ((*s).to_owned(), *w, false, "Levee".to_owned()))
+        .map(|(s, w)| {
+            let meaning = levee_filter::score::describe(s).unwrap_or("Levee");
+            ((*s).to_owned(), *w, false, meaning.to_owned())
+        })
         .collect();
     if let Some(r) = &rules {
         rows.extend(r.set.symbols().map(|(name, score, describe)| {
