@@ -423,7 +423,7 @@ impl Engine {
                 conn.spf = None;
                 if let (Some(net), false) = (self.net(), conn.trusted) {
                     let sender = conn.sender.as_deref().unwrap_or("");
-                    conn.spf = Some(net.mail_stage(client, &conn.helo, sender).await);
+                    conn.spf = net.mail_stage(client, &conn.helo, sender).await;
                 }
                 Decision::Accept
             }
@@ -1128,6 +1128,7 @@ fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
         dnsbl: lists(&c.dnsbl),
         uribl: lists(&c.uribl),
         rdns: c.rdns,
+        auth: c.auth,
         ..Default::default()
     };
     Some(levee_netcheck::NetChecks::new(dns, net, geoip))
@@ -1678,6 +1679,29 @@ mod tests {
         assert!(groups[0].1.findings.iter().any(|(f, _)| f.symbol == "ALLOW_LISTED"));
         assert_eq!(groups[1].0, [addr("b@strict.test")]);
         assert_eq!(groups[1].1.action, Action::Reject);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 12, finding 11 (build item 9): `checks.auth = false` reaches the network
+    /// checks, and MAIL FROM asks no SPF (the content stage then asks nothing either:
+    /// levee-netcheck's `auth_off_asks_and_reports_nothing`).
+    #[tokio::test]
+    async fn checks_auth_off_asks_no_spf_at_mail() {
+        let dir = scratch("auth-off");
+        // A closed port: nothing here depends on an answer.
+        let checks = |auth: bool| {
+            format!("[checks]\nauth = {auth}\ndns_server = \"127.0.0.1:9\"\n{DOMAINS}")
+        };
+        let engine = Engine::open(config(&dir, &checks(true))).unwrap();
+        assert!(engine.net().unwrap().config().auth);
+        engine.reload(config(&dir, &checks(false)));
+        assert!(!engine.net().unwrap().config().auth);
+        let mut conn = Conn::new("198.51.100.7".parse().unwrap());
+        conn.helo = "evil.example".into();
+        let mail = Question::MailFrom { from: Some(addr("alice@auth.test")), size: None };
+        assert_eq!(engine.decide(&mail, &mut conn).await, Decision::Accept);
+        assert_eq!(conn.spf, None);
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
