@@ -184,6 +184,8 @@ pub struct Checks {
     #[serde(default = "defaults::yes")]
     pub rdns: bool,
     /// SPF, DKIM, DMARC and ARC on every message, and an Authentication-Results header.
+    /// Off, none of them asks DNS or adds a finding; sender allow entries then apply only
+    /// when marked `unauthenticated`, and reports are taken only from a domain's downstream.
     #[serde(default = "defaults::yes")]
     pub auth: bool,
     /// A MaxMind-format country database; findings `COUNTRY_XX` (weight them in

@@ -97,6 +97,8 @@ pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("RDNS_NONE", 1.5),
     ("RDNS_NOT_CONFIRMED", 0.5),
     ("ALLOW_LISTED", 0.0),
+    // A sender allow entry skipped because the sender's domain did not authenticate: a note.
+    ("ALLOW_UNAUTHENTICATED", 0.0),
     // The recipient's own votes on this or a very similar message (`crate::votes`): enough to
     // move a clear verdict a whole step for that recipient, not enough to undo GTUBE or a reject.
     ("USER_HAM_VOTE", -6.0),

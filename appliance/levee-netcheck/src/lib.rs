@@ -50,6 +50,9 @@ pub struct NetConfig {
     pub max_uri_hosts: usize,
     /// Whether to check forward-confirmed reverse DNS at connect.
     pub rdns: bool,
+    /// Whether to check SPF, DKIM, DMARC and ARC at all. Off, they ask nothing and say
+    /// nothing: no findings and no Authentication-Results.
+    pub auth: bool,
     pub connect_timeout: Duration,
     pub mail_timeout: Duration,
     pub content_timeout: Duration,
@@ -63,6 +66,7 @@ impl Default for NetConfig {
             uribl: Vec::new(),
             max_uri_hosts: 20,
             rdns: true,
+            auth: true,
             connect_timeout: Duration::from_secs(8),
             mail_timeout: Duration::from_secs(10),
             content_timeout: Duration::from_secs(20),
@@ -84,7 +88,8 @@ pub struct ConnectReport {
 pub struct ContentReport {
     pub findings: Vec<Finding>,
     pub warnings: Vec<HealthWarning>,
-    /// The Authentication-Results header value (see [`AuthReport::authentication_results`]).
+    /// The Authentication-Results header value (see [`AuthReport::authentication_results`]);
+    /// empty when the authentication checks are off.
     pub authentication_results: String,
 }
 
@@ -143,15 +148,20 @@ impl NetChecks {
     }
 
     /// SPF at MAIL FROM (`mail_from` without angle brackets; empty for the null sender),
-    /// within `mail_timeout`. Keep the result for [`NetChecks::content_stage`].
-    pub async fn mail_stage(&self, ip: IpAddr, helo: &str, mail_from: &str) -> MailSpf {
+    /// within `mail_timeout`; `None` when the authentication checks are off. Keep the
+    /// result for [`NetChecks::content_stage`].
+    pub async fn mail_stage(&self, ip: IpAddr, helo: &str, mail_from: &str) -> Option<MailSpf> {
+        if !self.config.auth {
+            return None;
+        }
         let deadline = Instant::now() + self.config.mail_timeout;
-        self.auth.spf_at_mail(ip, helo, mail_from, deadline).await
+        Some(self.auth.spf_at_mail(ip, helo, mail_from, deadline).await)
     }
 
     /// DKIM, DMARC, ARC and URI lists for the whole `message`, within `content_timeout`,
     /// and SPF: `spf` from [`NetChecks::mail_stage`] of this transaction (not asked
-    /// again), or evaluated here when there is none.
+    /// again), or evaluated here when there is none. With the authentication checks off,
+    /// only the URI lists.
     pub async fn content_stage(
         &self,
         ip: IpAddr,
@@ -169,7 +179,13 @@ impl NetChecks {
         let uri = per_list(&self.config.uribl, deadline, |list| {
             uribl::check_hosts(&self.dns, &hosts, list)
         });
-        let auth = self.auth.verify(ip, helo, mail_from, spf, message, deadline);
+        let auth = async {
+            if self.config.auth {
+                self.auth.verify(ip, helo, mail_from, spf, message, deadline).await
+            } else {
+                AuthReport::default()
+            }
+        };
         let ((uri_findings, warnings), auth) = tokio::join!(uri, auth);
         let mut findings = auth.findings;
         findings.extend(uri_findings);

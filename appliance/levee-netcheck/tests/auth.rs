@@ -88,7 +88,7 @@ async fn spf_at_mail_from() {
         ("198.51.100.7", "", "SPF_FAIL"),
     ];
     for (addr, from, want) in cases {
-        let f = checks.mail_stage(ip(addr), "mail.good.test", from).await.findings();
+        let f = checks.mail_stage(ip(addr), "mail.good.test", from).await.unwrap().findings();
         assert_eq!(symbols(&f), [want], "{addr} {from:?}: {f:?}");
     }
 }
@@ -272,7 +272,7 @@ async fn content_stage_deadline_gives_timeout_findings_and_temperror() {
         assert!(r.authentication_results.contains(part), "{part}: {}", r.authentication_results);
     }
     assert_eq!(
-        symbols(&checks.mail_stage(ip("192.0.2.10"), "h", "a@auth.test").await.findings()),
+        symbols(&checks.mail_stage(ip("192.0.2.10"), "h", "a@auth.test").await.unwrap().findings()),
         ["SPF_TIMEOUT"]
     );
 }
@@ -285,7 +285,7 @@ async fn content_stage_deadline_gives_timeout_findings_and_temperror() {
 async fn content_stage_reuses_the_spf_result_from_mail() {
     let server = Unbound::start("").await;
     let live = checks(&server, NetConfig::default());
-    let spf = live.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await;
+    let spf = live.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await.unwrap();
     assert_eq!(symbols(&spf.findings()), ["SPF_PASS"]);
     assert_eq!(spf.domain(), "auth.test");
 
@@ -338,7 +338,8 @@ async fn content_stage_reuses_the_spf_result_from_mail() {
         },
         None,
     );
-    let late = slow.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await;
+    let late =
+        slow.mail_stage(ip("192.0.2.10"), "mail.good.test", "alice@auth.test").await.unwrap();
     assert_eq!((late.output.as_ref(), symbols(&late.findings())), (None, vec!["SPF_TIMEOUT"]));
     let r = live
         .content_stage(
@@ -351,4 +352,43 @@ async fn content_stage_reuses_the_spf_result_from_mail() {
         .await;
     assert_eq!(symbols(&r.findings)[0], "SPF_TIMEOUT", "{r:?}");
     assert!(r.authentication_results.contains("spf=temperror"), "{}", r.authentication_results);
+}
+
+/// `auth = false` (config `checks.auth`): no SPF, DKIM, DMARC or ARC at either stage, for
+/// a message whose SPF fails when the checks are on.
+#[tokio::test]
+async fn auth_off_asks_and_reports_nothing() {
+    let (pkcs8, record) = key();
+    let server = Unbound::start(&record).await;
+    let signed = sign(&pkcs8, &message("alice@auth.test", "See you at noon."));
+    let forged = (ip("198.51.100.7"), "evil.example", "alice@auth.test");
+    let on = checks(&server, NetConfig::default());
+    let spf = on.mail_stage(forged.0, forged.1, forged.2).await.unwrap();
+    assert_eq!(symbols(&spf.findings()), ["SPF_FAIL"]);
+
+    let off = checks(&server, NetConfig { auth: false, ..NetConfig::default() });
+    assert_eq!(off.mail_stage(forged.0, forged.1, forged.2).await, None);
+    let r = off.content_stage(forged.0, forged.1, forged.2, None, signed.as_bytes()).await;
+    assert_eq!(symbols(&r.findings), Vec::<&str>::new(), "{r:?}");
+    assert_eq!(r.authentication_results, "");
+
+    // No query at all: against a resolver that never answers, both stages return at
+    // once, where asking would wait for the stage deadline.
+    let hole = BlackHole::new();
+    let silent = NetChecks::new(
+        hole.dns(Duration::from_secs(30)),
+        NetConfig {
+            hostname: HOST.into(),
+            auth: false,
+            mail_timeout: Duration::from_secs(5),
+            content_timeout: Duration::from_secs(5),
+            ..NetConfig::default()
+        },
+        None,
+    );
+    let started = Instant::now();
+    assert_eq!(silent.mail_stage(forged.0, forged.1, forged.2).await, None);
+    let r = silent.content_stage(forged.0, forged.1, forged.2, None, signed.as_bytes()).await;
+    assert!(r.findings.is_empty(), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }

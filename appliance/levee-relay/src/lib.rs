@@ -102,6 +102,10 @@ pub enum StoreOutcome {
 /// The finding of a message the content filter panicked on (a `TEMPFAIL_`: asked again).
 const FILTER_PANICKED: &str = "TEMPFAIL_FILTER_PANIC";
 
+/// The zero-weight finding of a sender allow entry that did not apply because the
+/// sender's domain did not authenticate the message.
+const ALLOW_UNAUTHENTICATED: &str = "ALLOW_UNAUTHENTICATED";
+
 /// A message containing this panics the content filter in unit tests (`cfg(test)` only).
 #[cfg(test)]
 const PANIC_PROBE: &[u8] = b"X-Test-Check: panic";
@@ -423,7 +427,7 @@ impl Engine {
                 conn.spf = None;
                 if let (Some(net), false) = (self.net(), conn.trusted) {
                     let sender = conn.sender.as_deref().unwrap_or("");
-                    conn.spf = Some(net.mail_stage(client, &conn.helo, sender).await);
+                    conn.spf = net.mail_stage(client, &conn.helo, sender).await;
                 }
                 Decision::Accept
             }
@@ -460,6 +464,10 @@ impl Engine {
                     client_ip: client,
                     country: conn.country.as_deref(),
                     recipient: &to.to_string(),
+                    // DKIM is known only at the end of DATA, where `judge` holds a sender
+                    // allow entry to authentication; here it may only spare the early
+                    // verdict, so a signed message whose SPF fails can still arrive.
+                    sender_authenticated: true,
                 };
                 match levee_types::list::decide(&lists, &subject) {
                     Some(e) if e.kind == levee_types::list::ListKind::Block => {
@@ -638,6 +646,9 @@ impl Engine {
         findings.extend(content);
         let global = levee_filter::score::verdict(&policies.global, &findings, false);
         let key = self.learning_at_judge(&envelope.rcpt_to, &data, &global, &policies.global).await;
+        let sender_domain = sender.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d);
+        let sender_authenticated =
+            sender_domain.is_some_and(|d| report::domain_authenticated(d, Some(d), &findings));
         let mut groups: Vec<(Vec<Address>, levee_types::Verdict)> = Vec::new();
         for rcpt in &envelope.rcpt_to {
             let subject = levee_types::list::ListSubject {
@@ -645,15 +656,24 @@ impl Engine {
                 client_ip: envelope.client_ip,
                 country,
                 recipient: &rcpt.to_string(),
+                sender_authenticated,
             };
             let allowed = levee_types::list::decide(&lists, &subject)
                 .is_some_and(|e| e.kind == levee_types::list::ListKind::Allow);
+            let skipped = levee_types::list::skipped_for_authentication(&lists, &subject);
             let policy = policies.get(rcpt.domain());
             // The recipient's own votes count for them alone.
             let own = key.as_ref().and_then(|k| self.overlay(&rcpt.to_string(), k));
-            let verdict = if allowed || own.is_some() {
+            let verdict = if allowed || own.is_some() || skipped.is_some() {
                 let mut findings = findings.clone();
                 findings.extend(own);
+                if let Some(e) = skipped {
+                    // zero weight: it only tells the log why the entry did not apply
+                    findings.push(levee_types::Finding::new(
+                        ALLOW_UNAUTHENTICATED,
+                        format!("{e}: the sender's domain did not authenticate the message"),
+                    ));
+                }
                 if allowed {
                     findings.push(levee_types::Finding::new(
                         "ALLOW_LISTED",
@@ -1128,6 +1148,7 @@ fn net_checks(config: &Config) -> Option<levee_netcheck::NetChecks> {
         dnsbl: lists(&c.dnsbl),
         uribl: lists(&c.uribl),
         rdns: c.rdns,
+        auth: c.auth,
         ..Default::default()
     };
     Some(levee_netcheck::NetChecks::new(dns, net, geoip))
@@ -1666,18 +1687,114 @@ mod tests {
             kind: levee_types::list::ListKind::Allow,
             matcher: levee_types::list::Matcher::Sender("alice@sender.example".into()),
             scope: levee_types::list::ListScope::Recipient("a@strict.test".into()),
+            unauthenticated: false,
         };
         engine.add_list_entry(&entry, "test", "test").unwrap();
         let msg = incoming(&["a@strict.test", "b@strict.test"]);
-        let groups = engine
-            .judge(&msg.envelope, Arc::new(msg.data.clone()), signed_conn().findings, None)
-            .await;
+        let mut findings = signed_conn().findings;
+        findings.push(levee_types::Finding::new("SPF_PASS", "spf=pass for sender.example"));
+        let groups = engine.judge(&msg.envelope, Arc::new(msg.data.clone()), findings, None).await;
         assert_eq!(groups.len(), 2, "{groups:?}");
         assert_eq!(groups[0].0, [addr("a@strict.test")]);
         assert_eq!(groups[0].1.action, Action::Accept);
         assert!(groups[0].1.findings.iter().any(|(f, _)| f.symbol == "ALLOW_LISTED"));
         assert_eq!(groups[1].0, [addr("b@strict.test")]);
         assert_eq!(groups[1].1.action, Action::Reject);
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 12, finding 9 (build item 7): an allow entry for alice@auth.test let a forged
+    /// message from that address through (DMARC reject, score 9.5). It now applies only
+    /// when auth.test authenticated the message, unless the entry is marked
+    /// `unauthenticated`.
+    #[tokio::test]
+    async fn a_sender_allow_entry_follows_authentication() {
+        let dir = scratch("allow-auth");
+        let engine = Engine::open(config(&dir, DOMAINS)).unwrap();
+        let data = b"From: Alice <alice@auth.test>\r\nTo: bob@plain.test\r\nSubject: lunch\r\n\
+            Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nMessage-ID: <1@auth.test>\r\n\r\n\
+            See you at noon.\r\n"
+            .to_vec();
+        let msg = incoming_from("alice@auth.test", data, &["bob@plain.test"]);
+        let f = |symbol: &str, detail: &str| levee_types::Finding::new(symbol, detail);
+        let forged = vec![
+            f("SPF_FAIL", "spf=fail for auth.test"),
+            f("DKIM_NONE", "no DKIM-Signature"),
+            f("DMARC_POLICY_REJECT", "auth.test: fail"),
+            f("RDNS_NOT_CONFIRMED", "no forward match"),
+        ];
+        // Authenticated, yet scored high enough by content to be held without the entry.
+        let with = |auth: levee_types::Finding| vec![auth, f("TEST_SIGN", "test")];
+        let judge = |findings: Vec<levee_types::Finding>| {
+            let engine = engine.clone();
+            let msg = &msg;
+            async move {
+                let groups =
+                    engine.judge(&msg.envelope, Arc::new(msg.data.clone()), findings, None).await;
+                assert_eq!(groups.len(), 1, "{groups:?}");
+                groups.into_iter().next().unwrap().1
+            }
+        };
+        let has = |v: &levee_types::Verdict, symbol: &str| {
+            v.findings.iter().any(|(x, w)| x.symbol == symbol && *w == 0.0)
+        };
+        let v = judge(forged.clone()).await;
+        assert_ne!(v.action, Action::Accept, "judged normally before any entry: {v:?}");
+        assert!(v.score >= 9.5, "{v:?}");
+
+        let entry: levee_types::list::ListEntry = "allow sender alice@auth.test".parse().unwrap();
+        let id = engine.add_list_entry(&entry, "test", "test").unwrap();
+        let v = judge(forged.clone()).await;
+        assert_ne!(v.action, Action::Accept, "a forged sender is not allowed: {v:?}");
+        assert!(!has(&v, "ALLOW_LISTED") && has(&v, "ALLOW_UNAUTHENTICATED"), "{v:?}");
+        for auth in [
+            f("SPF_PASS", "spf=pass for auth.test"),
+            f("DKIM_PASS", "d=auth.test s=sel"),
+            f("DKIM_PASS", "d=other.test s=a; d=auth.test s=sel"),
+        ] {
+            let v = judge(with(auth.clone())).await;
+            assert_eq!(v.action, Action::Accept, "{auth:?}: {v:?}");
+            assert!(has(&v, "ALLOW_LISTED") && !has(&v, "ALLOW_UNAUTHENTICATED"), "{v:?}");
+        }
+        // A signature by some other domain does not vouch for auth.test.
+        let v = judge(with(f("DKIM_PASS", "d=evil.test s=sel"))).await;
+        assert_ne!(v.action, Action::Accept, "{v:?}");
+        assert!(has(&v, "ALLOW_UNAUTHENTICATED"), "{v:?}");
+
+        // Marked "also unauthenticated": applies as before, forged or not.
+        assert!(engine.remove_list_entry(id).unwrap());
+        let loose: levee_types::list::ListEntry =
+            "allow sender alice@auth.test unauthenticated".parse().unwrap();
+        engine.add_list_entry(&loose, "test", "test").unwrap();
+        for findings in [forged, with(f("SPF_PASS", "spf=pass for auth.test"))] {
+            let v = judge(findings).await;
+            assert_eq!(v.action, Action::Accept, "{v:?}");
+            assert!(has(&v, "ALLOW_LISTED") && !has(&v, "ALLOW_UNAUTHENTICATED"), "{v:?}");
+        }
+        drop(engine);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 12, finding 11 (build item 9): `checks.auth = false` reaches the network
+    /// checks, and MAIL FROM asks no SPF (the content stage then asks nothing either:
+    /// levee-netcheck's `auth_off_asks_and_reports_nothing`).
+    #[tokio::test]
+    async fn checks_auth_off_asks_no_spf_at_mail() {
+        let dir = scratch("auth-off");
+        // A closed port: nothing here depends on an answer.
+        let checks = |auth: bool| {
+            format!("[checks]\nauth = {auth}\ndns_server = \"127.0.0.1:9\"\n{DOMAINS}")
+        };
+        let engine = Engine::open(config(&dir, &checks(true))).unwrap();
+        assert!(engine.net().unwrap().config().auth);
+        engine.reload(config(&dir, &checks(false)));
+        assert!(!engine.net().unwrap().config().auth);
+        let mut conn = Conn::new("198.51.100.7".parse().unwrap());
+        conn.helo = "evil.example".into();
+        let mail = Question::MailFrom { from: Some(addr("alice@auth.test")), size: None };
+        assert_eq!(engine.decide(&mail, &mut conn).await, Decision::Accept);
+        assert_eq!(conn.spf, None);
         drop(engine);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1728,6 +1845,7 @@ mod tests {
             kind: levee_types::list::ListKind::Allow,
             matcher: levee_types::list::Matcher::Sender("alice@sender.example".into()),
             scope: levee_types::list::ListScope::Recipient("b@spf.test".into()),
+            unauthenticated: false,
         };
         conn.sender = Some("alice@sender.example".into());
         engine.add_list_entry(&entry, "test", "test").unwrap();

@@ -163,6 +163,8 @@ impl Engine {
                     kind: ListKind::Allow,
                     matcher: Matcher::Sender(q.mail_from.to_ascii_lowercase()),
                     scope: ListScope::Recipient(rcpt.to_ascii_lowercase()),
+                    // a forged copy of the released sender must not ride on this entry
+                    unauthenticated: false,
                 };
                 self.add_list_entry(&entry, "released from quarantine", by)?;
             }
@@ -340,6 +342,9 @@ impl Engine {
         by: &str,
     ) -> Result<u64, RelayError> {
         let id = self.store.list_add(entry, note, by, now_unix())?;
+        if entry.unauthenticated {
+            warn!(%entry, by, "allow entry applies to unauthenticated mail: forged senders pass too");
+        }
         self.reload_lists()?;
         Ok(id)
     }

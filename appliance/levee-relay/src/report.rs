@@ -138,22 +138,34 @@ pub(crate) fn authorise(
         dc.downstream.as_ref().map(|d| &d.host),
         Some(DownstreamHost::Ip(ip)) if ip.to_canonical() == client.to_canonical()
     );
-    let has = |symbol: &'static str| findings.iter().filter(move |f| f.symbol == symbol);
-    let envelope_domain = mail_from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-    let spf_pass =
-        has("SPF_PASS").next().is_some() && envelope_domain.as_deref() == Some(domain.as_str());
-    let dkim_pass = has("DKIM_PASS").any(|f| {
-        f.detail
-            .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-            .filter_map(|t| t.strip_prefix("d="))
-            .any(|d| aligned(domain.as_str(), d))
-    });
-    let dmarc_pass = has("DMARC_PASS").next().is_some();
-    if from_downstream || spf_pass || dkim_pass || dmarc_pass {
+    let envelope_domain = mail_from.rsplit_once('@').map(|(_, d)| d);
+    let authenticated = domain_authenticated(domain.as_str(), envelope_domain, findings);
+    let dmarc_pass = findings.iter().any(|f| f.symbol == "DMARC_PASS");
+    if from_downstream || authenticated || dmarc_pass {
         Ok(user)
     } else {
         Err("the reporter's mail is not authenticated (no SPF or DKIM pass for its domain) and does not come from its mail server")
     }
+}
+
+/// Whether `domain` authenticated a message, by its findings from levee-netcheck: SPF
+/// passed and the envelope sender's domain (`envelope_domain`, `None` for the null sender,
+/// whose SPF is HELO's) is `domain`, or a passing DKIM signature's `d=` is aligned with it.
+pub(crate) fn domain_authenticated(
+    domain: &str,
+    envelope_domain: Option<&str>,
+    findings: &[Finding],
+) -> bool {
+    let has = |symbol: &'static str| findings.iter().filter(move |f| f.symbol == symbol);
+    let spf_pass = has("SPF_PASS").next().is_some()
+        && envelope_domain.is_some_and(|d| d.eq_ignore_ascii_case(domain));
+    let dkim_pass = has("DKIM_PASS").any(|f| {
+        f.detail
+            .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+            .filter_map(|t| t.strip_prefix("d="))
+            .any(|d| aligned(&domain.to_ascii_lowercase(), d))
+    });
+    spf_pass || dkim_pass
 }
 
 /// Relaxed alignment: the signing domain is the From domain or a parent of it.

@@ -2,7 +2,9 @@
 //!
 //! An entry is written as text, e.g. `allow sender-domain example.com` or
 //! `block ip 192.0.2.0/24 for rcpt:bob@example.test`, so the console, the API and
-//! the store all share one form.
+//! the store all share one form. A sender or sender-domain allow entry may end in
+//! `unauthenticated` (see [`ListEntry::unauthenticated`]); stored entries without the word
+//! load as before, requiring authentication.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -40,6 +42,12 @@ pub struct ListEntry {
     pub kind: ListKind,
     pub matcher: Matcher,
     pub scope: ListScope,
+    /// A sender or sender-domain allow entry that applies even when the sender's domain
+    /// did not authenticate the message. A risk: anyone can forge an envelope sender, so
+    /// such an entry lets forged mail from that address past the filter. Without it, the
+    /// entry applies only when [`ListSubject::sender_authenticated`] holds. Ignored for
+    /// block entries and for IP and country matchers.
+    pub unauthenticated: bool,
 }
 
 /// The facts about a message that lists look at.
@@ -49,11 +57,30 @@ pub struct ListSubject<'a> {
     pub client_ip: IpAddr,
     pub country: Option<&'a str>,
     pub recipient: &'a str,
+    /// Whether the sender's domain authenticated the message (SPF pass for it, or a DKIM
+    /// signature aligned with it).
+    pub sender_authenticated: bool,
 }
 
 impl ListEntry {
     /// Whether the entry applies to this recipient and matches the message.
     pub fn matches(&self, s: &ListSubject<'_>) -> bool {
+        self.matches_unauthenticated(s) && (s.sender_authenticated || !self.needs_authentication())
+    }
+
+    /// Whether the entry vouches for a sender, so that a forged sender must not use it:
+    /// sender and sender-domain allow entries not marked `unauthenticated`.
+    pub fn needs_authentication(&self) -> bool {
+        self.vouches_for_sender() && !self.unauthenticated
+    }
+
+    fn vouches_for_sender(&self) -> bool {
+        self.kind == ListKind::Allow
+            && matches!(self.matcher, Matcher::Sender(_) | Matcher::SenderDomain(_))
+    }
+
+    /// [`ListEntry::matches`] without the authentication requirement.
+    fn matches_unauthenticated(&self, s: &ListSubject<'_>) -> bool {
         let rcpt = s.recipient.to_ascii_lowercase();
         let in_scope = match &self.scope {
             ListScope::Global => true,
@@ -84,6 +111,19 @@ pub fn decide<'a>(entries: &'a [ListEntry], s: &ListSubject<'_>) -> Option<&'a L
     entries.iter().filter(|e| e.matches(s)).max_by_key(|e| (rank(e), e.kind == ListKind::Block))
 }
 
+/// The allow entry that would have decided for this recipient had the sender's domain
+/// authenticated the message, when it did not: the log says why the entry was skipped.
+pub fn skipped_for_authentication<'a>(
+    entries: &'a [ListEntry],
+    s: &ListSubject<'_>,
+) -> Option<&'a ListEntry> {
+    if s.sender_authenticated {
+        return None;
+    }
+    let vouched = ListSubject { sender_authenticated: true, ..*s };
+    decide(entries, &vouched).filter(|e| e.needs_authentication())
+}
+
 fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(i)) => {
@@ -111,10 +151,15 @@ impl fmt::Display for ListEntry {
             Matcher::Country(c) => write!(f, "{kind} country {c}")?,
         }
         match &self.scope {
-            ListScope::Global => Ok(()),
-            ListScope::Domain(d) => write!(f, " for domain:{d}"),
-            ListScope::Recipient(r) => write!(f, " for rcpt:{r}"),
+            ListScope::Global => {}
+            ListScope::Domain(d) => write!(f, " for domain:{d}")?,
+            ListScope::Recipient(r) => write!(f, " for rcpt:{r}")?,
         }
+        // only where the parser takes it back, so the text form round-trips
+        if self.unauthenticated && self.vouches_for_sender() {
+            f.write_str(" unauthenticated")?;
+        }
+        Ok(())
     }
 }
 
@@ -122,11 +167,19 @@ impl FromStr for ListEntry {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let words: Vec<&str> = s.split_whitespace().collect();
+        let mut words: Vec<&str> = s.split_whitespace().collect();
+        let unauthenticated = words.last() == Some(&"unauthenticated");
+        if unauthenticated {
+            words.pop();
+        }
         let (entry, scope) = match words.as_slice() {
             [k, m, v] => ((k, m, v), None),
             [k, m, v, "for", sc] => ((k, m, v), Some(*sc)),
-            _ => return Err(format!("expected 'allow|block KIND VALUE [for SCOPE]', got {s:?}")),
+            _ => {
+                return Err(format!(
+                    "expected 'allow|block KIND VALUE [for SCOPE] [unauthenticated]', got {s:?}"
+                ))
+            }
         };
         let kind = match *entry.0 {
             "allow" => ListKind::Allow,
@@ -186,7 +239,13 @@ impl FromStr for ListEntry {
                 _ => return Err(format!("scope {sc:?}: global, domain:NAME or rcpt:ADDRESS")),
             },
         };
-        Ok(ListEntry { kind, matcher, scope })
+        let entry = ListEntry { kind, matcher, scope, unauthenticated };
+        if unauthenticated && !entry.vouches_for_sender() {
+            return Err(
+                "'unauthenticated' applies to sender and sender-domain allow entries".into()
+            );
+        }
+        Ok(entry)
     }
 }
 
@@ -200,6 +259,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             country: Some("DE"),
             recipient: rcpt,
+            sender_authenticated: true,
         }
     }
 
@@ -211,6 +271,8 @@ mod tests {
             "block ip 192.0.2.0/24 for rcpt:bob@example.test",
             "allow ip 2001:db8::/32",
             "block country CN",
+            "allow sender-domain partner.test for domain:example.test unauthenticated",
+            "allow sender bob@partner.test unauthenticated",
         ] {
             let e: ListEntry = s.parse().unwrap();
             assert_eq!(e.to_string(), s);
@@ -221,6 +283,9 @@ mod tests {
             "allow ip 1.2.3.4/40",
             "block country CHN",
             "allow sender x for moon:1",
+            "block sender a@b.test unauthenticated",
+            "allow ip 192.0.2.1 unauthenticated",
+            "allow sender a@b.test unauthenticated for domain:example.test",
         ] {
             assert!(bad.parse::<ListEntry>().is_err(), "{bad}");
         }
@@ -250,5 +315,46 @@ mod tests {
         let hit = decide(&entries, &subject("x@other.test", "192.0.2.8", "dave@example.test"));
         assert_eq!(hit.unwrap().kind, ListKind::Allow);
         assert!(decide(&entries, &subject("x@other.test", "192.0.2.8", "dave@else.test")).is_none());
+    }
+
+    #[test]
+    fn stored_text_without_the_flag_requires_authentication() {
+        let e: ListEntry = "allow sender alice@auth.test".parse().unwrap();
+        assert!(!e.unauthenticated && e.needs_authentication());
+        let e: ListEntry = "allow sender alice@auth.test unauthenticated".parse().unwrap();
+        assert!(e.unauthenticated && !e.needs_authentication());
+        let e: ListEntry = "allow ip 192.0.2.0/24".parse().unwrap();
+        assert!(!e.needs_authentication(), "IP entries are unchanged");
+    }
+
+    #[test]
+    fn a_sender_allow_entry_needs_the_sender_authenticated() {
+        let entries: Vec<ListEntry> = [
+            "block sender-domain auth.test",
+            "allow sender alice@auth.test for domain:example.test",
+            "allow sender-domain partner.test for domain:example.test unauthenticated",
+            "allow ip 192.0.2.0/24 for rcpt:ip@example.test",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let forged = |sender, ip, rcpt| ListSubject {
+            sender_authenticated: false,
+            ..subject(sender, ip, rcpt)
+        };
+        let s = subject("alice@auth.test", "198.51.100.1", "bob@example.test");
+        assert_eq!(decide(&entries, &s).unwrap().kind, ListKind::Allow);
+        assert!(skipped_for_authentication(&entries, &s).is_none());
+        // Forged: the allow entry is skipped, and the wider block entry decides.
+        let s = forged("alice@auth.test", "198.51.100.1", "bob@example.test");
+        assert_eq!(decide(&entries, &s).unwrap().kind, ListKind::Block);
+        assert_eq!(skipped_for_authentication(&entries, &s), Some(&entries[1]));
+        // Marked unauthenticated: applies as before.
+        let s = forged("carol@partner.test", "198.51.100.1", "bob@example.test");
+        assert_eq!(decide(&entries, &s), Some(&entries[2]));
+        assert!(skipped_for_authentication(&entries, &s).is_none());
+        // IP entries never ask.
+        let s = forged("x@other.test", "192.0.2.9", "ip@example.test");
+        assert_eq!(decide(&entries, &s), Some(&entries[3]));
     }
 }

@@ -26,7 +26,9 @@ pub enum ListsCommand {
     /// Print every entry: id, entry, who added it and the note.
     Show(ConfigArg),
     /// Add an entry, e.g. `block sender-domain spam.example` or
-    /// `allow ip 192.0.2.0/24 for domain:example.test`; prints its id.
+    /// `allow ip 192.0.2.0/24 for domain:example.test`; prints its id. A sender or
+    /// sender-domain allow entry applies only to mail its domain authenticates (SPF or
+    /// aligned DKIM) unless it ends in `unauthenticated`, which lets forged mail in too.
     Add {
         #[command(flatten)]
         config: ConfigArg,
