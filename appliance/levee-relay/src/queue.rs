@@ -470,31 +470,30 @@ mod tests {
     use super::*;
     use crate::test_sink::{engine, Behaviour, Scratch, Sink, Step};
     use crate::StoreOutcome;
-    use levee_types::{Address, Body, Envelope};
     use tokio::sync::Notify;
 
     const SENDER: &str = "alice@sender.example.test";
 
-    /// A message from `SENDER` to bob@example.test, in the queue and the spool.
-    async fn queued(engine: &Arc<Engine>) -> QueueId {
-        let envelope = Envelope {
-            mail_from: Some(Address::parse(SENDER, false).unwrap()),
-            rcpt_to: vec![Address::parse("bob@example.test", false).unwrap()],
-            helo: "client.example.test".into(),
-            client_ip: "192.0.2.7".parse().unwrap(),
-            client_name: None,
-            tls: false,
-            body: Body::SevenBit,
-            smtputf8: false,
-            declared_size: None,
-        };
-        let data =
-            format!("From: {SENDER}\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n");
-        let action = levee_types::Action::Accept;
-        match engine.enqueue(envelope, data.into_bytes(), action, 0.0, Vec::new()).await {
+    /// A message from `SENDER` to `rcpts`, in the queue and the spool with `action`.
+    async fn enqueued(
+        engine: &Arc<Engine>,
+        rcpts: &[&str],
+        data: String,
+        action: levee_types::Action,
+        score: f64,
+    ) -> QueueId {
+        let envelope = crate::tests::incoming_from(SENDER, Vec::new(), rcpts).envelope;
+        match engine.enqueue(envelope, data.into_bytes(), action, score, Vec::new()).await {
             StoreOutcome::Queued(id, _) => id,
             StoreOutcome::Refused(r) => panic!("not queued: {r}"),
         }
+    }
+
+    /// A message from `SENDER` to bob@example.test, waiting for delivery.
+    async fn queued(engine: &Arc<Engine>) -> QueueId {
+        let data =
+            format!("From: {SENDER}\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n");
+        enqueued(engine, &["bob@example.test"], data, levee_types::Action::Accept, 0.0).await
     }
 
     async fn attempt_in_time(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
@@ -526,23 +525,8 @@ mod tests {
     /// A message held in quarantine for bob and carol at example.test.
     async fn held(engine: &Arc<Engine>) -> QueueId {
         let rcpts = ["bob@example.test", "carol@example.test"];
-        let envelope = Envelope {
-            mail_from: Some(Address::parse(SENDER, false).unwrap()),
-            rcpt_to: rcpts.iter().map(|r| Address::parse(r, false).unwrap()).collect(),
-            helo: "client.example.test".into(),
-            client_ip: "192.0.2.7".parse().unwrap(),
-            client_name: None,
-            tls: false,
-            body: Body::SevenBit,
-            smtputf8: false,
-            declared_size: None,
-        };
-        let data = format!("From: {SENDER}\r\nSubject: held\r\n\r\nhello\r\n").into_bytes();
-        let action = levee_types::Action::Quarantine;
-        match engine.enqueue(envelope, data, action, 7.0, Vec::new()).await {
-            StoreOutcome::Queued(id, _) => id,
-            StoreOutcome::Refused(r) => panic!("not queued: {r}"),
-        }
+        let data = format!("From: {SENDER}\r\nSubject: held\r\n\r\nhello\r\n");
+        enqueued(engine, &rcpts, data, levee_types::Action::Quarantine, 7.0).await
     }
 
     /// Issue 12: a released message still said `X-Levee-Verdict: quarantine`, so a downstream

@@ -3,6 +3,8 @@
 //! commands open the store; a store held by another process with no engine answering
 //! gets one sentence, never sled's lock error.
 
+mod common;
+use common::{corpus, text, Dir};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,20 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_levee");
 /// Start-up, shutdown and any one command get this long.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// A scratch directory, removed when the guard drops.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("levee-ctl-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Dir(dir)
+    common::scratch("ctl", name)
 }
 
 /// A loopback port nothing listens on (bound, then released).
@@ -50,19 +40,6 @@ fn config(root: &Path) -> (PathBuf, u16) {
     let path = root.join("levee.toml");
     std::fs::write(&path, text).unwrap();
     (path, port)
-}
-
-/// `spam/` with two messages and `ham/` with one.
-fn corpus(root: &Path) -> (PathBuf, PathBuf) {
-    let (spam, ham) = (root.join("spam"), root.join("ham"));
-    std::fs::create_dir_all(&spam).unwrap();
-    std::fs::create_dir_all(&ham).unwrap();
-    std::fs::write(spam.join("1.eml"), "Subject: cheap pills\r\n\r\nbuy cheap pills now\r\n")
-        .unwrap();
-    std::fs::write(spam.join("2.eml"), "Subject: pills\r\n\r\ncheap pills\r\n").unwrap();
-    std::fs::write(ham.join("3.eml"), "Subject: agenda\r\n\r\nmeeting agenda attached\r\n")
-        .unwrap();
-    (spam, ham)
 }
 
 /// Runs one command to its end, killed past the deadline.
@@ -92,10 +69,6 @@ fn ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
     let o = levee(args);
     assert!(o.status.success(), "{}\n{}", text(&o.stdout), text(&o.stderr));
     text(&o.stdout)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

@@ -1,46 +1,18 @@
 //! `levee train` and `levee eval` as a user runs them: symbolic links, missing and empty
 //! inputs, `--reset`, a missing data dir, "n/a" rates, and a store another process holds.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{corpus, text, Dir};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_levee");
 
-/// A scratch directory, removed when the guard drops.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Dir {
-    let dir = std::env::temp_dir().join(format!("levee-train-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Dir(dir)
-}
-
-/// `spam/` with two messages and `ham/` with one.
-fn corpus(root: &Path) -> (PathBuf, PathBuf) {
-    let (spam, ham) = (root.join("spam"), root.join("ham"));
-    std::fs::create_dir_all(&spam).unwrap();
-    std::fs::create_dir_all(&ham).unwrap();
-    std::fs::write(spam.join("1.eml"), "Subject: cheap pills\r\n\r\nbuy cheap pills now\r\n")
-        .unwrap();
-    std::fs::write(spam.join("2.eml"), "Subject: pills\r\n\r\ncheap pills\r\n").unwrap();
-    std::fs::write(ham.join("3.eml"), "Subject: agenda\r\n\r\nmeeting agenda attached\r\n")
-        .unwrap();
-    (spam, ham)
+    common::scratch("train-cli", name)
 }
 
 fn levee(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     Command::new(BIN).args(args.iter().map(|a| a.as_ref())).output().unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]

@@ -162,13 +162,23 @@ fn visible(st: &AppState, v: &Viewer, id: &str) -> AppResult<levee_store::Quaran
     Ok(e)
 }
 
+/// [`visible`], with the held message's bytes.
+async fn visible_message(
+    st: &AppState,
+    v: &Viewer,
+    id: &str,
+) -> AppResult<(levee_store::QuarantineEntry, Vec<u8>)> {
+    let e = visible(st, v, id)?;
+    let raw = st.engine().message_bytes(&e.id).await?;
+    Ok((e, raw))
+}
+
 pub(super) async fn quarantine_view(
     State(st): State<AppState>,
     v: Viewer,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let e = visible(&st, &v, &id)?;
-    let raw = st.engine().message_bytes(&e.id).await?;
+    let (e, raw) = visible_message(&st, &v, &id).await?;
     let m = crate::message::view(&raw);
     let base = format!("/quarantine/{}", e.id);
     let act = v.may_act(&e.rcpt_to);
@@ -216,8 +226,7 @@ pub(super) async fn quarantine_body(
     v: Viewer,
     Path(id): Path<String>,
 ) -> AppResult<Response> {
-    let e = visible(&st, &v, &id)?;
-    let raw = st.engine().message_bytes(&e.id).await?;
+    let (_, raw) = visible_message(&st, &v, &id).await?;
     let m = crate::message::view(&raw);
     let fragment = match (m.html, m.text) {
         (Some(h), _) => h,
@@ -236,8 +245,7 @@ pub(super) async fn quarantine_attachment(
     v: Viewer,
     Path((id, n)): Path<(String, usize)>,
 ) -> AppResult<Response> {
-    let e = visible(&st, &v, &id)?;
-    let raw = st.engine().message_bytes(&e.id).await?;
+    let (_, raw) = visible_message(&st, &v, &id).await?;
     let view = crate::message::view(&raw);
     let a = view.attachments.get(n).ok_or(AppError::NotFound)?;
     let bytes = crate::message::attachment(&raw, n).ok_or(AppError::NotFound)?;
