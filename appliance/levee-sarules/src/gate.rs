@@ -190,17 +190,14 @@ pub struct Gates {
     ac: Option<AhoCorasick>,
     /// Literal index -> rules (indices into the caller's rule list) it opens.
     opens: Vec<Vec<usize>>,
-    /// Per rule of the caller: whether a gate guards it.
-    pub gated: Vec<bool>,
 }
 
 impl Gates {
-    /// `rules`: (rule index, literals) for every rule that has a gate; `n` rules in all.
-    pub fn build(n: usize, rules: Vec<(usize, Vec<Vec<u8>>)>) -> Gates {
+    /// `rules`: (rule index, literals) for every rule that has a gate.
+    pub fn build(rules: Vec<(usize, Vec<Vec<u8>>)>) -> Gates {
         let mut lits: Vec<Vec<u8>> = Vec::new();
         let mut index: std::collections::HashMap<Vec<u8>, usize> = Default::default();
         let mut opens: Vec<Vec<usize>> = Vec::new();
-        let mut gated = vec![false; n];
         for (rule, set) in rules {
             for l in set {
                 let k = *index.entry(l.clone()).or_insert_with(|| {
@@ -210,17 +207,18 @@ impl Gates {
                 });
                 opens[k].push(rule);
             }
-            gated[rule] = true;
         }
         let ac = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .build(&lits)
             .ok();
-        if ac.is_none() {
-            gated.iter_mut().for_each(|g| *g = false);
-        }
-        Gates { ac, opens, gated }
+        Gates { ac, opens }
+    }
+
+    /// The rules a gate guards (none if the automaton could not be built: they all run).
+    pub fn guarded(&self) -> impl Iterator<Item = usize> + '_ {
+        self.ac.iter().flat_map(|_| self.opens.iter().flatten().copied())
     }
 
     /// Marks in `open` every rule one of whose literals occurs in `text`.
@@ -268,11 +266,12 @@ mod tests {
 
     #[test]
     fn a_gate_opens_only_rules_whose_literal_occurs() {
-        let g =
-            Gates::build(3, vec![(0, vec![b"viagra".to_vec()]), (2, vec![b"lottery".to_vec()])]);
+        let g = Gates::build(vec![(0, vec![b"viagra".to_vec()]), (2, vec![b"lottery".to_vec()])]);
         let mut open = vec![false; 3];
         g.scan(b"Buy VIAGRA now", &mut open);
         assert_eq!(open, vec![true, false, false]);
-        assert_eq!(g.gated, vec![true, false, true]);
+        let mut guarded: Vec<usize> = g.guarded().collect();
+        guarded.sort();
+        assert_eq!(guarded, vec![0, 2]);
     }
 }

@@ -227,6 +227,8 @@ pub struct RuleSet {
     full: Batch,
     /// Literal gates of the body, rawbody, uri and full rules (see `gate`).
     gates: [gate::Gates; 4],
+    /// Per rule: true unless a gate guards it; a message's gate scans start from this.
+    unguarded: Vec<bool>,
     freemail: HashSet<String>,
     opts: Options,
 }
@@ -384,6 +386,10 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
         gates(&rules, opts.gates, |k| matches!(k, Kind::Uri(_))),
         gates(&rules, opts.gates, |k| matches!(k, Kind::Full(_))),
     ];
+    let mut unguarded = vec![true; rules.len()];
+    for i in gates.iter().flat_map(gate::Gates::guarded) {
+        unguarded[i] = false;
+    }
     report.loaded = rules.len() - looped.len();
     for v in report.skipped.values_mut() {
         v.sort();
@@ -397,6 +403,7 @@ pub fn load_dirs_with(dirs: &[&Path], opts: Options) -> Result<(RuleSet, LoadRep
             uri,
             full,
             gates,
+            unguarded,
             freemail: conf.freemail,
             opts,
         },
@@ -560,7 +567,7 @@ fn batch(rules: &mut [Rule], pick: impl Fn(&Kind) -> bool) -> Batch {
 fn gates(rules: &[Rule], on: bool, pick: impl Fn(&Kind) -> bool) -> gate::Gates {
     let mut gated = Vec::new();
     if !on {
-        return gate::Gates::build(rules.len(), gated);
+        return gate::Gates::build(gated);
     }
     for (i, r) in rules.iter().enumerate() {
         let m = match &r.kind {
@@ -576,7 +583,7 @@ fn gates(rules: &[Rule], on: bool, pick: impl Fn(&Kind) -> bool) -> gate::Gates 
             gated.push((i, lits));
         }
     }
-    gate::Gates::build(rules.len(), gated)
+    gate::Gates::build(gated)
 }
 
 /// Patterns per `RegexSet`; 0 runs every rule's own regex instead. Measured on the stock
@@ -699,8 +706,9 @@ impl RuleSet {
         let hit_raw = self.rawbody.hits(&rawbody);
         let hit_uri = self.uri.hits(&uris);
         let hit_full = self.full.hits(&full);
-        // which gated rules can match at all: one automaton pass per text type
-        let mut open = vec![false; self.rules.len()];
+        // which rules can match at all: the unguarded, and the guarded whose literal occurs
+        // (one automaton pass per text type)
+        let mut open = self.unguarded.clone();
         for (g, text) in self.gates.iter().zip([&body_j, &raw_j, &uri_j, &msg.full]) {
             g.scan(text.as_bytes(), &mut open);
         }
@@ -708,11 +716,7 @@ impl RuleSet {
             let t0 = times.as_ref().map(|_| Instant::now());
             let n = match &r.kind {
                 Kind::Meta(_) => continue,
-                Kind::Body(_) | Kind::RawBody(_) | Kind::Uri(_) | Kind::Full(_)
-                    if self.gates.iter().any(|g| g.gated.get(i) == Some(&true)) && !open[i] =>
-                {
-                    0
-                }
+                Kind::Body(_) | Kind::RawBody(_) | Kind::Uri(_) | Kind::Full(_) if !open[i] => 0,
                 Kind::Body(m) => {
                     let (texts, j) = if r.nosubject {
                         (&body_nosubj, body_j.get(subj_len..).unwrap_or(""))
