@@ -75,12 +75,31 @@ pub fn content_findings(
     sa_rules: Option<&levee_sarules::RuleSet>,
     message: &[u8],
 ) -> Vec<Finding> {
+    content_findings_received(model, sa_rules, "", message)
+}
+
+/// [`content_findings`] for mail the gateway is receiving: `received` is the `Received:`
+/// header it adds for this connection, which SpamAssassin's relay rules read on top of the
+/// message's own chain (only they see it; the message is scanned and bounded once).
+pub fn content_findings_received(
+    model: &bayes::Model,
+    sa_rules: Option<&levee_sarules::RuleSet>,
+    received: &str,
+    message: &[u8],
+) -> Vec<Finding> {
     let scan = limits::scan(message);
     let message = &message[..scan.cut];
     let mut findings = scan.findings;
     findings.extend(rules::check_bounded(message));
     if let Some(set) = sa_rules {
-        findings.extend(sa::findings_bounded(set, message));
+        if received.is_empty() {
+            findings.extend(sa::findings_bounded(set, message));
+        } else {
+            let mut with_hop = Vec::with_capacity(received.len() + message.len());
+            with_hop.extend_from_slice(received.as_bytes());
+            with_hop.extend_from_slice(message);
+            findings.extend(sa::findings_bounded(set, &with_hop));
+        }
     }
     let tokens = bayes::tokenize_bounded(message);
     findings.extend(bayes::findings(model, &tokens));

@@ -627,14 +627,8 @@ impl Engine {
             if text.windows(PANIC_PROBE.len()).any(|w| w == PANIC_PROBE) {
                 panic!("test-only check: this message panics the content filter");
             }
-            let mut found = levee_filter::content_findings(&model, None, &text);
-            if let Some(r) = &rules {
-                // SpamAssassin's relay rules read the chain with this connection on top.
-                let mut with_hop = hop.into_bytes();
-                with_hop.extend_from_slice(&text);
-                found.extend(levee_filter::sa::findings(&r.set, &with_hop));
-            }
-            found
+            let set = rules.as_ref().map(|r| &r.set);
+            levee_filter::content_findings_received(&model, set, &hop, &text)
         })
         .await
         .unwrap_or_else(|e| {
