@@ -390,6 +390,10 @@ pub struct Delivery {
     pub data_timeout_secs: Seconds,
     #[serde(default = "defaults::delivery_concurrency")]
     pub concurrency: usize,
+    /// After a next hop could not be reached at all, how long other messages for it are
+    /// deferred at once instead of each waiting out its own connect timeout.
+    #[serde(default = "defaults::dead_destination_secs")]
+    pub dead_destination_secs: Seconds,
 }
 
 impl Default for Delivery {
@@ -402,6 +406,7 @@ impl Default for Delivery {
             command_timeout_secs: defaults::command_timeout_secs(),
             data_timeout_secs: defaults::delivery_data_timeout_secs(),
             concurrency: defaults::delivery_concurrency(),
+            dead_destination_secs: defaults::dead_destination_secs(),
         }
     }
 }
@@ -653,6 +658,9 @@ mod defaults {
     }
     pub fn max_lifetime_secs() -> u64 {
         5 * 24 * 3600
+    }
+    pub fn dead_destination_secs() -> Seconds {
+        Seconds::new(60)
     }
     pub fn connect_timeout_secs() -> Seconds {
         Seconds::new(30)

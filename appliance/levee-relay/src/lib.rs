@@ -12,6 +12,7 @@ pub mod health;
 mod inbound;
 pub mod learning;
 mod manage;
+mod qmgr;
 mod queue;
 mod report;
 pub mod rules;
@@ -30,7 +31,7 @@ pub use training::TrainProgress;
 use levee_config::Config;
 use levee_smtp::{Decision, Incoming, Question, SessionConfig};
 use levee_spool::{GroupCommit, RetryPolicy, Spool, SpoolMeta};
-use levee_store::{LogEntry, QueueEntry, RcptState, RcptStatus, Release, Store};
+use levee_store::{LogEntry, Release, Store};
 use levee_types::{Action, Address, Envelope, QueueId, Reply};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -120,6 +121,8 @@ pub struct Engine {
     runtime: snapshot::Runtime,
     spool: Arc<Spool>,
     store: Store,
+    /// The one writer of queue and quarantine records (see qmgr.rs).
+    qmgr: qmgr::QueueManager,
     commit: Arc<GroupCommit>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     connector: tokio_rustls::TlsConnector,
@@ -222,24 +225,14 @@ impl Engine {
         // derived from (not equal to) the install secret.
         let secret = store.install_secret()?;
         let stamp = hex::encode(&secret[..16]);
-        // Spool files are the truth: a file whose index record was lost gets a fresh one;
-        // an index record whose file is gone is dropped.
-        let mut known: std::collections::HashSet<QueueId> = Default::default();
-        for meta in &recovered.messages {
-            known.insert(meta.id.clone());
-            if store.queue_get(&meta.id)?.is_none() {
-                warn!(id = %meta.id, "queue record missing for spooled message; recreated");
-                let held = meta.action == Action::Quarantine;
-                store.queue_put(&queue_entry(meta, held, None))?;
-            }
+        let qmgr = qmgr::QueueManager::new(store.clone(), spool.clone());
+        let (recreated, dropped) = qmgr.reconcile(&recovered.messages)?;
+        for id in recreated {
+            warn!(%id, "queue record missing for spooled message; recreated");
         }
-        for entry in store.queue_all()? {
-            if !known.contains(&entry.id) {
-                warn!(id = %entry.id, "queue record without spool file dropped");
-                store.queue_remove(&entry.id)?;
-            }
+        for id in dropped {
+            warn!(%id, "queue record without spool file dropped");
         }
-        store.flush()?;
         let resolver = hickory_resolver::TokioResolver::builder_tokio()
             .and_then(|b| b.build())
             .map_err(|e| warn!(error = %e, "no DNS resolver; MX lookups will fail"))
@@ -273,6 +266,7 @@ impl Engine {
             }),
             spool,
             store,
+            qmgr,
             commit,
             tls,
             connector: tls::connector(),
@@ -921,10 +915,7 @@ impl Engine {
 
     /// Takes back what [`Engine::write_copy`] wrote of a message that will not get its 250.
     fn unwrite(&self, id: &QueueId) {
-        let _ = self.spool.remove(id);
-        let _ = self.store.queue_remove(id);
-        let _ = self.store.quarantine_remove(id);
-        let _ = self.store.flush();
+        self.qmgr.unadmit(id);
     }
 
     /// Blocking: spool file (fsynced, renamed), index and log records of one copy. Not
@@ -937,10 +928,7 @@ impl Engine {
         released: Option<&Release>,
     ) -> Result<(), RelayError> {
         self.spool.write(meta, data)?;
-        self.store.queue_put(&queue_entry(meta, quarantine.is_some(), released.cloned()))?;
-        if let Some(q) = &quarantine {
-            self.store.quarantine_put(q)?;
-        }
+        self.qmgr.admit(meta, quarantine.as_ref(), released)?;
         self.store.log_put(&log_entry(meta, data.len() as u64))?;
         Ok(())
     }
@@ -1197,27 +1185,6 @@ pub async fn bind(config: &Config) -> Result<Vec<TcpListener>, RelayError> {
         out.push(TcpListener::bind(addr).await.map_err(|e| RelayError::Listen(addr, e))?);
     }
     Ok(out)
-}
-
-fn queue_entry(meta: &SpoolMeta, held: bool, released: Option<Release>) -> QueueEntry {
-    QueueEntry {
-        id: meta.id.clone(),
-        received_at: meta.received_at,
-        attempts: 0,
-        next_attempt: meta.received_at,
-        recipients: meta
-            .envelope
-            .rcpt_to
-            .iter()
-            .map(|r| RcptState {
-                rcpt: r.to_string(),
-                status: RcptStatus::Pending,
-                last_reply: None,
-            })
-            .collect(),
-        held,
-        released,
-    }
 }
 
 fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
@@ -1480,8 +1447,9 @@ mod tests {
         // lenient and plain both tag at 5 (same verdict: one copy); strict's 5 is past
         // its reject_at 4.5 but the others take the message, so that copy is held.
         assert_eq!(entries.len(), 2, "{entries:?}");
-        let rcpts =
-            |e: &QueueEntry| e.recipients.iter().map(|r| r.rcpt.clone()).collect::<Vec<_>>();
+        let rcpts = |e: &levee_store::QueueEntry| {
+            e.recipients.iter().map(|r| r.rcpt.clone()).collect::<Vec<_>>()
+        };
         let held: Vec<_> = entries.iter().filter(|e| e.held).collect();
         let free: Vec<_> = entries.iter().filter(|e| !e.held).collect();
         assert_eq!(rcpts(held[0]), ["b@strict.test"]);

@@ -170,18 +170,10 @@ impl Engine {
             }
         }
         // in one step on the entry as stored: a delete meanwhile is not undone
-        let now = now_unix();
         let release = Release { by: by.to_string(), verdict: q.action.clone() };
-        let released = self.store.queue_update(id, |e| {
-            e.held = false;
-            e.next_attempt = now;
-            e.released = Some(release.clone());
-        })?;
-        if released.is_none() {
+        if !self.qmgr.release(id, release, now_unix())? {
             return Err(RelayError::NotFound(id.clone()));
         }
-        self.store.quarantine_remove(id)?;
-        self.store.flush()?;
         info!(%id, by, allow_sender, "released from quarantine");
         self.retry_now(id.clone());
         Ok(())
@@ -237,7 +229,7 @@ impl Engine {
                 return Err(RelayError::Io(std::io::Error::other(r.to_string())))
             }
         }
-        self.drop_recipients(id, q, &mine)?;
+        self.drop_recipients(id, &mine)?;
         info!(%id, by, rcpts = %mine.join(","), "released from quarantine for some recipients");
         Ok(())
     }
@@ -254,7 +246,7 @@ impl Engine {
         if mine.len() == q.rcpt_to.len() {
             return self.quarantine_delete(id, by).await;
         }
-        self.drop_recipients(id, q, &mine)?;
+        self.drop_recipients(id, &mine)?;
         info!(%id, by, rcpts = %mine.join(","), "deleted from quarantine for some recipients");
         Ok(())
     }
@@ -278,21 +270,10 @@ impl Engine {
         Ok((q, mine))
     }
 
-    fn drop_recipients(
-        &self,
-        id: &QueueId,
-        mut q: QuarantineEntry,
-        gone: &[String],
-    ) -> Result<(), RelayError> {
-        let dropped = self.store.queue_update(id, |e| {
-            e.recipients.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(&r.rcpt)));
-        })?;
-        if dropped.is_none() {
+    fn drop_recipients(&self, id: &QueueId, gone: &[String]) -> Result<(), RelayError> {
+        if !self.qmgr.drop_recipients(id, gone)? {
             return Err(RelayError::NotFound(id.clone()));
         }
-        q.rcpt_to.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(r)));
-        self.store.quarantine_put(&q)?;
-        self.store.flush()?;
         Ok(())
     }
 
@@ -305,16 +286,7 @@ impl Engine {
     }
 
     async fn remove_message(&self, id: &QueueId) -> Result<(), RelayError> {
-        self.store.quarantine_remove(id)?;
-        self.store.queue_remove(id)?;
-        self.store.flush()?;
-        let spool = self.spool.clone();
-        let rid = id.clone();
-        match tokio::task::spawn_blocking(move || spool.remove(&rid)).await {
-            Ok(Ok(())) | Ok(Err(levee_spool::SpoolError::NotFound(_))) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(RelayError::Io(std::io::Error::other(e))),
-        }
+        self.qmgr.remove(id).await
     }
 
     /// "Report as spam" by staff: an admin's vote for spam (the message stays held).

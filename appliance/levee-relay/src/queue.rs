@@ -3,10 +3,11 @@
 //! bounces what failed.
 
 use crate::client::{Client, ClientError, ConnectOptions};
+use crate::qmgr::{AttemptReport, Settled};
 use crate::{dsn, headers, now_unix, Engine};
 use levee_config::{DownstreamHost, TlsPolicy};
 use levee_spool::{next_attempt, SpoolMeta};
-use levee_store::{DeliveryAttempt, QueueEntry, RcptStatus};
+use levee_store::{DeliveryAttempt, RcptStatus};
 use levee_types::{Domain, QueueId, Reply};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -79,7 +80,7 @@ pub async fn run(
 /// One delivery attempt of one message. Returns when to try again, if at all.
 async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
     // A plan: this copy is changed as the attempt goes, then only what changed is written
-    // back (`write_back`), so a delete or another change made meanwhile is kept.
+    // back, by the queue manager, so a delete or another change made meanwhile is kept.
     let mut entry = match engine.store.queue_get(id) {
         Ok(Some(e)) if !e.held => e,
         Ok(_) => return None,
@@ -115,28 +116,48 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
         }
     }
     let mut newly_failed: Vec<(String, Reply, String)> = Vec::new();
+    let dead_window = config.delivery.dead_destination_secs.duration();
     for (domain, idx) in groups {
         let rcpts: Vec<String> = idx.iter().map(|&i| entry.recipients[i].rcpt.clone()).collect();
-        let (hosts, tls, source) = match config.domain(&domain) {
-            Some(d) => match &d.downstream {
-                Some(ds) => {
-                    (resolve_downstream(engine, &ds.host, ds.port).await, d.tls, d.source_address)
+        let hop = next_hop(&config, &domain);
+        let (host_label, result) = match engine.qmgr.dead_reply(&hop.dest, dead_window) {
+            // Known dead: defer at once rather than hold a slot for the connect timeout.
+            Some(reply) => (hop.dest.clone(), Err(reply)),
+            None => {
+                let hosts = match &hop.via {
+                    Some(Ok(ds)) => resolve_downstream(engine, &ds.host, ds.port).await,
+                    Some(Err(reply)) => Err(reply.clone()),
+                    None => resolve_mx(engine, &domain).await,
+                };
+                match hosts {
+                    Ok(hosts) => {
+                        let msg = Outgoing {
+                            meta: &meta,
+                            body: &body,
+                            released: entry.released.as_ref(),
+                        };
+                        let tried =
+                            deliver_to_first(engine, &hosts, hop.tls, hop.source, &msg, &rcpts)
+                                .await;
+                        let down = match &tried.result {
+                            Err(reply) if !tried.reached && !reply.is_permanent() => {
+                                Some(reply.clone())
+                            }
+                            _ => None,
+                        };
+                        engine.qmgr.mark(&hop.dest, down);
+                        (tried.label, tried.result)
+                    }
+                    Err(reply) => {
+                        // No address for a configured next hop is as dead as one that
+                        // refuses; a domain without a downstream is a config matter.
+                        if matches!(hop.via, Some(Ok(_)) | None) && reply.is_transient() {
+                            engine.qmgr.mark(&hop.dest, Some(reply.clone()));
+                        }
+                        (domain.to_string(), Err(reply))
+                    }
                 }
-                None => (
-                    Err(Reply::with(451, 4, 0, "domain has no downstream configured")),
-                    d.tls,
-                    None,
-                ),
-            },
-            // Mail Levee writes itself (DSNs, reports) to outside domains goes by MX.
-            None => (resolve_mx(engine, &domain).await, TlsPolicy::Opportunistic, None),
-        };
-        let (host_label, result) = match hosts {
-            Ok(hosts) => {
-                let msg = Outgoing { meta: &meta, body: &body, released: entry.released.as_ref() };
-                deliver_to_first(engine, &hosts, tls, source, &msg, &rcpts).await
             }
-            Err(reply) => (domain.to_string(), Err(reply)),
         };
         let now = now_unix();
         for (k, &i) in idx.iter().enumerate() {
@@ -188,7 +209,7 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
         }
     }
     // A message deleted during the attempt gets no DSN (the window between this check
-    // and the write-back below is not closed; the write-back itself is safe).
+    // and the report below is not closed; the report itself is safe).
     if !newly_failed.is_empty() && matches!(engine.store.queue_get(id), Ok(Some(_))) {
         bounce(engine, &meta, &body, &newly_failed).await;
     }
@@ -198,59 +219,56 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
         .filter(|r| !before.contains(r))
         .map(|r| (r.rcpt.clone(), r.status, r.last_reply.clone()))
         .collect();
-    let stored = engine.store.queue_update(id, |current| {
-        write_back(current, &changed, next);
-    });
-    match stored {
-        Ok(None) => {
+    let report = AttemptReport { changed, next };
+    match engine.qmgr.settle(id, &report).await {
+        Ok(Settled::Gone) => {
             info!(%id, "deleted during the delivery attempt; stays deleted");
             None
         }
-        Ok(Some(current)) if current.is_finished() => {
-            finish(engine, &current).await;
-            None
-        }
-        Ok(Some(current)) if current.held => None,
-        Ok(Some(current)) => Some(current.next_attempt),
+        Ok(Settled::Finished | Settled::Held) => None,
+        Ok(Settled::Retry(at)) => Some(at),
         Err(e) => {
-            warn!(%id, error = %e, "cannot update the queue index");
-            if next.is_none() {
-                finish(engine, &entry).await;
-            }
-            next
+            warn!(%id, error = %e, "cannot record the delivery attempt");
+            // Retried later at the latest; a finished message is delivered again at worst.
+            Some(next.unwrap_or_else(|| now_unix() + 300))
         }
     }
 }
 
-/// Applies one attempt's results to the entry as it is stored now: the recipients the
-/// attempt changed, if they are still waiting for delivery (one removed or settled
-/// meanwhile is left as it is), one more attempt, and the next due time.
-fn write_back(
-    current: &mut QueueEntry,
-    changed: &[(String, RcptStatus, Option<String>)],
-    next: Option<u64>,
-) {
-    for (rcpt, status, reply) in changed {
-        let waiting = current.recipients.iter_mut().find(|r| {
-            r.rcpt == *rcpt && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred)
-        });
-        if let Some(r) = waiting {
-            r.status = *status;
-            r.last_reply = reply.clone();
-        }
-    }
-    current.attempts += 1;
-    if let Some(at) = next {
-        current.next_attempt = at;
-    }
+/// Where a recipient domain's mail goes: a configured downstream, or the domain's MX
+/// for mail Levee writes itself (DSNs, reports) to outside domains.
+struct NextHop {
+    /// The key of the dead-destination cache: the downstream as configured, or `mx:DOMAIN`.
+    dest: String,
+    /// `None`: by MX. `Some(Err)`: a filtered domain with no downstream.
+    via: Option<Result<levee_config::Downstream, Reply>>,
+    tls: TlsPolicy,
+    source: Option<IpAddr>,
 }
 
-/// Every recipient is delivered or bounced: the message leaves the queue.
-async fn finish(engine: &Arc<Engine>, entry: &QueueEntry) {
-    let _ = engine.store.queue_remove(&entry.id);
-    let spool = engine.spool.clone();
-    let id = entry.id.clone();
-    let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
+fn next_hop(config: &levee_config::Config, domain: &Domain) -> NextHop {
+    match config.domain(domain) {
+        Some(d) => match &d.downstream {
+            Some(ds) => NextHop {
+                dest: ds.to_string(),
+                via: Some(Ok(ds.clone())),
+                tls: d.tls,
+                source: d.source_address,
+            },
+            None => NextHop {
+                dest: domain.to_string(),
+                via: Some(Err(Reply::with(451, 4, 0, "domain has no downstream configured"))),
+                tls: d.tls,
+                source: None,
+            },
+        },
+        None => NextHop {
+            dest: format!("mx:{domain}"),
+            via: None,
+            tls: TlsPolicy::Opportunistic,
+            source: None,
+        },
+    }
 }
 
 /// Sends a DSN for the failed recipients, unless the message was itself a bounce.
@@ -357,6 +375,16 @@ struct Outgoing<'a> {
     released: Option<&'a levee_store::Release>,
 }
 
+/// What trying a next hop's hosts came to.
+struct Tried {
+    /// The last host tried, as `name[addr]`.
+    label: String,
+    /// Each recipient's reply, or the reply that ended the transaction for all.
+    result: Result<Vec<Result<Reply, Reply>>, Reply>,
+    /// Some host got as far as a session; `false` means the next hop is down.
+    reached: bool,
+}
+
 /// Tries the hosts in order until one takes the transaction. A 5xx at connection
 /// time (banner, EHLO) is final; anything transient moves on to the next host.
 async fn deliver_to_first(
@@ -366,11 +394,12 @@ async fn deliver_to_first(
     source: Option<IpAddr>,
     msg: &Outgoing<'_>,
     rcpts: &[String],
-) -> (String, Result<Vec<Result<Reply, Reply>>, Reply>) {
+) -> Tried {
     let Outgoing { meta, body, released } = *msg;
     let config = engine.config();
     let mut last = Reply::with(451, 4, 4, "no host tried");
     let mut label = String::new();
+    let mut reached = false;
     for (addr, name) in hosts {
         label = format!("{name}[{addr}]");
         let opts = ConnectOptions {
@@ -400,12 +429,13 @@ async fn deliver_to_first(
                         warn!(host = %label, error = %e, "connection failed");
                         last = e.reply();
                         if e.is_permanent() {
-                            return (label, Err(last));
+                            return Tried { label, result: Err(last), reached: true };
                         }
                         break;
                     }
                 },
             };
+            reached = true;
             // Set on every use: a pooled client may predate a config change.
             client.set_data_timeout(config.delivery.data_timeout());
             match client
@@ -414,21 +444,21 @@ async fn deliver_to_first(
             {
                 Ok(outcome) => {
                     engine.pool.put(*addr, tls, client);
-                    return (label, Ok(outcome.rcpts));
+                    return Tried { label, result: Ok(outcome.rcpts), reached };
                 }
                 Err(e) if reused && !matches!(e, ClientError::Rejected(..)) => continue,
                 Err(e) => {
                     warn!(host = %label, error = %e, "transaction failed");
                     last = e.reply();
                     if e.is_permanent() {
-                        return (label, Err(last));
+                        return Tried { label, result: Err(last), reached };
                     }
                     break;
                 }
             }
         }
     }
-    (label, Err(last))
+    Tried { label, result: Err(last), reached }
 }
 
 /// Idle outbound connections kept for reuse, per next hop.
@@ -470,6 +500,7 @@ mod tests {
     use super::*;
     use crate::test_sink::{engine, Behaviour, Scratch, Sink, Step};
     use crate::StoreOutcome;
+    use levee_store::QueueEntry;
     use tokio::sync::Notify;
 
     const SENDER: &str = "alice@sender.example.test";
@@ -655,5 +686,43 @@ mod tests {
         // A retry of the same id (a stale timer) finds nothing to do.
         assert_eq!(attempt_in_time(&engine, &id).await, None);
         assert_eq!(entry(&engine, &id), None);
+    }
+
+    /// One next hop that answers nobody must not hold a delivery slot per message for the
+    /// whole connect deadline: after one attempt finds it dead, the others for it are
+    /// deferred at once, without a connection, until `dead_destination_secs` have passed.
+    #[tokio::test]
+    async fn a_dead_next_hop_defers_the_others_at_once_until_its_window_passes() {
+        let dir = Scratch::new("deliver-dead");
+        let sink = Sink::start(Behaviour::Stall(Step::Banner)).await;
+        let tail = "[delivery]\ncommand_timeout_secs = 1\ndead_destination_secs = 3";
+        let engine = engine(&dir.0, sink.addr, "", tail);
+        let ids = [queued(&engine).await, queued(&engine).await, queued(&engine).await];
+        assert!(attempt_in_time(&engine, &ids[0]).await.is_some(), "deferred");
+        assert_eq!(sink.connections(), 1);
+        for id in &ids[1..] {
+            let start = std::time::Instant::now();
+            assert!(attempt_in_time(&engine, id).await.is_some(), "deferred");
+            assert!(start.elapsed() < Duration::from_millis(900), "{:?}", start.elapsed());
+            let reply = entry(&engine, id).unwrap().recipients[0].last_reply.clone().unwrap();
+            assert!(reply.starts_with("451 4.4.4") && reply.contains("not reachable"), "{reply}");
+        }
+        assert_eq!(sink.connections(), 1, "no connection while the next hop is dead");
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(attempt_in_time(&engine, &ids[1]).await.is_some());
+        assert_eq!(sink.connections(), 2, "tried again once the window passed");
+    }
+
+    /// A next hop that answers is never cached as dead, whatever it answers.
+    #[tokio::test]
+    async fn a_next_hop_that_refuses_mail_is_not_dead() {
+        let dir = Scratch::new("deliver-not-dead");
+        let sink = Sink::start(Behaviour::Refuse(Step::Mail, 451)).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let (a, b) = (queued(&engine).await, queued(&engine).await);
+        assert!(attempt_in_time(&engine, &a).await.is_some());
+        assert!(attempt_in_time(&engine, &b).await.is_some());
+        let reply = entry(&engine, &b).unwrap().recipients[0].last_reply.clone().unwrap();
+        assert!(reply.starts_with("451") && !reply.contains("not reachable"), "{reply}");
     }
 }

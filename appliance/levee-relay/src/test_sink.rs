@@ -46,6 +46,8 @@ pub(crate) struct Sink {
     pub addr: SocketAddr,
     /// Every message received in full, as sent (dot-stuffed, up to the final dot).
     pub messages: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections accepted so far.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,12 +57,19 @@ impl Sink {
         let addr = listener.local_addr().expect("local address");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let got = messages.clone();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve(stream, behaviour.clone(), got.clone()));
             }
         });
-        Sink { addr, messages, task }
+        Sink { addr, messages, connections, task }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> usize {
