@@ -129,6 +129,10 @@ impl QueueManager {
             let _w = self.lock();
             self.store.queue_update(id, |current| write_back(current, report))?
         };
+        if matches!(&stored, Some(e) if !e.is_finished()) {
+            // Settled recipients must not be tried again after a crash.
+            self.store.flush()?;
+        }
         match stored {
             None => Ok(Settled::Gone),
             Some(current) if current.is_finished() => {
@@ -174,21 +178,46 @@ impl QueueManager {
         Ok(true)
     }
 
-    /// Deletes a message for good: both records, then its spool file.
+    /// Deletes a message for good: its spool file, then both records. In that order, a
+    /// crash between the two leaves a record without a file, which the next start drops;
+    /// the other order would leave a file without a record, which the next start
+    /// re-queues, and a delivered message would go out twice.
     pub async fn remove(&self, id: &QueueId) -> Result<(), RelayError> {
-        {
-            let _w = self.lock();
-            self.store.quarantine_remove(id)?;
-            self.store.queue_remove(id)?;
-            self.store.flush()?;
-        }
         let spool = self.spool.clone();
         let rid = id.clone();
         match tokio::task::spawn_blocking(move || spool.remove(&rid)).await {
-            Ok(Ok(())) | Ok(Err(levee_spool::SpoolError::NotFound(_))) => Ok(()),
-            Ok(Err(e)) => Err(e.into()),
-            Err(e) => Err(RelayError::Io(std::io::Error::other(e))),
+            Ok(Ok(())) | Ok(Err(levee_spool::SpoolError::NotFound(_))) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(RelayError::Io(std::io::Error::other(e))),
         }
+        let _w = self.lock();
+        self.store.quarantine_remove(id)?;
+        self.store.queue_remove(id)?;
+        self.store.flush()?;
+        Ok(())
+    }
+
+    /// Records at once, durably, the recipients a downstream has just taken, before the
+    /// attempt does anything else: a crash after the downstream's 250 then resends as
+    /// rarely as it can. `false` when the message is gone.
+    pub fn delivered(&self, id: &QueueId, rcpts: &[(String, String)]) -> Result<bool, StoreError> {
+        let stored = {
+            let _w = self.lock();
+            self.store.queue_update(id, |e| {
+                for (rcpt, reply) in rcpts {
+                    let waiting = e.recipients.iter_mut().find(|r| {
+                        r.rcpt == *rcpt
+                            && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred)
+                    });
+                    if let Some(r) = waiting {
+                        r.status = RcptStatus::Delivered;
+                        r.last_reply = Some(reply.clone());
+                    }
+                }
+            })?
+        };
+        self.store.flush()?;
+        Ok(stored.is_some())
     }
 
     /// The reply to defer with when `dest` was found dead less than `window` ago; a

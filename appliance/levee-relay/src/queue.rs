@@ -159,6 +159,24 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
                 }
             }
         };
+        if let Ok(per) = &result {
+            // The downstream has the message: say so durably before anything else.
+            let taken: Vec<(String, String)> = idx
+                .iter()
+                .zip(per)
+                .filter_map(|(&i, r)| {
+                    r.as_ref().ok().map(|ok| (entry.recipients[i].rcpt.clone(), ok.to_string()))
+                })
+                .collect();
+            if !taken.is_empty() {
+                let (e, rid) = (engine.clone(), id.clone());
+                match tokio::task::spawn_blocking(move || e.qmgr.delivered(&rid, &taken)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(%id, error = %e, "cannot record the delivery yet"),
+                    Err(e) => warn!(%id, error = %e, "cannot record the delivery yet"),
+                }
+            }
+        }
         let now = now_unix();
         for (k, &i) in idx.iter().enumerate() {
             let r = &mut entry.recipients[i];
