@@ -270,6 +270,16 @@ impl Client {
                 Reply::with(552, 3, 4, format!("message size {size} exceeds the server's {max}"));
             return Ok(TxOutcome { rcpts: rcpts.iter().map(|_| Err(r.clone())).collect() });
         }
+        if smtputf8 && !self.caps.smtputf8 {
+            // RFC 6531 3.2: never downgrade a UTF-8 envelope; bounce it instead.
+            let r = Reply::with(
+                553,
+                6,
+                7,
+                "the next hop does not offer SMTPUTF8, which this message's addresses need",
+            );
+            return Ok(TxOutcome { rcpts: rcpts.iter().map(|_| Err(r.clone())).collect() });
+        }
         let mut mail = format!("MAIL FROM:<{from}>");
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={size}"));

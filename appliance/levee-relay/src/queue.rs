@@ -301,6 +301,21 @@ async fn bounce(
         return;
     };
     let config = engine.config();
+    let kept: Vec<_>;
+    let failed = if backscatter(&config, meta, &sender.to_string()) {
+        // A downstream's refusal of mail from a sender that did not authenticate: the
+        // sender is most likely forged, and a DSN would land on an innocent (backscatter).
+        // Expiry (no host) is this gateway's own failure and is still reported.
+        kept = failed.iter().filter(|(_, _, host)| host.is_empty()).cloned().collect();
+        let dropped = failed.len() - kept.len();
+        info!(id = %meta.id, to = %sender, dropped, "no DSN: outside sender not authenticated (backscatter)");
+        if kept.is_empty() {
+            return;
+        }
+        &kept[..]
+    } else {
+        failed
+    };
     let (envelope, data) = dsn::build(&config.hostname.0, meta, body, &sender, failed, now_unix());
     match engine.enqueue(envelope, data, levee_types::Action::Accept, 0.0, Vec::new()).await {
         crate::StoreOutcome::Queued(_, r) => {
@@ -310,6 +325,20 @@ async fn bounce(
             warn!(id = %meta.id, reply = %r, "DSN could not be queued")
         }
     }
+}
+
+/// Whether a DSN for a downstream's refusal would be backscatter: the sender is outside
+/// this gateway's domains, the client was not this host, and neither SPF nor an aligned
+/// DKIM signature authenticated the sender's domain.
+fn findings(meta: &SpoolMeta) -> Vec<levee_types::Finding> {
+    meta.findings.iter().map(|(f, _)| f.clone()).collect()
+}
+
+fn backscatter(config: &levee_config::Config, meta: &SpoolMeta, sender: &str) -> bool {
+    let Some((_, domain)) = sender.rsplit_once('@') else { return false };
+    let ours = Domain::parse(domain).is_ok_and(|d| config.domain(&d).is_some());
+    let local = meta.envelope.client_ip.is_loopback();
+    !ours && !local && !crate::report::domain_authenticated(domain, Some(domain), &findings(meta))
 }
 
 async fn resolve_downstream(
@@ -361,6 +390,11 @@ async fn resolve_mx(engine: &Engine, domain: &Domain) -> Result<Vec<(SocketAddr,
                 _ => None,
             })
             .collect(),
+        // The domain does not exist: no host will ever take its mail (a DSN to a made-up
+        // sender domain fails at once instead of waiting out the maximum lifetime).
+        Err(e) if e.is_nx_domain() => {
+            return Err(Reply::with(550, 1, 2, format!("{domain} does not exist (NXDOMAIN)")))
+        }
         Err(e) if e.is_no_records_found() => Vec::new(),
         Err(e) => {
             return Err(Reply::with(451, 4, 4, format!("MX lookup for {domain} failed: {e}")))
@@ -538,11 +572,32 @@ mod tests {
         }
     }
 
-    /// A message from `SENDER` to bob@example.test, waiting for delivery.
+    /// A message from `SENDER` to bob@example.test, waiting for delivery; SPF passed for
+    /// the sender's domain, so a refusal is bounced to it.
     async fn queued(engine: &Arc<Engine>) -> QueueId {
+        queued_with(engine, false, spf_pass()).await
+    }
+
+    fn spf_pass() -> Vec<(levee_types::Finding, f64)> {
+        let spf = levee_types::Finding::new("SPF_PASS", "spf=pass for sender.example.test");
+        vec![(spf, 0.0)]
+    }
+
+    async fn queued_with(
+        engine: &Arc<Engine>,
+        smtputf8: bool,
+        findings: Vec<(levee_types::Finding, f64)>,
+    ) -> QueueId {
         let data =
             format!("From: {SENDER}\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n");
-        enqueued(engine, &["bob@example.test"], data, levee_types::Action::Accept, 0.0).await
+        let mut envelope =
+            crate::tests::incoming_from(SENDER, Vec::new(), &["bob@example.test"]).envelope;
+        envelope.smtputf8 = smtputf8;
+        let action = levee_types::Action::Accept;
+        match engine.enqueue(envelope, data.into_bytes(), action, 0.0, findings).await {
+            StoreOutcome::Queued(id, _) => id,
+            StoreOutcome::Refused(r) => panic!("not queued: {r}"),
+        }
     }
 
     async fn attempt_in_time(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
@@ -742,5 +797,36 @@ mod tests {
         assert!(attempt_in_time(&engine, &b).await.is_some());
         let reply = entry(&engine, &b).unwrap().recipients[0].last_reply.clone().unwrap();
         assert!(reply.starts_with("451") && !reply.contains("not reachable"), "{reply}");
+    }
+
+    /// Issue 12: a downstream 5xx at RCPT for mail from an outside sender that did not
+    /// authenticate bounced to that (likely forged) sender: backscatter.
+    #[tokio::test]
+    async fn a_refusal_of_unauthenticated_outside_mail_is_not_bounced() {
+        let dir = Scratch::new("deliver-backscatter");
+        let sink = Sink::start(Behaviour::Refuse(Step::Rcpt, 550)).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let spf_fail = levee_types::Finding::new("SPF_FAIL", "spf=fail for sender.example.test");
+        let id = queued_with(&engine, false, vec![(spf_fail, 2.0)]).await;
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        assert_eq!(entry(&engine, &id), None, "the failed recipient leaves the queue");
+        assert!(engine.store.queue_all().unwrap().is_empty(), "and no DSN was queued");
+    }
+
+    /// Issue 12: a UTF-8 envelope went to a next hop that does not offer SMTPUTF8.
+    #[tokio::test]
+    async fn a_utf8_envelope_is_bounced_rather_than_sent_without_smtputf8() {
+        let dir = Scratch::new("deliver-utf8");
+        let sink = Sink::start(Behaviour::Accept).await;
+        let engine = engine(&dir.0, sink.addr, "", "");
+        let id = queued_with(&engine, true, spf_pass()).await;
+        assert_eq!(attempt_in_time(&engine, &id).await, None);
+        assert_eq!(sink.received(), 0, "nothing sent without SMTPUTF8");
+        let log = engine.store.log_get(&id).unwrap().unwrap();
+        let reply = &log.deliveries[0].reply;
+        assert!(reply.starts_with("553 5.6.7") && reply.contains("SMTPUTF8"), "{reply}");
+        let left = engine.store.queue_all().unwrap();
+        assert_eq!(left.len(), 1, "a DSN to the sender: {left:?}");
+        assert_eq!(left[0].recipients[0].rcpt, SENDER);
     }
 }
