@@ -7,8 +7,8 @@
 mod types;
 
 pub use types::{
-    Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, RetentionDays, Seconds,
-    TlsPolicy,
+    CertPin, Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, RetentionDays,
+    Seconds, TlsPolicy,
 };
 
 use levee_types::Domain;
@@ -433,6 +433,13 @@ pub struct DomainConfig {
     pub downstream: Option<Downstream>,
     #[serde(default)]
     pub tls: TlsPolicy,
+    /// With `tls = "verify"`: a PEM file of the CAs the downstream's certificate must chain
+    /// to (default: the system's bundle).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// With `tls = "verify"`: the downstream's own certificate, pinned by its hash.
+    #[serde(default)]
+    pub tls_pin: Option<CertPin>,
     #[serde(default)]
     pub source_address: Option<IpAddr>,
     /// `false`: filtering switched off pending set-up; recipients get 451.
@@ -742,6 +749,14 @@ impl Config {
                 return Err((
                     d.name.span().start,
                     format!("domain {} is listed twice", d.domain()),
+                ));
+            }
+        }
+        for d in &self.domains {
+            if d.tls != TlsPolicy::Verify && (d.tls_ca.is_some() || d.tls_pin.is_some()) {
+                return Err((
+                    d.name.span().start,
+                    format!("domain {}: tls_ca and tls_pin need tls = \"verify\"", d.domain()),
                 ));
             }
         }

@@ -313,3 +313,24 @@ fn log_retention_defaults_to_30_days_and_is_bounded() {
     let (line, msg) = err(&format!("{MINIMAL}[log]\nretention = 3\n"));
     assert_eq!(line, 9, "{msg}");
 }
+
+#[test]
+fn verify_takes_a_pin_or_a_ca_file_and_nothing_else_does() {
+    let pin = format!("sha256:{}", "AB:".repeat(31) + "CD");
+    let text =
+        format!("{MINIMAL}tls = \"verify\"\ntls_pin = \"{pin}\"\ntls_ca = \"/etc/ca.pem\"\n");
+    let c = Config::parse(&text, "t.toml").unwrap();
+    let d = &c.domains[0];
+    assert_eq!(d.tls, TlsPolicy::Verify);
+    let mut want = [0xab; 32];
+    want[31] = 0xcd;
+    assert_eq!(d.tls_pin, Some(CertPin(want)));
+    assert_eq!(d.tls_ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+
+    let (line, msg) = err(&format!("{MINIMAL}tls = \"verify\"\ntls_pin = \"sha256:abc\"\n"));
+    assert_eq!(line, 9, "{msg}");
+    assert!(msg.contains("64 hex digits"), "{msg}");
+    let (line, msg) = err(&format!("{MINIMAL}tls_ca = \"/etc/ca.pem\"\n"));
+    assert_eq!(line, 6, "the domain's name line: {msg}");
+    assert!(msg.contains("tls = \"verify\""), "{msg}");
+}

@@ -134,7 +134,27 @@ pub enum TlsPolicy {
     Opportunistic,
     /// STARTTLS must succeed or the delivery is deferred; never falls back to plaintext.
     Required,
+    /// As `Required`, and the certificate must verify: against the domain's `tls_pin`
+    /// when set, else against `tls_ca` (or the system's CA bundle) for the host's name.
+    Verify,
 }
+
+/// A pinned downstream certificate: the SHA-256 of its DER encoding, as `sha256:HEX`
+/// (what `openssl x509 -noout -fingerprint -sha256` prints, colons allowed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CertPin(pub [u8; 32]);
+
+impl FromStr for CertPin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad tls_pin {s:?}: expected sha256:<64 hex digits>");
+        let hex: String =
+            s.strip_prefix("sha256:").ok_or_else(bad)?.chars().filter(|c| *c != ':').collect();
+        let bytes = hex::decode(hex).map_err(|_| bad())?;
+        Ok(CertPin(bytes.try_into().map_err(|_| bad())?))
+    }
+}
+deserialize_from_str!(CertPin);
 
 /// An IP prefix such as `192.168.1.0/24`; a bare address is a host prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -171,7 +171,7 @@ impl Client {
             client.io = Box::new(tls);
             client.tls = true;
             client.ehlo(opts.helo).await?;
-        } else if opts.tls == TlsPolicy::Required {
+        } else if matches!(opts.tls, TlsPolicy::Required | TlsPolicy::Verify) {
             let _ = client.command(b"QUIT\r\n").await;
             return Err(ClientError::TlsRequired(addr));
         }
@@ -523,5 +523,92 @@ mod tests {
         };
         let start = Instant::now();
         timed_out_after(Client::start(Box::new(ours), peer(), &opts).await, start, COMMAND);
+    }
+
+    /// A downstream that offers STARTTLS and completes the handshake with `acceptor`.
+    async fn tls_server(io: tokio::io::DuplexStream, acceptor: tokio_rustls::TlsAcceptor) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut s = BufReader::new(io);
+        let mut line = String::new();
+        let _ = s.write_all(b"220 sink.test ESMTP\r\n").await;
+        let _ = s.read_line(&mut line).await;
+        let _ = s.write_all(b"250-sink.test\r\n250 STARTTLS\r\n").await;
+        let _ = s.read_line(&mut line).await;
+        let _ = s.write_all(b"220 2.0.0 go ahead\r\n").await;
+        let Ok(tls) = acceptor.accept(s.into_inner()).await else { return };
+        let mut t = BufReader::new(tls);
+        let _ = t.read_line(&mut line).await;
+        let _ = t.write_all(b"250 sink.test\r\n").await;
+        let _ = t.flush().await;
+        let _ = t.read_line(&mut line).await;
+    }
+
+    /// A CA, and a server certificate for sink.test that it signed: (CA PEM, server
+    /// acceptor, SHA-256 of the server certificate).
+    fn pki() -> (String, tokio_rustls::TlsAcceptor, [u8; 32]) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(vec!["Levee test CA".to_string()]).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["sink.test".to_string()]).unwrap();
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let chain = format!("{}{}", leaf.pem(), ca.pem());
+        let acceptor =
+            crate::tls::acceptor_from_pem(chain.as_bytes(), key.serialize_pem().as_bytes())
+                .unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, leaf.der());
+        (ca.pem(), acceptor, digest.as_ref().try_into().unwrap())
+    }
+
+    async fn verified(
+        acceptor: &tokio_rustls::TlsAcceptor,
+        name: &str,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> Result<Client, ClientError> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(tls_server(theirs, acceptor.clone()));
+        let opts = ConnectOptions {
+            source: None,
+            helo: "mx.levee.test",
+            tls: TlsPolicy::Verify,
+            tls_name: name,
+            connect_timeout: COMMAND,
+            command_timeout: COMMAND,
+            connector,
+        };
+        Client::start(Box::new(ours), peer(), &opts).await
+    }
+
+    /// Issue 12: outbound certificates were never verified. `tls = "verify"` checks the
+    /// pin, or the chain to the configured CA for the host's name, and never falls back.
+    #[tokio::test]
+    async fn verify_accepts_only_the_pinned_or_ca_signed_certificate_for_the_name() {
+        let (ca_pem, acceptor, digest) = pki();
+        let pinned = crate::tls::verifying_connector(None, Some(levee_config::CertPin(digest)));
+        let c = verified(&acceptor, "sink.test", &pinned.unwrap()).await.unwrap();
+        assert!(c.tls);
+        let wrong = crate::tls::verifying_connector(None, Some(levee_config::CertPin([7; 32])));
+        let r = verified(&acceptor, "sink.test", &wrong.unwrap()).await;
+        assert!(matches!(r, Err(ClientError::Tls(..))), "{r:?}");
+
+        let dir = crate::test_sink::Scratch::new("tls-verify");
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let ca = dir.0.join("ca.pem");
+        std::fs::write(&ca, &ca_pem).unwrap();
+        let by_ca = crate::tls::verifying_connector(Some(&ca), None).unwrap();
+        assert!(verified(&acceptor, "sink.test", &by_ca).await.unwrap().tls);
+        let r = verified(&acceptor, "other.test", &by_ca).await;
+        assert!(matches!(r, Err(ClientError::Tls(..))), "another name: {r:?}");
+        let missing = std::path::Path::new("/nonexistent.pem");
+        match crate::tls::verifying_connector(Some(missing), None) {
+            Err(e) => assert!(e.contains("/nonexistent.pem"), "{e}"),
+            Ok(_) => panic!("a missing CA file is an error"),
+        }
+
+        // A server that offers no STARTTLS gets nothing in plaintext.
+        let r = over_pipe(Behaviour::Accept, 4096, TlsPolicy::Verify).await;
+        assert!(matches!(r, Err(ClientError::TlsRequired(_))), "{r:?}");
     }
 }

@@ -136,9 +136,7 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
                             body: &body,
                             released: entry.released.as_ref(),
                         };
-                        let tried =
-                            deliver_to_first(engine, &hosts, hop.tls, hop.source, &msg, &rcpts)
-                                .await;
+                        let tried = deliver_to_first(engine, &hosts, &hop, &msg, &rcpts).await;
                         let down = match &tried.result {
                             Err(reply) if !tried.reached && !reply.is_permanent() => {
                                 Some(reply.clone())
@@ -261,6 +259,8 @@ struct NextHop {
     /// `None`: by MX. `Some(Err)`: a filtered domain with no downstream.
     via: Option<Result<levee_config::Downstream, Reply>>,
     tls: TlsPolicy,
+    /// With `tls = "verify"`: the CA file and the pin (see `tls::verifying_connector`).
+    verify: (Option<std::path::PathBuf>, Option<levee_config::CertPin>),
     source: Option<IpAddr>,
 }
 
@@ -271,12 +271,14 @@ fn next_hop(config: &levee_config::Config, domain: &Domain) -> NextHop {
                 dest: ds.to_string(),
                 via: Some(Ok(ds.clone())),
                 tls: d.tls,
+                verify: (d.tls_ca.clone(), d.tls_pin),
                 source: d.source_address,
             },
             None => NextHop {
                 dest: domain.to_string(),
                 via: Some(Err(Reply::with(451, 4, 0, "domain has no downstream configured"))),
                 tls: d.tls,
+                verify: (None, None),
                 source: None,
             },
         },
@@ -284,6 +286,7 @@ fn next_hop(config: &levee_config::Config, domain: &Domain) -> NextHop {
             dest: format!("mx:{domain}"),
             via: None,
             tls: TlsPolicy::Opportunistic,
+            verify: (None, None),
             source: None,
         },
     }
@@ -442,12 +445,26 @@ struct Tried {
 async fn deliver_to_first(
     engine: &Arc<Engine>,
     hosts: &[(SocketAddr, String)],
-    tls: TlsPolicy,
-    source: Option<IpAddr>,
+    hop: &NextHop,
     msg: &Outgoing<'_>,
     rcpts: &[String],
 ) -> Tried {
     let Outgoing { meta, body, released } = *msg;
+    let (tls, source) = (hop.tls, hop.source);
+    let verifying = match tls {
+        TlsPolicy::Verify => {
+            match crate::tls::verifying_connector(hop.verify.0.as_deref(), hop.verify.1) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    // The next hop is not at fault; the admin's CA file is.
+                    let reply = Reply::with(451, 7, 5, format!("cannot verify {}: {e}", hop.dest));
+                    return Tried { label: hop.dest.clone(), result: Err(reply), reached: true };
+                }
+            }
+        }
+        _ => None,
+    };
+    let connector = verifying.as_ref().unwrap_or(&engine.connector);
     let config = engine.config();
     let mut last = Reply::with(451, 4, 4, "no host tried");
     let mut label = String::new();
@@ -461,7 +478,7 @@ async fn deliver_to_first(
             tls_name: name,
             connect_timeout: config.delivery.connect_timeout(),
             command_timeout: config.delivery.command_timeout(),
-            connector: &engine.connector,
+            connector,
         };
         let rcpt_for = (rcpts.len() == 1).then(|| rcpts[0].as_str());
         let trace =
@@ -470,7 +487,10 @@ async fn deliver_to_first(
         let eight_bit = meta.envelope.body != levee_types::Body::SevenBit;
         // A pooled connection may have been closed by the server while idle: if it
         // fails before any reply, try once more on a fresh one.
-        let mut pooled = engine.pool.take(*addr, tls);
+        // A verified session is not pooled: another domain on the same host may pin
+        // another certificate.
+        let poolable = tls != TlsPolicy::Verify;
+        let mut pooled = if poolable { engine.pool.take(*addr, tls) } else { None };
         loop {
             let reused = pooled.is_some();
             let mut client = match pooled.take() {
@@ -495,7 +515,9 @@ async fn deliver_to_first(
                 .await
             {
                 Ok(outcome) => {
-                    engine.pool.put(*addr, tls, client);
+                    if poolable {
+                        engine.pool.put(*addr, tls, client);
+                    }
                     return Tried { label, result: Ok(outcome.rcpts), reached };
                 }
                 Err(e) if reused && !matches!(e, ClientError::Rejected(..)) => continue,

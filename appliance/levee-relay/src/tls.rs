@@ -150,6 +150,93 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
+/// The connector for `tls = "verify"`: the downstream's certificate must be the pinned
+/// one (`pin`, its SHA-256), or else chain to a CA in `ca` (PEM; the system's bundle when
+/// `None`) for the name the delivery connects to.
+pub fn verifying_connector(
+    ca: Option<&Path>,
+    pin: Option<levee_config::CertPin>,
+) -> Result<tokio_rustls::TlsConnector, String> {
+    let verifier: Arc<dyn ServerCertVerifier> = match pin {
+        Some(pin) => Arc::new(Pinned { pin, provider: provider() }),
+        None => {
+            let path = ca.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+            let pem = std::fs::read(path).map_err(|e| format!("tls_ca {}: {e}", path.display()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("tls_ca {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("tls_ca {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("tls_ca {}: no certificate in it", path.display()));
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("tls_ca {}: {e}", path.display()))?
+        }
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Debian's bundle of the system's trusted CAs (package ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Accepts exactly one certificate, by its hash: a downstream with a self-signed or
+/// internal certificate can still be authenticated (as Postfix's "fingerprint" level).
+#[derive(Debug)]
+struct Pinned {
+    pin: levee_config::CertPin,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
+        if digest.as_ref() == self.pin.0 {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCert(self.provider.clone()).verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        AnyCert(self.provider.clone()).verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ pub(super) async fn domains(
                                 (csrf(&v))
                                 input type="hidden" name="name" value=(name);
                                 input name="downstream" size="18" value=(d.downstream.as_ref().map(|x| x.to_string()).unwrap_or_default());
-                                select name="tls" { @for t in ["none", "opportunistic", "required"] {
+                                select name="tls" { @for t in ["none", "opportunistic", "required", "verify"] {
                                     option value=(t) selected[format!("{:?}", d.tls).eq_ignore_ascii_case(t)] { (t) } } }
                                 label.inline { input type="checkbox" name="enabled" value="on" checked[d.enabled]; " on" }
                                 button type="submit" { "Save" }
@@ -95,7 +95,7 @@ pub(super) async fn domains(
                     (csrf(&v))
                     label { "Domain " input name="name" required; }
                     label { "Downstream (host:port; empty = set up later) " input name="downstream"; }
-                    label { "TLS to downstream " select name="tls" { option value="opportunistic" { "opportunistic" } option value="required" { "required" } option value="none" { "none" } } }
+                    label { "TLS to downstream " select name="tls" { option value="opportunistic" { "opportunistic" } option value="required" { "required" } option value="verify" { "verify" } option value="none" { "none" } } }
                     input type="hidden" name="enabled" value="on";
                     button type="submit" { "Add" }
                 }
