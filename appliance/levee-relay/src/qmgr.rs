@@ -198,9 +198,11 @@ impl QueueManager {
     }
 
     /// Records at once, durably, the recipients a downstream has just taken, before the
-    /// attempt does anything else: a crash after the downstream's 250 then resends as
-    /// rarely as it can. `false` when the message is gone.
-    pub fn delivered(&self, id: &QueueId, rcpts: &[(String, String)]) -> Result<bool, StoreError> {
+    /// attempt does anything else, so a crash after the downstream's 250 resends as rarely
+    /// as it can. When no recipient is left waiting, removing the spool file is that record
+    /// (one unlink: a record without its file is dropped at the next start); otherwise the
+    /// store is flushed. `false` when the message is gone.
+    pub fn delivered(&self, id: &QueueId, rcpts: &[(String, String)]) -> Result<bool, RelayError> {
         let stored = {
             let _w = self.lock();
             self.store.queue_update(id, |e| {
@@ -216,8 +218,17 @@ impl QueueManager {
                 }
             })?
         };
-        self.store.flush()?;
-        Ok(stored.is_some())
+        match stored {
+            None => Ok(false),
+            Some(e) if e.is_finished() => match self.spool.remove(id) {
+                Ok(()) | Err(levee_spool::SpoolError::NotFound(_)) => Ok(true),
+                Err(e) => Err(e.into()),
+            },
+            Some(_) => {
+                self.store.flush()?;
+                Ok(true)
+            }
+        }
     }
 
     /// The reply to defer with when `dest` was found dead less than `window` ago; a
