@@ -16,6 +16,7 @@ mod qmgr;
 mod queue;
 mod report;
 pub mod rules;
+mod selfsigned;
 pub mod snapshot;
 #[cfg(test)]
 mod test_sink;

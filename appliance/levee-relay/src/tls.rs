@@ -27,19 +27,27 @@ pub fn acceptor(
     .map_err(RelayError::Tls)
 }
 
-/// An acceptor from a pair of files, made self-signed for `hostname` if missing.
+/// An acceptor from a pair of files, made self-signed for `hostname` if missing, and
+/// renewed before it expires while the acceptor is in use (`selfsigned.rs`).
 pub fn self_signed_acceptor(
     hostname: &str,
     cert: &Path,
     key: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, String> {
-    if !cert.exists() || !key.exists() {
-        let made = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-            .map_err(|e| format!("generating a certificate: {e}"))?;
-        write_pair(cert, key, made.cert.pem().as_bytes(), made.key_pair.serialize_pem().as_bytes())
-            .map_err(|e| format!("writing the certificate: {e}"))?;
-    }
-    acceptor_from_files(cert, key)
+    let resolver = crate::selfsigned::SelfSigned::open(hostname, cert, key, crate::now_unix())?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(server_order(config))
+}
+
+/// The server picks the cipher suite by its own order (strongest first), not the
+/// client's: a client cannot talk it down to a weaker suite it also offers.
+fn server_order(mut config: rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
+    config.ignore_client_order = true;
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 fn acceptor_from_files(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
@@ -63,7 +71,7 @@ pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcc
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("certificate and key: {e}"))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(server_order(config))
 }
 
 /// Writes a pair (the key readable by its owner only), each file atomically.
