@@ -117,8 +117,16 @@ try {
   log("downstream probe and rules");
   await page.goto(`${BASE}/downstream?domain=example.test`);
   assert.match(await page.textContent("#probe"), /connected/);
-  assert.match(await page.textContent("#stamp"), /X-Levee-Stamp: [0-9a-f]{32}/);
+  const stampBefore = (await page.textContent("#stamp")).match(/X-Levee-Stamp: ([0-9a-f]{32})/)[1];
+  assert.match(await page.textContent("#exchange"), new RegExp(`ExceptIfHeaderMatchesPatterns "\\^\\(${stampBefore}\\)\\$"`));
   await shot("downstream");
+  // Rotating makes a new stamp; every snippet accepts the old one too for its grace period.
+  await Promise.all([page.waitForNavigation(), page.click("form[action='/downstream/rotate-stamp'] button")]);
+  const stampAfter = (await page.textContent("#stamp")).match(/X-Levee-Stamp: ([0-9a-f]{32})/)[1];
+  assert.notEqual(stampAfter, stampBefore);
+  assert.match(await page.textContent("#previous-stamp"), new RegExp(stampBefore));
+  assert.match(await page.textContent("#sieve"), new RegExp(`"${stampAfter}", "${stampBefore}"`));
+  assert.match(await page.textContent("#postfix"), new RegExp(`\\(${stampAfter}\\|${stampBefore}\\)`));
 
   log("add a domain");
   await page.goto(`${BASE}/domains`);

@@ -4,10 +4,10 @@
 
 use crate::auth::Perm;
 use crate::views::page;
-use crate::{AppError, AppResult, AppState, Viewer};
+use crate::{AppError, AppResult, AppState, Post, Viewer};
 use axum::extract::{Query, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use levee_config::{DomainConfig, DownstreamHost};
 use maud::{html, Markup};
@@ -19,6 +19,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/mx", get(mx))
         .route("/downstream", get(downstream))
+        .route("/downstream/rotate-stamp", post(rotate_stamp))
         .route("/checks", get(checks))
 }
 
@@ -241,7 +242,14 @@ pub async fn probe(st: &AppState, d: &DomainConfig) -> Probe {
     }
 }
 
-fn postfix_snippet(appliance: &[IpAddr], stamp: &str) -> String {
+/// The stamps as one anchored alternation, for the servers that match by pattern.
+fn stamp_pattern(stamps: &[&str]) -> String {
+    format!("^({})$", stamps.join("|"))
+}
+
+/// Postfix cannot act on a header that is missing, so its fence is the client address:
+/// only the appliance may deliver; a wrong stamp is refused too.
+fn postfix_snippet(appliance: &[IpAddr], stamps: &[&str]) -> String {
     let mut cidr = String::new();
     for ip in appliance {
         let len = if ip.is_ipv4() { 32 } else { 128 };
@@ -255,8 +263,45 @@ fn postfix_snippet(appliance: &[IpAddr], stamp: &str) -> String {
          127.0.0.0/8\tOK\n{cidr}\n\
          # /etc/postfix/levee_header_checks  (a forged or foreign stamp is refused)\n\
          if /^X-Levee-Stamp:/\n\
-         !/^X-Levee-Stamp: {stamp}$/\tREJECT message did not pass the Levee gateway\n\
-         endif\n"
+         !/^X-Levee-Stamp: ({})$/\tREJECT message did not pass the Levee gateway\n\
+         endif\n",
+        stamps.join("|")
+    )
+}
+
+/// Exim refuses at DATA a message without one of the stamps (missing or wrong alike).
+fn exim_snippet(stamps: &[&str]) -> String {
+    format!(
+        "# in acl_check_data (Exim's configure)\n\
+         deny  condition = ${{if match{{$h_X-Levee-Stamp:}}{{\\N{}\\N}}{{no}}{{yes}}}}\n\
+         \x20     message   = message did not pass the Levee gateway\n",
+        stamp_pattern(stamps)
+    )
+}
+
+/// Sieve runs after delivery, so a message without the stamp is filed as junk there.
+fn sieve_snippet(stamps: &[&str]) -> String {
+    let list = stamps.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    format!(
+        "require [\"fileinto\"];\n\
+         # a message that did not pass the Levee gateway (no stamp, or a wrong one)\n\
+         if not header :is \"X-Levee-Stamp\" [{list}] {{\n\
+         \x20   fileinto \"Junk\";\n\
+         \x20   stop;\n\
+         }}\n"
+    )
+}
+
+/// An Exchange / Microsoft 365 transport rule: mail from outside is rejected unless it
+/// carries one of the stamps.
+fn exchange_snippet(stamps: &[&str]) -> String {
+    format!(
+        "New-TransportRule -Name \"Mail must pass Levee\" -FromScope NotInOrganization `\n\
+         \x20 -ExceptIfHeaderMatchesMessageHeader \"X-Levee-Stamp\" `\n\
+         \x20 -ExceptIfHeaderMatchesPatterns \"{}\" `\n\
+         \x20 -RejectMessageEnhancedStatusCode \"5.7.1\" `\n\
+         \x20 -RejectMessageReasonText \"message did not pass the Levee gateway\"\n",
+        stamp_pattern(stamps)
     )
 }
 
@@ -270,7 +315,9 @@ async fn downstream(
     let p = probe(&st, &d).await;
     let port = d.downstream.as_ref().map(|x| x.port).unwrap_or(25);
     let ips: Vec<IpAddr> = p.local.into_iter().collect();
-    let stamp = st.engine().stamp().to_string();
+    let stamps = st.engine().stamps();
+    let now = levee_relay::now_unix();
+    let accepted = stamps.accepted(now);
     Ok(page(
         &format!("Downstream for {}", d.domain()),
         Some(&v),
@@ -286,12 +333,36 @@ async fn downstream(
             h3 { "iptables" }
             pre { (levee_gate::downstream_rules(&ips, port, levee_gate::Flavour::Iptables)) }
             h3 { "Postfix" }
-            pre id="postfix" { (postfix_snippet(&ips, &stamp)) }
-            h3 { "The header to match" }
-            p { "Every message Levee delivers carries this header; other mail servers (Exchange transport rules, Sieve) can refuse mail without it:" }
-            pre id="stamp" { "X-Levee-Stamp: " (stamp) }
+            pre id="postfix" { (postfix_snippet(&ips, &accepted)) }
+            h2 { "Refuse mail without the stamp" }
+            p { "Every message Levee delivers carries this header. Servers that can act on a missing header should refuse (or file as junk) mail without it:" }
+            pre id="stamp" { "X-Levee-Stamp: " (stamps.current) }
+            @if let Some((old, until)) = stamps.previous.as_ref().filter(|(_, u)| *u > now) {
+                p.warn id="previous-stamp" { "The previous stamp " code { (old) } " is still listed as accepted until " (crate::views::time(*until)) ": update the rules on your server before then." }
+            }
+            h3 { "Exchange / Microsoft 365 (PowerShell)" }
+            pre id="exchange" { (exchange_snippet(&accepted)) }
+            h3 { "Exim" }
+            pre id="exim" { (exim_snippet(&accepted)) }
+            h3 { "Sieve (Dovecot, Cyrus)" }
+            pre id="sieve" { (sieve_snippet(&accepted)) }
+            @if v.can(Perm::Settings) {
+                form method="post" action="/downstream/rotate-stamp" {
+                    (crate::views::csrf(&v))
+                    input type="hidden" name="domain" value=(d.domain().as_str());
+                    button type="submit" data-confirm="Make a new stamp? Update your server's rules within 7 days." { "Rotate the stamp" }
+                }
+                p.hint { "Rotate it if it leaked: new mail carries a new stamp at once, and the rules above accept the old one for 7 days." }
+            }
         },
     ))
+}
+
+async fn rotate_stamp(State(st): State<AppState>, p: Post<DomainQuery>) -> AppResult<Response> {
+    p.viewer.require(Perm::Settings)?;
+    st.engine().rotate_stamp(&p.viewer.user.name)?;
+    let to = format!("/downstream?domain={}", p.form.domain.trim());
+    Ok(crate::pages::back(&to, "New stamp made; the previous one is accepted for 7 days."))
 }
 
 async fn checks(State(st): State<AppState>, v: Viewer) -> AppResult<Response> {
@@ -326,10 +397,22 @@ async fn checks(State(st): State<AppState>, v: Viewer) -> AppResult<Response> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn postfix_snippet_names_the_appliance_and_the_stamp() {
-        let s = super::postfix_snippet(&["192.0.2.7".parse().unwrap()], "abc123");
+    fn postfix_snippet_names_the_appliance_and_the_stamps() {
+        let s = super::postfix_snippet(&["192.0.2.7".parse().unwrap()], &["abc123", "old456"]);
         assert!(s.contains("192.0.2.7/32\tOK"));
         assert!(s.contains("check_client_access cidr:/etc/postfix/levee_clients.cidr"));
-        assert!(s.contains("!/^X-Levee-Stamp: abc123$/"));
+        assert!(s.contains("!/^X-Levee-Stamp: (abc123|old456)$/"));
+    }
+
+    /// Issue 12: the snippets must act on a missing stamp where the server can.
+    #[test]
+    fn the_other_snippets_refuse_mail_without_a_stamp() {
+        let st = ["abc123"];
+        let exim = super::exim_snippet(&st);
+        assert!(exim.contains("if match{$h_X-Levee-Stamp:}{\\N^(abc123)$\\N}{no}{yes}"), "{exim}");
+        let sieve = super::sieve_snippet(&st);
+        assert!(sieve.contains("if not header :is \"X-Levee-Stamp\" [\"abc123\"]"), "{sieve}");
+        let ex = super::exchange_snippet(&st);
+        assert!(ex.contains("-ExceptIfHeaderMatchesPatterns \"^(abc123)$\""), "{ex}");
     }
 }

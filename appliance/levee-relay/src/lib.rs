@@ -18,6 +18,7 @@ mod report;
 pub mod rules;
 mod selfsigned;
 pub mod snapshot;
+pub mod stamp;
 #[cfg(test)]
 mod test_sink;
 pub mod tls;
@@ -128,7 +129,8 @@ pub struct Engine {
     tls: Option<tokio_rustls::TlsAcceptor>,
     connector: tokio_rustls::TlsConnector,
     connections: Arc<Semaphore>,
-    stamp: String,
+    /// The `X-Levee-Stamp` value, and the previous one in its grace period (stamp.rs).
+    stamp: stamp::Keeper,
     queue_tx: mpsc::UnboundedSender<QueueId>,
     queue_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<QueueId>>>,
     resolver: Option<hickory_resolver::TokioResolver>,
@@ -193,7 +195,7 @@ pub type BanHook = Box<dyn Fn(IpAddr, &'static str) + Send + Sync>;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("stamp", &self.stamp).finish_non_exhaustive()
+        f.debug_struct("Engine").field("stamp", &self.stamp.get().current).finish_non_exhaustive()
     }
 }
 
@@ -223,9 +225,8 @@ impl Engine {
             None
         };
         // The stamp proves to the downstream that a message came through this gateway;
-        // derived from (not equal to) the install secret.
-        let secret = store.install_secret()?;
-        let stamp = hex::encode(&secret[..16]);
+        // derived from (not equal to) the install secret until first rotated.
+        let stamp = stamp::Keeper::load(&store)?;
         let qmgr = qmgr::QueueManager::new(store.clone(), spool.clone());
         let (recreated, dropped) = qmgr.reconcile(&recovered.messages)?;
         for id in recreated {
@@ -338,8 +339,21 @@ impl Engine {
         &self.store
     }
 
-    pub fn stamp(&self) -> &str {
-        &self.stamp
+    /// The stamp every delivered message carries now.
+    pub fn stamp(&self) -> String {
+        self.stamp.get().current.clone()
+    }
+
+    /// The stamp in use and the previous one while the downstream should still accept it.
+    pub fn stamps(&self) -> Arc<stamp::Stamps> {
+        self.stamp.get()
+    }
+
+    /// Replaces the stamp with a fresh one (the old one stays accepted for a week).
+    pub fn rotate_stamp(&self, by: &str) -> Result<Arc<stamp::Stamps>, RelayError> {
+        let s = self.stamp.rotate(&self.store, now_unix())?;
+        warn!(by, "install stamp rotated; the previous one is accepted for 7 days");
+        Ok(s)
     }
 
     fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {

@@ -482,7 +482,7 @@ async fn deliver_to_first(
         };
         let rcpt_for = (rcpts.len() == 1).then(|| rcpts[0].as_str());
         let trace =
-            headers::trace_headers(meta, released, &config.hostname.0, engine.stamp(), rcpt_for);
+            headers::trace_headers(meta, released, &config.hostname.0, &engine.stamp(), rcpt_for);
         let from = meta.envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
         let eight_bit = meta.envelope.body != levee_types::Body::SevenBit;
         // A pooled connection may have been closed by the server while idle: if it
