@@ -116,64 +116,13 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
         }
     }
     let mut newly_failed: Vec<(String, Reply, String)> = Vec::new();
-    let dead_window = config.delivery.dead_destination_secs.duration();
     for (domain, idx) in groups {
         let rcpts: Vec<String> = idx.iter().map(|&i| entry.recipients[i].rcpt.clone()).collect();
-        let hop = next_hop(&config, &domain);
-        let (host_label, result) = match engine.qmgr.dead_reply(&hop.dest, dead_window) {
-            // Known dead: defer at once rather than hold a slot for the connect timeout.
-            Some(reply) => (hop.dest.clone(), Err(reply)),
-            None => {
-                let hosts = match &hop.via {
-                    Some(Ok(ds)) => resolve_downstream(engine, &ds.host, ds.port).await,
-                    Some(Err(reply)) => Err(reply.clone()),
-                    None => resolve_mx(engine, &domain).await,
-                };
-                match hosts {
-                    Ok(hosts) => {
-                        let msg = Outgoing {
-                            meta: &meta,
-                            body: &body,
-                            released: entry.released.as_ref(),
-                        };
-                        let tried = deliver_to_first(engine, &hosts, &hop, &msg, &rcpts).await;
-                        let down = match &tried.result {
-                            Err(reply) if !tried.reached && !reply.is_permanent() => {
-                                Some(reply.clone())
-                            }
-                            _ => None,
-                        };
-                        engine.qmgr.mark(&hop.dest, down);
-                        (tried.label, tried.result)
-                    }
-                    Err(reply) => {
-                        // No address for a configured next hop is as dead as one that
-                        // refuses; a domain without a downstream is a config matter.
-                        if matches!(hop.via, Some(Ok(_)) | None) && reply.is_transient() {
-                            engine.qmgr.mark(&hop.dest, Some(reply.clone()));
-                        }
-                        (domain.to_string(), Err(reply))
-                    }
-                }
-            }
-        };
+        let msg = Outgoing { meta: &meta, body: &body, released: entry.released.as_ref() };
+        let (host_label, result) = to_next_hop(engine, &config, &domain, &msg, &rcpts).await;
         if let Ok(per) = &result {
             // The downstream has the message: say so durably before anything else.
-            let taken: Vec<(String, String)> = idx
-                .iter()
-                .zip(per)
-                .filter_map(|(&i, r)| {
-                    r.as_ref().ok().map(|ok| (entry.recipients[i].rcpt.clone(), ok.to_string()))
-                })
-                .collect();
-            if !taken.is_empty() {
-                let (e, rid) = (engine.clone(), id.clone());
-                match tokio::task::spawn_blocking(move || e.qmgr.delivered(&rid, &taken)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => warn!(%id, error = %e, "cannot record the delivery yet"),
-                    Err(e) => warn!(%id, error = %e, "cannot record the delivery yet"),
-                }
-            }
+            record_taken(engine, id, &entry, &idx, per).await;
         }
         let now = now_unix();
         for (k, &i) in idx.iter().enumerate() {
@@ -205,25 +154,7 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
             r.last_reply = Some(reply.to_string());
         }
     }
-    let now = now_unix();
-    let mut next = None;
-    if entry.recipients.iter().any(|r| r.status == RcptStatus::Deferred) {
-        let attempts = entry.attempts + 1;
-        next = next_attempt(&engine.retry_policy(), attempts, entry.received_at, now);
-        if next.is_none() {
-            // Past the maximum lifetime: what is still deferred has failed for good.
-            for r in entry.recipients.iter_mut().filter(|r| r.status == RcptStatus::Deferred) {
-                r.status = RcptStatus::Failed;
-                let why = format!(
-                    "delivery time expired; last error: {}",
-                    r.last_reply.clone().unwrap_or_default()
-                );
-                let reply = Reply::with(554, 4, 7, why);
-                info!(%id, rcpt = %r.rcpt, "expired");
-                newly_failed.push((r.rcpt.clone(), reply, String::new()));
-            }
-        }
-    }
+    let next = next_or_expire(engine, id, &mut entry, &mut newly_failed);
     // A message deleted during the attempt gets no DSN (the window between this check
     // and the report below is not closed; the report itself is safe).
     if !newly_failed.is_empty() && matches!(engine.store.queue_get(id), Ok(Some(_))) {
@@ -248,6 +179,100 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
             // Retried later at the latest; a finished message is delivered again at worst.
             Some(next.unwrap_or_else(|| now_unix() + 300))
         }
+    }
+}
+
+/// When to try the deferred recipients again; past the maximum lifetime, they fail for
+/// good instead (and join `newly_failed`).
+fn next_or_expire(
+    engine: &Engine,
+    id: &QueueId,
+    entry: &mut levee_store::QueueEntry,
+    newly_failed: &mut Vec<(String, Reply, String)>,
+) -> Option<u64> {
+    if !entry.recipients.iter().any(|r| r.status == RcptStatus::Deferred) {
+        return None;
+    }
+    let next =
+        next_attempt(&engine.retry_policy(), entry.attempts + 1, entry.received_at, now_unix());
+    if next.is_none() {
+        for r in entry.recipients.iter_mut().filter(|r| r.status == RcptStatus::Deferred) {
+            r.status = RcptStatus::Failed;
+            let why = format!(
+                "delivery time expired; last error: {}",
+                r.last_reply.clone().unwrap_or_default()
+            );
+            info!(%id, rcpt = %r.rcpt, "expired");
+            newly_failed.push((r.rcpt.clone(), Reply::with(554, 4, 7, why), String::new()));
+        }
+    }
+    next
+}
+
+/// One transaction to the next hop of `domain` for `rcpts`, unless it is known dead:
+/// the host tried and each recipient's reply (or the one reply for all).
+async fn to_next_hop(
+    engine: &Arc<Engine>,
+    config: &levee_config::Config,
+    domain: &Domain,
+    msg: &Outgoing<'_>,
+    rcpts: &[String],
+) -> (String, Result<Vec<Result<Reply, Reply>>, Reply>) {
+    let hop = next_hop(config, domain);
+    let dead_window = config.delivery.dead_destination_secs.duration();
+    if let Some(reply) = engine.qmgr.dead_reply(&hop.dest, dead_window) {
+        // Known dead: defer at once rather than hold a slot for the connect timeout.
+        return (hop.dest.clone(), Err(reply));
+    }
+    let hosts = match &hop.via {
+        Some(Ok(ds)) => resolve_downstream(engine, &ds.host, ds.port).await,
+        Some(Err(reply)) => Err(reply.clone()),
+        None => resolve_mx(engine, domain).await,
+    };
+    match hosts {
+        Ok(hosts) => {
+            let tried = deliver_to_first(engine, &hosts, &hop, msg, rcpts).await;
+            let down = match &tried.result {
+                Err(reply) if !tried.reached && !reply.is_permanent() => Some(reply.clone()),
+                _ => None,
+            };
+            engine.qmgr.mark(&hop.dest, down);
+            (tried.label, tried.result)
+        }
+        Err(reply) => {
+            // No address for a configured next hop is as dead as one that refuses; a
+            // domain without a downstream is a config matter.
+            if matches!(hop.via, Some(Ok(_)) | None) && reply.is_transient() {
+                engine.qmgr.mark(&hop.dest, Some(reply.clone()));
+            }
+            (domain.to_string(), Err(reply))
+        }
+    }
+}
+
+/// Tells the queue manager, before anything else, which recipients the downstream took.
+async fn record_taken(
+    engine: &Arc<Engine>,
+    id: &QueueId,
+    entry: &levee_store::QueueEntry,
+    idx: &[usize],
+    per: &[Result<Reply, Reply>],
+) {
+    let taken: Vec<(String, String)> = idx
+        .iter()
+        .zip(per)
+        .filter_map(|(&i, r)| {
+            r.as_ref().ok().map(|ok| (entry.recipients[i].rcpt.clone(), ok.to_string()))
+        })
+        .collect();
+    if taken.is_empty() {
+        return;
+    }
+    let (e, rid) = (engine.clone(), id.clone());
+    match tokio::task::spawn_blocking(move || e.qmgr.delivered(&rid, &taken)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => warn!(%id, error = %e, "cannot record the delivery yet"),
+        Err(e) => warn!(%id, error = %e, "cannot record the delivery yet"),
     }
 }
 
