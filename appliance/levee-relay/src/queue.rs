@@ -404,7 +404,7 @@ async fn resolve_host(
 
 /// MX hosts of a domain in preference order, each resolved to its addresses.
 async fn resolve_mx(engine: &Engine, domain: &Domain) -> Result<Vec<(SocketAddr, String)>, Reply> {
-    let Some(resolver) = &engine.resolver else {
+    let Some(resolver) = &engine.outbound.resolver else {
         return Err(Reply::with(451, 4, 3, "no DNS resolver available"));
     };
     let mut hosts: Vec<(u16, String)> = match resolver.mx_lookup(format!("{domain}.")).await {
@@ -489,7 +489,7 @@ async fn deliver_to_first(
         }
         _ => None,
     };
-    let connector = verifying.as_ref().unwrap_or(&engine.connector);
+    let connector = verifying.as_ref().unwrap_or(&engine.outbound.connector);
     let config = engine.config();
     let mut last = Reply::with(451, 4, 4, "no host tried");
     let mut label = String::new();
@@ -515,7 +515,7 @@ async fn deliver_to_first(
         // A verified session is not pooled: another domain on the same host may pin
         // another certificate.
         let poolable = tls != TlsPolicy::Verify;
-        let mut pooled = if poolable { engine.pool.take(*addr, tls) } else { None };
+        let mut pooled = if poolable { engine.outbound.pool.take(*addr, tls) } else { None };
         loop {
             let reused = pooled.is_some();
             let mut client = match pooled.take() {
@@ -541,7 +541,7 @@ async fn deliver_to_first(
             {
                 Ok(outcome) => {
                     if poolable {
-                        engine.pool.put(*addr, tls, client);
+                        engine.outbound.pool.put(*addr, tls, client);
                     }
                     return Tried { label, result: Ok(outcome.rcpts), reached };
                 }
@@ -558,6 +558,20 @@ async fn deliver_to_first(
         }
     }
     Tried { label, result: Err(last), reached }
+}
+
+/// What delivery alone uses to reach next hops.
+pub(crate) struct Outbound {
+    /// The unverified connector (`verify` domains build their own per attempt).
+    pub connector: tokio_rustls::TlsConnector,
+    pub resolver: Option<hickory_resolver::TokioResolver>,
+    pub pool: Pool,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").field("pool", &self.pool).finish_non_exhaustive()
+    }
 }
 
 /// Idle outbound connections kept for reuse, per next hop.
