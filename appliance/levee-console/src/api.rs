@@ -6,6 +6,7 @@
 
 use crate::auth::Perm;
 use crate::{AppError, AppResult, AppState, Viewer};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header;
 use axum::http::request::Parts;
@@ -93,13 +94,20 @@ async fn me(v: Result<Viewer, AppError>) -> Response {
     out(v.map(|v| json!({ "name": v.user.name, "role": v.user.role.as_str(), "addresses": v.user.addresses })))
 }
 
+/// A query string the document forbids is a 400 with the reason, as JSON.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> AppResult<T> {
+    q.map(|Query(t)| t).map_err(|e| AppError::BadRequest(e.body_text()))
+}
+
 async fn quarantine(
     State(st): State<AppState>,
     v: Result<Viewer, AppError>,
-    Query(f): Query<crate::pages::quarantine::SearchForm>,
+    f: Result<Query<crate::pages::quarantine::SearchForm>, QueryRejection>,
 ) -> Response {
     out((|| {
         let v = v?;
+        let f = query(f)?;
+        f.check().map_err(AppError::BadRequest)?;
         let mut q = f.query();
         if !v.is_staff() {
             q.recipients = Some(v.user.addresses.clone());
@@ -155,12 +163,22 @@ struct LogQuery {
 async fn log(
     State(st): State<AppState>,
     v: Result<Viewer, AppError>,
-    Query(q): Query<LogQuery>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Response {
     out((|| {
         v?.require(Perm::ViewAll)?;
-        let before = levee_types::QueueId::parse(&q.before);
-        let rows = st.store().log_page(before.as_ref(), q.limit.unwrap_or(100).min(1000))?;
+        let q = query(q)?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(AppError::BadRequest("limit must be from 1 to 1000".into()));
+        }
+        let before = match q.before.trim() {
+            "" => None,
+            b => Some(levee_types::QueueId::parse(b).ok_or_else(|| {
+                AppError::BadRequest("before must be a message id (16 hex digits)".into())
+            })?),
+        };
+        let rows = st.store().log_page(before.as_ref(), limit)?;
         Ok(json!(rows.iter().map(|e| json!({
             "id": e.id.as_str(), "received_at": e.received_at, "client_ip": e.client_ip, "helo": e.helo,
             "mail_from": e.mail_from, "rcpt_to": e.rcpt_to, "size": e.size, "action": e.action,
@@ -217,11 +235,12 @@ async fn list_add(
 async fn list_delete(
     State(st): State<AppState>,
     w: Result<ApiWrite, AppError>,
-    Path(id): Path<u64>,
+    id: Result<Path<u64>, PathRejection>,
 ) -> Response {
     out((|| {
         let ApiWrite(v) = w?;
         v.require(Perm::Lists)?;
+        let Path(id) = id.map_err(|e| AppError::BadRequest(e.body_text()))?;
         Ok(json!({ "removed": st.engine().remove_list_entry(id)? }))
     })())
 }

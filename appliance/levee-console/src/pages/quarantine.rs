@@ -57,6 +57,22 @@ pub fn parse_date(s: &str) -> Option<u64> {
 pub const PAGE: usize = 50;
 
 impl SearchForm {
+    /// What the API refuses (the page shows what it could read): a date that is not
+    /// YYYY-MM-DD, a score that is not a number.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [("since", &self.since), ("until", &self.until)] {
+            if !v.trim().is_empty() && parse_date(v).is_none() {
+                return Err(format!("{name} must be a date as YYYY-MM-DD"));
+            }
+        }
+        for (name, v) in [("min_score", &self.min_score), ("max_score", &self.max_score)] {
+            if !v.trim().is_empty() && v.trim().parse::<f64>().map_or(true, |x| !x.is_finite()) {
+                return Err(format!("{name} must be a number"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn query(&self) -> QuarantineQuery {
         let text = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
         QuarantineQuery {
