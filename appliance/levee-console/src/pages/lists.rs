@@ -24,6 +24,7 @@ pub(super) async fn lists(
         html! {
             (views::notice(m.msg.as_deref()))
             p { "Entries look like " code { "allow sender alice@example.com" } ", " code { "block sender-domain spam.example" } ", " code { "block ip 192.0.2.0/24" } ", " code { "block country XX" } ", optionally followed by " code { "for domain:example.test" } " or " code { "for rcpt:bob@example.test" } ". The most specific entry wins." }
+            p.hint id="allow-auth" { "A sender or sender-domain allow entry applies only when that domain authenticated the message (SPF pass, or an aligned DKIM signature), because anyone can forge a From address. For a sender that cannot authenticate, end the entry with " code { "unauthenticated" } " (e.g. " code { "allow sender-domain old-partner.example unauthenticated" } "): a forger of that address then gets in too, so prefer an " code { "allow ip" } " entry when the sender's servers are known." }
             table {
                 tr { th { "Entry" } th { "Note" } th { "Added" } th { "By" } @if edit { th {} } }
                 @for e in &all {
