@@ -126,6 +126,37 @@ def test_idle_timeout_421(levee_factory, sink):
     assert c.closed()
 
 
+def test_session_timeout_421_though_never_idle(levee_factory, sink):
+    lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
+                       smtp={"session_timeout_secs": 3, "data_timeout_secs": 2})
+    c = RawSMTP(lv.port)
+    t0 = time.monotonic()
+    c.ehlo()
+    while time.monotonic() - t0 < 2:  # busy, never idle, until shortly before the deadline
+        assert c.cmd("NOOP").code == 250, "\n".join(c.transcript)
+        time.sleep(0.3)
+    r = c.reply()  # nothing more sent: the next thing from the server is the session's end
+    waited = time.monotonic() - t0
+    assert r is not None and r.code == 421 and "session timeout" in r.text, "\n".join(c.transcript)
+    assert 2.5 <= waited <= 10, f"421 after {waited:.1f}s with session_timeout_secs=3"
+    assert c.closed()
+
+
+def test_errors_past_the_soft_limit_are_delayed(levee_factory, sink):
+    lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
+                       smtp={"max_errors": 10, "soft_error_limit": 1, "error_delay_max_secs": 2})
+    c = RawSMTP(lv.port)
+    c.ehlo()
+    waits = []
+    for i in range(4):
+        t0 = time.monotonic()
+        r = c.cmd(f"BOGUS{i}")
+        assert r is not None and r.code == 500, "\n".join(c.transcript)
+        waits.append(time.monotonic() - t0)
+    # 0, then 1 s, then 2 s (the cap), and 2 s again.
+    assert waits[0] < 0.5 and 0.8 <= waits[1] < 1.8 and 1.8 <= waits[2] < 3 and 1.8 <= waits[3] < 3, waits
+
+
 def test_max_connections_per_ip(levee_factory, sink):
     lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
                        smtp={"max_connections_per_ip": 2})

@@ -73,7 +73,7 @@ def test_address_tricks_refused(levee, sink, addr):
 
 def test_tricks_in_one_transaction_deliver_only_to_real_recipient(levee_factory, sink):
     lv = levee_factory([{"name": "example.test", "downstream": f"127.0.0.1:{sink.port}"}],
-                       smtp={"max_errors": 100})
+                       smtp={"max_errors": 100, "soft_error_limit": 100})  # no error delays either
     tok = unique_token("mixed")
     c = RawSMTP(lv.port)
     c.ehlo()
@@ -129,8 +129,10 @@ def test_nmap_detects_open_relay_control(sink):
 @pytest.mark.parametrize("served,foreign", [("served.test", "example.test"), ("example.test", "other.test")])
 def test_nmap_smtp_open_relay(levee_factory, sink, served, foreign):
     # nmap sends 16 probes in one session; every refused one counts as an error, and the default
-    # max_errors (10) would end the session (421) before nmap can conclude anything.
-    lv = levee_factory([{"name": served, "downstream": f"127.0.0.1:{sink.port}"}], smtp={"max_errors": 50})
+    # max_errors (10) would end the session (421) before nmap can conclude anything, and the
+    # growing delays past soft_error_limit (3) would outlast nmap's patience.
+    lv = levee_factory([{"name": served, "downstream": f"127.0.0.1:{sink.port}"}],
+                       smtp={"max_errors": 50, "soft_error_limit": 50})
     out = nmap_open_relay(lv.port, foreign)
     assert "smtp-open-relay" in out, f"the script did not run:\n{out}"
     assert "Server is an open relay" not in out, out

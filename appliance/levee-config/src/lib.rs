@@ -7,8 +7,8 @@
 mod types;
 
 pub use types::{
-    CertPin, Downstream, DownstreamHost, HopLimit, HostName, Listen, Prefix, RetentionDays,
-    Seconds, TlsPolicy,
+    CertPin, Downstream, DownstreamHost, HopLimit, HostName, Listen, Percent, Prefix,
+    RetentionDays, Seconds, TlsPolicy,
 };
 
 use levee_types::Domain;
@@ -337,6 +337,28 @@ pub struct Smtp {
     /// The whole message, from the 354 after DATA (or the first BDAT) to its end.
     #[serde(default = "defaults::smtp_data_timeout_secs")]
     pub data_timeout_secs: Seconds,
+    /// The whole connection, whatever it is doing (a message under way is dropped):
+    /// the most one client can hold a slot. At least `data_timeout_secs`.
+    #[serde(default = "defaults::session_timeout_secs")]
+    pub session_timeout_secs: Seconds,
+    /// Once more than this share of `max_connections` is in use, new sessions get the
+    /// `stress_*` timeouts (or the normal ones, if shorter) and no error delays
+    /// (Postfix's stress mode): slots go to clients that talk, not to ones that idle.
+    #[serde(default = "defaults::stress_at_percent")]
+    pub stress_at_percent: Percent,
+    #[serde(default = "defaults::stress_idle_timeout_secs")]
+    pub stress_idle_timeout_secs: Seconds,
+    #[serde(default = "defaults::stress_command_timeout_secs")]
+    pub stress_command_timeout_secs: Seconds,
+    #[serde(default = "defaults::stress_session_timeout_secs")]
+    pub stress_session_timeout_secs: Seconds,
+    /// Error replies after which each further one is delayed, by 1 s doubling up to
+    /// `error_delay_max_secs` (Postfix's `smtpd_soft_error_limit`). At `max_errors` or
+    /// more there are no delays.
+    #[serde(default = "defaults::soft_error_limit")]
+    pub soft_error_limit: u32,
+    #[serde(default = "defaults::error_delay_max_secs")]
+    pub error_delay_max_secs: Seconds,
     /// The TLS handshake after STARTTLS; a client that stalls in it cannot be sent a
     /// reply, so it is closed.
     #[serde(default = "defaults::tls_handshake_timeout_secs")]
@@ -579,7 +601,7 @@ impl Default for Supervisor {
 }
 
 mod defaults {
-    use super::{HopLimit, Listen, Seconds};
+    use super::{HopLimit, Listen, Percent, Seconds};
     pub fn tag_at() -> f64 {
         4.0
     }
@@ -632,6 +654,31 @@ mod defaults {
     pub fn smtp_data_timeout_secs() -> Seconds {
         // 25 MB (the default size limit) at about 28 KB/s.
         Seconds::new(900)
+    }
+    pub fn session_timeout_secs() -> Seconds {
+        // Twice the data timeout: a largest message at the slowest accepted pace, and as
+        // long again for the commands and the messages around it.
+        Seconds::new(1800)
+    }
+    pub fn stress_at_percent() -> Percent {
+        Percent::new(80)
+    }
+    pub fn stress_idle_timeout_secs() -> Seconds {
+        // Postfix's stress value for smtpd_timeout.
+        Seconds::new(10)
+    }
+    pub fn stress_command_timeout_secs() -> Seconds {
+        Seconds::new(10)
+    }
+    pub fn stress_session_timeout_secs() -> Seconds {
+        // Ordinary mail, even a few MB, is through in well under five minutes.
+        Seconds::new(300)
+    }
+    pub fn soft_error_limit() -> u32 {
+        3
+    }
+    pub fn error_delay_max_secs() -> Seconds {
+        Seconds::new(5)
     }
     pub fn tls_handshake_timeout_secs() -> Seconds {
         Seconds::new(10)
@@ -742,6 +789,18 @@ impl Config {
         }
         if self.smtp.max_recipients == 0 || self.smtp.max_connections == 0 {
             return Err((0, "smtp limits must be greater than zero".into()));
+        }
+        let smtp = &self.smtp;
+        if smtp.session_timeout_secs < smtp.data_timeout_secs {
+            return Err((
+                0,
+                format!(
+                    "smtp.session_timeout_secs ({}) must be at least smtp.data_timeout_secs ({}): \
+                     a message could never use its whole data deadline",
+                    smtp.session_timeout_secs.get(),
+                    smtp.data_timeout_secs.get()
+                ),
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for d in &self.domains {

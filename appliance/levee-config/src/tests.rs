@@ -267,16 +267,58 @@ fn timeouts_have_defaults_and_refuse_zero_and_huge_values_on_their_line() {
         "data_timeout_secs",
         "tls_handshake_timeout_secs",
         "write_timeout_secs",
+        "session_timeout_secs",
+        "stress_idle_timeout_secs",
+        "stress_command_timeout_secs",
+        "stress_session_timeout_secs",
+        "error_delay_max_secs",
     ] {
         for bad in ["0", "604801", "18446744073709551615", "-1", "\"10\""] {
             let (line, msg) = err(&set(key, bad));
             assert_eq!(line, 4, "{key} = {bad}: {msg}");
         }
-        assert!(Config::parse(&set(key, "604800"), "t").is_ok(), "{key}");
+        let mut most = set(key, "604800");
+        if key == "data_timeout_secs" {
+            // The session deadline may not be shorter than the data deadline.
+            most = most.replace("[smtp]\n", "[smtp]\nsession_timeout_secs = 604800\n");
+        }
+        assert!(Config::parse(&most, "t").is_ok(), "{key}");
     }
     let (line, msg) = err(&format!("{MINIMAL}[delivery]\ndata_timeout_secs = 0\n"));
     assert_eq!(line, 9, "{msg}");
     assert!(msg.contains("out of range"), "{msg}");
+}
+
+#[test]
+fn session_deadline_stress_and_error_delays_have_defaults_and_bounds() {
+    let c = Config::parse(MINIMAL, "t.toml").unwrap();
+    let s = &c.smtp;
+    let got = [
+        s.session_timeout_secs,
+        s.stress_idle_timeout_secs,
+        s.stress_command_timeout_secs,
+        s.stress_session_timeout_secs,
+        s.error_delay_max_secs,
+    ]
+    .map(Seconds::get);
+    assert_eq!(got, [1800, 10, 10, 300, 5]);
+    assert_eq!((s.stress_at_percent.get(), s.soft_error_limit), (80, 3));
+    // 80% of 500: the 400th connection is not past it, the 401st is.
+    assert!(!s.stress_at_percent.exceeded(400, 500));
+    assert!(s.stress_at_percent.exceeded(401, 500));
+
+    let set = |extra: &str| MINIMAL.replace("[smtp]\n", &format!("[smtp]\n{extra}\n"));
+    let (_, msg) = err(&set("session_timeout_secs = 600"));
+    assert!(msg.contains("at least smtp.data_timeout_secs (900)"), "{msg}");
+    assert!(Config::parse(&set("session_timeout_secs = 600\ndata_timeout_secs = 600"), "t").is_ok());
+    for bad in ["0", "101", "-1", "\"80\"", "0.5"] {
+        let (line, msg) = err(&set(&format!("stress_at_percent = {bad}")));
+        assert_eq!(line, 4, "stress_at_percent = {bad}: {msg}");
+    }
+    assert_eq!(
+        Config::parse(&set("stress_at_percent = 100"), "t").unwrap().smtp.stress_at_percent.get(),
+        100
+    );
 }
 
 #[test]

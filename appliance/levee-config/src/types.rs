@@ -269,6 +269,46 @@ impl fmt::Display for HopLimit {
     }
 }
 
+/// A share in whole percent, from 1 to 100. Zero would put every connection under a
+/// threshold that is always passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(u8);
+
+impl Percent {
+    /// `n` percent; panics outside 1..=100 (for defaults, which are constants).
+    pub const fn new(n: u8) -> Percent {
+        assert!(n >= 1 && n <= 100, "percent out of range");
+        Percent(n)
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+
+    /// Whether `count` is more than this share of `total`.
+    pub fn exceeded(self, count: usize, total: usize) -> bool {
+        count.saturating_mul(100) > total.saturating_mul(self.0 as usize)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        match u8::try_from(n) {
+            Ok(n) if (1..=100).contains(&n) => Ok(Percent(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{n} out of range: give a percentage from 1 to 100"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
 /// Days the message log keeps a record: 1 to 3650 (ten years), default 30. Zero is
 /// refused rather than read as "keep nothing", which would empty the log every hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

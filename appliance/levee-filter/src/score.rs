@@ -71,6 +71,9 @@ pub const DEFAULT_WEIGHTS: &[(&str, f64)] = &[
     ("MIME_PARTS_LIMIT", 6.0),
     ("HEADER_COUNT_LIMIT", 3.0),
     ("LINE_LENGTH_LIMIT", 1.0),
+    // The client sent before a reply it had to wait for (RFC 2920; postscreen's pipelining
+    // test). Bulk spamware does; a few broken scripts do too, so a hint, never a verdict.
+    ("SMTP_IMPROPER_PIPELINING", 2.0),
     // Network checks (levee-netcheck). DNS lists are named in the config and carry
     // their weight there. Authentication proves who sent a message, not that it is
     // wanted, so passes earn little trust; failures of a published policy weigh most.

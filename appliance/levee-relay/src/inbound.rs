@@ -2,15 +2,17 @@
 //! sans-IO `levee_smtp::Session` per connection.
 
 use crate::{Engine, StoreOutcome};
-use levee_smtp::{Action, Decision, PeerInfo, Question, Session};
-use levee_types::Reply;
+use levee_config::{Percent, Smtp};
+use levee_smtp::{Action, Decision, PeerInfo, Question, Session, SessionConfig};
+use levee_types::{Finding, Reply};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -48,6 +50,52 @@ impl Drop for IpSlot {
     }
 }
 
+/// The connection slots all listeners share (`smtp.max_connections`), and whether new
+/// sessions are under stress.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    free: Arc<Semaphore>,
+    limit: usize,
+    stressed: AtomicBool,
+}
+
+impl Slots {
+    pub(crate) fn new(limit: usize) -> Slots {
+        Slots { free: Arc::new(Semaphore::new(limit)), limit, stressed: AtomicBool::new(false) }
+    }
+
+    /// A slot, if one is free, and whether its session starts under stress: more than
+    /// `stress_at` of the slots in use, this one included. Entering and leaving stress
+    /// are logged once, whichever listener notices.
+    fn take(&self, stress_at: Percent) -> Option<(OwnedSemaphorePermit, bool)> {
+        let permit = self.free.clone().try_acquire_owned().ok()?;
+        let in_use = self.limit - self.free.available_permits();
+        let stressed = stress_at.exceeded(in_use, self.limit);
+        if self.stressed.swap(stressed, Ordering::Relaxed) != stressed {
+            if stressed {
+                warn!(in_use, limit = self.limit, "stress: new sessions get short timeouts");
+            } else {
+                info!(in_use, limit = self.limit, "stress over: normal timeouts again");
+            }
+        }
+        Some((permit, stressed))
+    }
+}
+
+/// A session's limits under stress (Postfix's stress-dependent smtpd_timeout and error
+/// limits): short idle, command and session deadlines, and no error delays, which would
+/// hold the very slots that are short.
+fn under_stress(mut c: SessionConfig, smtp: &Smtp) -> SessionConfig {
+    c.idle_timeout = c.idle_timeout.min(smtp.stress_idle_timeout_secs.duration());
+    c.command_timeout = c.command_timeout.min(smtp.stress_command_timeout_secs.duration());
+    c.session_timeout = c.session_timeout.min(smtp.stress_session_timeout_secs.duration());
+    c.error_delay_max = Duration::ZERO;
+    c
+}
+
+/// The finding for a client that sent before a reply it had to wait for.
+const IMPROPER_PIPELINING: &str = "SMTP_IMPROPER_PIPELINING";
+
 /// Accepts connections until `shutdown` turns true; each connection runs in its own task.
 pub async fn serve(
     engine: Arc<Engine>,
@@ -75,9 +123,9 @@ pub async fn serve(
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let config = engine.config();
-        let total = engine.connections.clone().try_acquire_owned();
+        let total = engine.connections.take(config.smtp.stress_at_percent);
         let slot = per_ip.enter(peer.ip(), config.smtp.max_connections_per_ip);
-        let (Ok(permit), Some(slot)) = (total, slot) else {
+        let (Some((permit, stressed)), Some(slot)) = (total, slot) else {
             info!(client = %peer, "connection refused: too many connections");
             sessions.spawn(refuse(stream, config.smtp.write_timeout_secs.duration()));
             continue;
@@ -85,7 +133,7 @@ pub async fn serve(
         let engine = engine.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
-            handle(engine, Box::new(stream), peer, shutdown).await;
+            handle(engine, Box::new(stream), peer, stressed, shutdown).await;
             drop((permit, slot));
         });
         // Reap finished tasks so the set does not grow without bound.
@@ -120,15 +168,21 @@ struct Limits {
 
 /// Runs one connection to its end. Every wait in here has a deadline, so a silent or
 /// stalling client cannot hold its connection slot for longer than those allow.
+/// `stressed`: the session gets the short limits of [`under_stress`].
 pub(crate) async fn handle(
     engine: Arc<Engine>,
     mut io: Box<dyn Io>,
     peer: SocketAddr,
+    stressed: bool,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let config = engine.config();
+    let mut session_config = engine.session_config(&config);
+    if stressed {
+        session_config = under_stress(session_config, &config.smtp);
+    }
     let mut session = Session::new(
-        engine.session_config(&config),
+        session_config,
         PeerInfo { ip: peer.ip(), port: peer.port() },
         Instant::now().into_std(),
     );
@@ -183,8 +237,15 @@ async fn drive(
     // What the connection checks found, the HELO name, and the sender and SPF of
     // the transaction under way, for the checks at RCPT and for the verdict.
     let conn = &mut crate::Conn::new(peer.ip());
+    let mut pipelining_noted = false;
     loop {
         while let Some(action) = session.poll_action() {
+            // Before the action: a Store made in the same input must be judged with it.
+            if let (false, Some(what)) = (pipelining_noted, session.improper_pipelining()) {
+                pipelining_noted = true;
+                info!(client = %peer, what, "improper pipelining");
+                conn.findings.push(Finding::new(IMPROPER_PIPELINING, what));
+            }
             match action {
                 Action::Send(bytes) => out.extend_from_slice(&bytes),
                 Action::Ask(question) => {
@@ -235,6 +296,21 @@ async fn drive(
                         }
                     }
                     session.tls_up(Instant::now().into_std());
+                }
+                Action::Pause(delay) => {
+                    // The replies owed so far go out now; only the error reply waits.
+                    if flush(io, out, limits.write, peer).await.is_err() {
+                        return;
+                    }
+                    if !*shutting_down {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.changed() => {
+                                *shutting_down = true;
+                                session.shutdown(Instant::now().into_std());
+                            }
+                        }
+                    }
                 }
                 Action::Close => {
                     if flush(io, out, limits.write, peer).await.is_ok() {
@@ -390,7 +466,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(capacity);
         let (tx, rx) = watch::channel(false);
         let peer = "127.0.0.1:40000".parse().unwrap();
-        let driver = tokio::spawn(handle(engine.clone(), Box::new(server), peer, rx));
+        let driver = tokio::spawn(handle(engine.clone(), Box::new(server), peer, false, rx));
         Piped { client, driver, _shutdown: tx }
     }
 
@@ -493,6 +569,128 @@ mod tests {
         let start = Instant::now();
         tokio::spawn(async move { while wr.write_all(b"NOOP\r\n").await.is_ok() {} });
         after(ended(driver).await - start, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_client_is_cut_at_the_session_deadline() {
+        let dir = Scratch::new("session-deadline");
+        let smtp = "tls = false\nsession_timeout_secs = 30\ndata_timeout_secs = 25";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let Piped { mut client, driver, _shutdown } = piped(&engine, 4096);
+        let start = Instant::now();
+        starts(&reply(&mut client).await, "220 ");
+        // Never idle, never slow, and a message under way when the time is up.
+        cmd(&mut client, "EHLO client.example.test", "250").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        cmd(&mut client, "NOOP", "250").await;
+        cmd(&mut client, "MAIL FROM:<alice@sender.example.test>", "250").await;
+        cmd(&mut client, "RCPT TO:<bob@example.test>", "250").await;
+        cmd(&mut client, "DATA", "354").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        client.write_all(b"Subject: late\r\n\r\n").await.unwrap();
+        assert_eq!(reply(&mut client).await, "421 4.4.2 session timeout, closing\r\n");
+        after(ended(driver).await - start, 30);
+        assert!(engine.store().queue_all().unwrap().is_empty(), "nothing stored");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_past_the_soft_limit_wait_longer_and_longer() {
+        let dir = Scratch::new("error-delay");
+        let smtp = "tls = false\nmax_errors = 8\nsoft_error_limit = 2\nerror_delay_max_secs = 3";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let Piped { mut client, driver, _shutdown } = piped(&engine, 4096);
+        starts(&reply(&mut client).await, "220 ");
+        cmd(&mut client, "EHLO client.example.test", "250").await;
+        cmd(&mut client, "MAIL FROM:<alice@sender.example.test>", "250").await;
+        let mut waits = Vec::new();
+        for i in 0..7 {
+            let t = Instant::now();
+            cmd(&mut client, &format!("RCPT TO:<guess{i}@elsewhere.test>"), "550").await;
+            waits.push((Instant::now() - t).as_secs());
+        }
+        assert_eq!(waits, [0, 0, 1, 2, 3, 3, 3]);
+        // The eighth: the same wait, then its reply and the 421 together.
+        let t = Instant::now();
+        client.write_all(b"RCPT TO:<guess7@elsewhere.test>\r\n").await.unwrap();
+        starts(&reply(&mut client).await, "550");
+        assert_eq!(reply(&mut client).await, "421 4.7.0 too many errors, closing\r\n");
+        after(ended(driver).await - t, 3);
+    }
+
+    #[tokio::test]
+    async fn improper_pipelining_is_a_finding_on_the_message() {
+        let dir = Scratch::new("improper-pipelining");
+        let smtp = "tls = false\nmin_free_bytes = 1";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let message = "From: alice@sender.example.test\r\nDate: Thu, 3 Dec 2026 12:00:00 +0000\r\n\
+            Subject: x\r\nMessage-ID: <p@sender.example.test>\r\n\r\nhello\r\n.\r\n";
+        let mut symbols = Vec::new();
+        // Proper: waits for the 354. Improper: sends the message behind DATA.
+        for wait_for_354 in [true, false] {
+            let Piped { mut client, driver, _shutdown } = piped(&engine, 64 * 1024);
+            starts(&reply(&mut client).await, "220 ");
+            cmd(&mut client, "EHLO client.example.test", "250").await;
+            cmd(&mut client, "MAIL FROM:<alice@sender.example.test>", "250").await;
+            cmd(&mut client, "RCPT TO:<bob@example.test>", "250").await;
+            if wait_for_354 {
+                cmd(&mut client, "DATA", "354").await;
+                client.write_all(message.as_bytes()).await.unwrap();
+            } else {
+                client.write_all(format!("DATA\r\n{message}").as_bytes()).await.unwrap();
+                starts(&reply(&mut client).await, "354");
+            }
+            let done = reply(&mut client).await;
+            starts(&done, "250 2.0.0 Ok: queued as ");
+            cmd(&mut client, "QUIT", "221").await;
+            ended(driver).await;
+            let id = levee_types::QueueId::parse(done.trim_end().rsplit(' ').next().unwrap())
+                .expect("a queue id");
+            let log = engine.store().log_get(&id).unwrap().expect("logged");
+            let found: Vec<_> = log
+                .findings
+                .into_iter()
+                .filter(|(s, _, _)| s == IMPROPER_PIPELINING)
+                .map(|(_, detail, weight)| (detail, weight))
+                .collect();
+            symbols.push(found);
+        }
+        assert_eq!(symbols[0], []);
+        assert_eq!(symbols[1], [("message content before the 354".to_string(), 2.0)]);
+    }
+
+    #[tokio::test]
+    async fn past_the_stress_share_new_sessions_get_the_short_timeouts() {
+        let dir = Scratch::new("stress");
+        let smtp = "tls = false\nmax_connections = 4\nstress_at_percent = 50\n\
+            stress_idle_timeout_secs = 1";
+        let engine = engine(&dir.0, "127.0.0.1:9".parse().unwrap(), smtp, "");
+        let (addr, tx, server) = listen(&engine).await;
+        // Two of four in use is not past 50%; the third is.
+        let mut calm = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            starts(&reply(&mut s).await, "220 ");
+            calm.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut third).await, "220 ");
+        let start = std::time::Instant::now();
+        assert_eq!(reply(&mut third).await, "421 4.4.2 idle timeout, closing\r\n");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        // The first two kept the normal 300 s idle timer.
+        for s in &mut calm {
+            cmd(s, "NOOP", "250").await;
+        }
+        drop(calm);
+        // Once the load is gone, a new session is not under stress.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut later = TcpStream::connect(addr).await.unwrap();
+        starts(&reply(&mut later).await, "220 ");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cmd(&mut later, "NOOP", "250").await;
+        cmd(&mut later, "QUIT", "221").await;
+        stop(tx, server).await;
     }
 
     /// Serves on 127.0.0.1:0 through the real listener; returns its address.

@@ -39,7 +39,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +127,7 @@ pub struct Engine {
     qmgr: qmgr::QueueManager,
     commit: Arc<GroupCommit>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    connections: Arc<Semaphore>,
+    connections: inbound::Slots,
     /// The `X-Levee-Stamp` value, and the previous one in its grace period (stamp.rs).
     stamp: stamp::Keeper,
     queue_tx: mpsc::UnboundedSender<QueueId>,
@@ -256,7 +256,7 @@ impl Engine {
         let (queue_tx, queue_rx) = mpsc::unbounded_channel();
         info!(queued = recovered.messages.len(), "spool recovered");
         Ok(Arc::new(Engine {
-            connections: Arc::new(Semaphore::new(config.smtp.max_connections)),
+            connections: inbound::Slots::new(config.smtp.max_connections),
             runtime: snapshot::Runtime::new(snapshot::Snapshot {
                 config: Arc::new(config),
                 net: net.map(Arc::new),
@@ -372,6 +372,9 @@ impl Engine {
             idle_timeout: c.smtp.idle_timeout_secs.duration(),
             command_timeout: c.smtp.command_timeout_secs.duration(),
             data_timeout: c.smtp.data_timeout_secs.duration(),
+            session_timeout: c.smtp.session_timeout_secs.duration(),
+            soft_error_limit: c.smtp.soft_error_limit,
+            error_delay_max: c.smtp.error_delay_max_secs.duration(),
             min_data_rate: c.smtp.min_data_rate,
             tls_available: self.tls.is_some(),
         }

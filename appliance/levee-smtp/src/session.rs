@@ -41,6 +41,15 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// The whole message (354 or the first BDAT to the end of the content), or 421 4.4.2.
     pub data_timeout: Duration,
+    /// The whole connection, from `new` on, or 421 4.4.2 — whatever is under way, a
+    /// message included: it bounds how long one client can hold a connection slot.
+    pub session_timeout: Duration,
+    /// Error replies after which each further one is delayed (Postfix's
+    /// `smtpd_soft_error_limit`), so a client guessing addresses slows down.
+    pub soft_error_limit: u32,
+    /// The longest of those delays: 1 s past the soft limit, doubling per error up to
+    /// this. Zero turns the delays off.
+    pub error_delay_max: Duration,
     /// Octets per second during DATA/BDAT, averaged after [`DATA_RATE_GRACE`]; 0 disables.
     pub min_data_rate: u64,
     /// Whether STARTTLS can be offered (a certificate is loaded).
@@ -59,6 +68,9 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(300),
             command_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(900),
+            session_timeout: Duration::from_secs(1800),
+            soft_error_limit: 3,
+            error_delay_max: Duration::from_secs(5),
             min_data_rate: 512,
             tls_available: false,
         }
@@ -84,6 +96,10 @@ pub enum Action {
     Store(Incoming),
     /// The 220 is already queued: flush, run the TLS handshake, then [`Session::tls_up`].
     StartTls,
+    /// Flush what was sent, then wait this long before performing the next action: the
+    /// delay before an error reply once the client has made too many (see
+    /// [`SessionConfig::soft_error_limit`]). The session's own clock moves on meanwhile.
+    Pause(Duration),
     /// Flush what was sent and close the connection. Nothing follows.
     Close,
 }
@@ -208,6 +224,7 @@ enum Step {
 ///      the reply to send (250 with the queue id, or 451/452/550...).
 ///    - `StartTls`: flush the write buffer, run the TLS handshake, call
 ///      [`tls_up`](Self::tls_up); further bytes are read through TLS.
+///    - `Pause(d)`: flush the write buffer and sleep `d` (end it early on shutdown).
 ///    - `Close`: flush the write buffer, close the connection, drop the session.
 /// 3. When `poll_action` returns `None`, flush the write buffer.
 /// 4. Wait for the first of: input (read only while [`wants_input`](Self::wants_input)),
@@ -235,6 +252,8 @@ pub struct Session {
     /// discarded byte was CR.
     overlong: Option<bool>,
     helo: Option<String>,
+    /// The accepted greeting was EHLO, so PIPELINING was offered (RFC 2920).
+    esmtp: bool,
     tls: bool,
     txn: Option<Transaction>,
     errors: u32,
@@ -245,6 +264,10 @@ pub struct Session {
     /// When the first octet of the incomplete command line in `inbuf` arrived.
     line_started: Option<Instant>,
     pregreet: bool,
+    /// The first input sent before a reply the client had to wait for (RFC 2920).
+    improper_pipelining: Option<&'static str>,
+    /// When the session began; `session_timeout` counts from here.
+    started: Instant,
     /// `shutdown` came while a `Store` was out: say 421 right after its reply.
     shutdown_after_store: bool,
 }
@@ -261,6 +284,7 @@ impl Session {
             scanned: 0,
             overlong: None,
             helo: None,
+            esmtp: false,
             tls: false,
             txn: None,
             errors: 0,
@@ -269,6 +293,8 @@ impl Session {
             data_phase: None,
             line_started: None,
             pregreet: false,
+            improper_pipelining: None,
+            started: now,
             shutdown_after_store: false,
         };
         s.actions.push_back(Action::Ask(Question::Connect));
@@ -340,6 +366,7 @@ impl Session {
                 self.txn = None;
                 self.data_phase = None;
                 self.helo = Some(name);
+                self.esmtp = extended;
                 let reply = if extended { self.ehlo_reply() } else { self.helo_reply() };
                 self.send(reply);
             }
@@ -403,6 +430,13 @@ impl Session {
     /// The instant from `poll_timeout` has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         if !self.wants_input() {
+            return;
+        }
+        if now >= self.session_deadline() {
+            // Mid-message too: waiting for the end of DATA would stretch the bound by up
+            // to the data timeout, and 421 tells a real client to send it again later.
+            self.send(Reply::with(421, 4, 2, "session timeout, closing"));
+            self.close();
             return;
         }
         if let Some((start, at)) = self.data_phase {
@@ -471,7 +505,15 @@ impl Session {
             start + due.max(DATA_RATE_GRACE)
         });
         let data = self.data_phase.map(|(start, _)| start + self.config.data_timeout);
-        [rate, data, self.line_deadline()].into_iter().flatten().chain([idle]).min()
+        [rate, data, self.line_deadline()]
+            .into_iter()
+            .flatten()
+            .chain([idle, self.session_deadline()])
+            .min()
+    }
+
+    fn session_deadline(&self) -> Instant {
+        self.started + self.config.session_timeout
     }
 
     /// When the incomplete command line must be complete, if one is under way.
@@ -521,6 +563,17 @@ impl Session {
     /// Error replies sent so far.
     pub fn error_count(&self) -> u32 {
         self.errors
+    }
+
+    /// What the client first sent before a reply it had to wait for, if it did: before
+    /// the reply to EHLO/HELO, DATA (the 354), STARTTLS, NOOP, VRFY or EXPN, which RFC
+    /// 2920 and RFC 3207 put last in a group, or after any command when PIPELINING was
+    /// not offered (no EHLO yet, or HELO). Such a client ignores the protocol, as
+    /// spamware does (postscreen's pipelining test). Judged by what is already buffered
+    /// when a command is taken, so a driver that reads only while
+    /// [`wants_input`](Self::wants_input) sees what a client sent before the reply.
+    pub fn improper_pipelining(&self) -> Option<&'static str> {
+        self.improper_pipelining
     }
 
     // ----- input processing -----
@@ -604,7 +657,7 @@ impl Session {
                 if end > max {
                     self.error(line_too_long(max));
                 } else {
-                    self.command_line(&rest[..end - 2], now);
+                    self.command_line(&rest[..end - 2], rest.len() > end, now);
                 }
                 Step::Consumed(end)
             }
@@ -674,7 +727,8 @@ impl Session {
 
     // ----- commands -----
 
-    fn command_line(&mut self, line: &[u8], now: Instant) {
+    /// One command line; `followed`: more input was already there behind it.
+    fn command_line(&mut self, line: &[u8], followed: bool, now: Instant) {
         if memchr2(b'\r', b'\n', line).is_some() {
             self.error(Reply::with(500, 5, 2, "bare CR or LF in command line"));
             return;
@@ -684,7 +738,17 @@ impl Session {
             return;
         };
         let text = text.trim_end_matches([' ', '\t']);
-        match Command::parse(text) {
+        let command = Command::parse(text);
+        if followed && self.improper_pipelining.is_none() {
+            self.improper_pipelining = match ends_group(&command) {
+                Some(what) => Some(what),
+                None if !(self.helo.is_some() && self.esmtp) => {
+                    Some("commands pipelined without PIPELINING")
+                }
+                None => None,
+            };
+        }
+        match command {
             Command::Helo { name, extended } => {
                 if name.is_empty() {
                     let verb = if extended { "EHLO" } else { "HELO" };
@@ -921,14 +985,27 @@ impl Session {
         }
     }
 
-    /// Sends an error reply and hangs up once the client has made too many.
+    /// Sends an error reply and hangs up once the client has made too many; past the
+    /// soft limit the reply is delayed first.
     fn error(&mut self, reply: Reply) {
-        self.send(reply);
         self.errors += 1;
+        if let Some(delay) = self.error_delay() {
+            self.actions.push_back(Action::Pause(delay));
+        }
+        self.send(reply);
         if self.errors >= self.config.max_errors && !self.is_closed() {
             self.send(Reply::with(421, 7, 0, "too many errors, closing"));
             self.close();
         }
+    }
+
+    /// 1 s for the first error past the soft limit, doubling with each one after it, up
+    /// to `error_delay_max`: a typo costs nothing, a dictionary attack a growing wait.
+    fn error_delay(&self) -> Option<Duration> {
+        let past = self.errors.checked_sub(self.config.soft_error_limit).filter(|n| *n > 0)?;
+        let secs = 1u64.checked_shl(past - 1).unwrap_or(u64::MAX);
+        let delay = Duration::from_secs(secs).min(self.config.error_delay_max);
+        (!delay.is_zero()).then_some(delay)
     }
 
     fn send(&mut self, reply: Reply) {
@@ -970,6 +1047,19 @@ fn find_crlf(buf: &[u8], mut from: usize) -> Option<usize> {
         from = lf + 1;
     }
     None
+}
+
+/// Why input behind `command` is improper whatever was offered: RFC 2920 section 3.1
+/// puts EHLO, DATA, VRFY, EXPN and NOOP last in a group, RFC 3207 STARTTLS. (QUIT too,
+/// but what follows it is never read.)
+fn ends_group(command: &Command) -> Option<&'static str> {
+    Some(match command {
+        Command::Helo { .. } => "input before the reply to EHLO/HELO",
+        Command::Data(_) => "message content before the 354",
+        Command::StartTls(_) => "input before the reply to STARTTLS",
+        Command::Noop | Command::Vrfy | Command::Expn => "input before the reply to NOOP/VRFY/EXPN",
+        _ => return None,
+    })
 }
 
 fn line_too_long(max: usize) -> Reply {

@@ -40,6 +40,9 @@ fn config() -> SessionConfig {
         idle_timeout: Duration::from_secs(300),
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(900),
+        session_timeout: Duration::from_secs(1800),
+        soft_error_limit: 3,
+        error_delay_max: Duration::from_secs(5),
         min_data_rate: 100,
         tls_available: true,
     }
@@ -61,6 +64,8 @@ struct Client {
     stored: Vec<Incoming>,
     closed: bool,
     tls_handshakes: u32,
+    /// Every `Pause` so far, each taken on the client's clock like a driver's sleep.
+    pauses: Vec<Duration>,
 }
 
 /// Server output since the last command.
@@ -104,6 +109,7 @@ impl Client {
             stored: Vec::new(),
             closed: false,
             tls_handshakes: 0,
+            pauses: Vec::new(),
         };
         c.pump();
         c
@@ -129,6 +135,10 @@ impl Client {
                 Action::StartTls => {
                     self.tls_handshakes += 1;
                     self.session.tls_up(self.now);
+                }
+                Action::Pause(d) => {
+                    self.pauses.push(d);
+                    self.now += d;
                 }
                 Action::Close => self.closed = true,
             }
@@ -616,4 +626,141 @@ fn smuggled_commands_inside_data_are_content() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].data, b"ab\r\n.\r\n");
     assert!(out.contains("250 2.0.0 4 octets received\r\n"), "{out}");
+}
+
+// ----- hostile input: the whole-session deadline, error delays, improper pipelining -----
+
+#[test]
+fn the_session_ends_at_its_deadline_whatever_it_is_doing() {
+    let short = SessionConfig { session_timeout: Duration::from_secs(100), ..config() };
+    // A client that is never idle and never slow is still cut when its time is up.
+    let mut c = Client::ready(short.clone());
+    let start = c.start;
+    for _ in 0..3 {
+        c.advance(30);
+        c.cmd("NOOP", "250");
+    }
+    assert_eq!(c.session.poll_timeout(), Some(start + Duration::from_secs(100)));
+    c.advance(10);
+    c.take().assert_eq("421 4.4.2 session timeout, closing\r\n");
+    assert!(c.closed);
+
+    // Mid-message too: the partial message is dropped, not stored.
+    let mut c = Client::ready(short.clone());
+    c.advance(80);
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<b@example.test>", "250");
+    c.cmd("DATA", "354");
+    c.send(b"Subject: late\r\n\r\n");
+    c.advance(19);
+    assert!(!c.closed);
+    c.advance(1);
+    c.take().assert_eq("421 4.4.2 session timeout, closing\r\n");
+    assert!(c.closed && c.stored.is_empty());
+    c.session.handle_input(b".\r\n", c.now);
+    assert_eq!(c.session.poll_action(), None);
+
+    // A deadline that passed while the driver held the session fires at the next poll.
+    let now = Instant::now();
+    let mut s = Session::new(short, peer(), now);
+    s.poll_action();
+    let late = now + Duration::from_secs(150);
+    s.answer(Decision::Accept, late);
+    s.poll_action();
+    assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(100)));
+    s.handle_timeout(late);
+    let sent = match s.poll_action() {
+        Some(Action::Send(b)) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(sent, "421 4.4.2 session timeout, closing\r\n");
+    assert_eq!(s.poll_action(), Some(Action::Close));
+}
+
+#[test]
+fn errors_past_the_soft_limit_are_delayed_more_and_more() {
+    let mut c = Client::ready(SessionConfig { max_errors: 10, ..config() });
+    for _ in 0..3 {
+        c.cmd("xyzzy", "500 5.5.1");
+    }
+    assert!(c.pauses.is_empty(), "the first three errors are free");
+    let before = c.now;
+    for _ in 0..6 {
+        c.cmd("xyzzy", "500 5.5.1");
+    }
+    let secs: Vec<u64> = c.pauses.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [1, 2, 4, 5, 5, 5], "doubling, capped at error_delay_max");
+    assert_eq!(c.now - before, Duration::from_secs(22));
+    // The tenth error: its delay, then the reply and the 421 together.
+    c.cmd("xyzzy", "500 5.5.1").assert_contains("421 4.7.0 too many errors, closing\r\n");
+    assert_eq!(c.pauses.last(), Some(&Duration::from_secs(5)));
+    assert!(c.closed);
+
+    // The pause comes before the error reply, after the replies owed before it.
+    let now = Instant::now();
+    let cfg = SessionConfig { soft_error_limit: 0, ..config() };
+    let mut s = Session::new(cfg, peer(), now);
+    s.poll_action();
+    s.answer(Decision::Accept, now);
+    s.poll_action();
+    s.handle_input(b"NOOP\r\nxyzzy\r\nNOOP\r\n", now);
+    let actions: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+    assert_eq!(
+        actions,
+        [
+            Action::Send(b"250 2.0.0 ok\r\n".to_vec()),
+            Action::Pause(Duration::from_secs(1)),
+            Action::Send(b"500 5.5.1 command not recognized\r\n250 2.0.0 ok\r\n".to_vec()),
+        ]
+    );
+
+    // A zero cap turns the delays off; refused recipients count like any error.
+    let mut c = Client::ready(SessionConfig {
+        max_errors: 10,
+        error_delay_max: Duration::ZERO,
+        ..config()
+    });
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    for i in 0..8 {
+        c.cmd(&format!("RCPT TO:<unknown{i}@other.test>"), "550 5.7.1");
+    }
+    assert!(c.pauses.is_empty());
+}
+
+#[test]
+fn input_before_a_reply_the_client_must_wait_for_is_improper_pipelining() {
+    let improper = |script: &[&[u8]]| {
+        let mut c = Client::new(config());
+        c.take();
+        for part in script {
+            c.send(part);
+        }
+        c.session.improper_pipelining()
+    };
+    // Proper: EHLO alone, then a group that ends with DATA, then the message after 354;
+    // BDAT carries its chunk behind it by design.
+    let mail = b"MAIL FROM:<a@s.test>\r\nRCPT TO:<b@example.test>\r\n";
+    assert_eq!(improper(&[b"EHLO c.test\r\n", mail, b"DATA\r\n", b"hi\r\n.\r\n"]), None);
+    assert_eq!(improper(&[b"EHLO c.test\r\n", mail, b"BDAT 4 LAST\r\nhi\r\nQUIT\r\n"]), None);
+    assert_eq!(improper(&[b"HELO c.test\r\n", b"MAIL FROM:<a@s.test>\r\n", b"QUIT\r\n"]), None);
+    // Improper: behind EHLO, behind DATA, after HELO (no PIPELINING), behind STARTTLS.
+    assert_eq!(
+        improper(&[b"EHLO c.test\r\nMAIL FROM:<a@s.test>\r\n"]),
+        Some("input before the reply to EHLO/HELO")
+    );
+    assert_eq!(
+        improper(&[b"EHLO c.test\r\n", mail, b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"]),
+        Some("message content before the 354")
+    );
+    assert_eq!(
+        improper(&[b"HELO c.test\r\n", mail]),
+        Some("commands pipelined without PIPELINING")
+    );
+    assert_eq!(
+        improper(&[b"EHLO c.test\r\n", b"STARTTLS\r\nMAIL FROM:<a@s.test>\r\n"]),
+        Some("input before the reply to STARTTLS")
+    );
+    // The verdict is a finding for the driver: the replies are the same either way.
+    let (out, stored, _) = run_split(b"EHLO c.test\r\nNOOP\r\n", &[]);
+    assert_eq!(run_split(b"EHLO c.test\r\nNOOP\r\n", &[13]), (out, stored, false));
 }

@@ -54,6 +54,10 @@ fn base_config() -> SessionConfig {
         idle_timeout: Duration::from_secs(300),
         command_timeout: Duration::from_secs(60),
         data_timeout: Duration::from_secs(900),
+        session_timeout: Duration::from_secs(1800),
+        // Error delays only where a fixture asks for them.
+        soft_error_limit: u32::MAX,
+        error_delay_max: Duration::from_secs(5),
         min_data_rate: 100,
         tls_available: true,
     }
@@ -71,6 +75,9 @@ fn set(config: &mut SessionConfig, kv: &str) {
         "idle_timeout" => config.idle_timeout = Duration::from_secs(n()),
         "command_timeout" => config.command_timeout = Duration::from_secs(n()),
         "data_timeout" => config.data_timeout = Duration::from_secs(n()),
+        "session_timeout" => config.session_timeout = Duration::from_secs(n()),
+        "soft_error_limit" => config.soft_error_limit = n() as u32,
+        "error_delay_max" => config.error_delay_max = Duration::from_secs(n()),
         "min_data_rate" => config.min_data_rate = n(),
         "tls_available" => config.tls_available = v == "true",
         _ => panic!("unknown @config key {k:?}"),
@@ -125,6 +132,8 @@ enum Event {
     Wrote(Vec<u8>),
     Stored(Vec<u8>),
     Tls,
+    /// A `Pause`, in whole seconds; the driver's clock moves on by it.
+    Pause(u64),
     Close,
 }
 
@@ -161,6 +170,10 @@ impl Driver {
                     self.events.push(Event::Tls);
                     self.session.tls_up(self.now);
                 }
+                Action::Pause(d) => {
+                    self.events.push(Event::Pause(d.as_secs()));
+                    self.now += d;
+                }
                 Action::Close => self.events.push(Event::Close),
             }
         }
@@ -194,6 +207,7 @@ impl Driver {
                 }
                 Event::Stored(data) => out.push_str(&format!("S: [stored] {}\n", escape(data))),
                 Event::Tls => out.push_str("S: [tls]\n"),
+                Event::Pause(secs) => out.push_str(&format!("S: [pause {secs} s]\n")),
                 Event::Close => out.push_str("S: [close]\n"),
             }
         }
