@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use crate::{db_err, decode, LogEntry, QuarantineEntry, StoreError};
+use crate::{db_err, decode, LogAction, LogEntry, QuarantineEntry, StoreError};
 
 pub(crate) const KEY_COMPLETE: &[u8] = b"v";
 const KEY_LOG: &[u8] = b"log";
@@ -86,7 +86,7 @@ fn with(prefix: &[u8], hour: Option<u64>, tail: &[&[u8]]) -> Vec<u8> {
 /// de-duplicated within a record, as the scan the dashboard used to do counted them.
 fn log_keys(e: &LogEntry) -> Vec<Vec<u8>> {
     let hour = e.received_at / HOUR;
-    let action = e.action.as_bytes();
+    let action = e.action.as_str().as_bytes();
     let mut keys =
         vec![KEY_LOG.to_vec(), with(b"a", None, &[action]), with(b"h", Some(hour), &[action])];
     let sender = if e.mail_from.is_empty() { "<>".to_string() } else { e.mail_from.to_lowercase() };
@@ -118,8 +118,8 @@ impl Delta {
 
     /// A record written under `action` for the first time (new, or replaced with
     /// another action): counted in the never-decreasing `t` counters.
-    pub(crate) fn log_written(&mut self, action: &str) {
-        self.add(with(b"t", None, &[action.as_bytes()]), 1);
+    pub(crate) fn log_written(&mut self, action: &LogAction) {
+        self.add(with(b"t", None, &[action.as_str().as_bytes()]), 1);
     }
 
     pub(crate) fn quarantine(&mut self, sign: i64) {
@@ -231,7 +231,7 @@ fn log_sums(log: &sled::Tree, written: bool) -> Result<HashMap<Vec<u8>, u64>, St
             *sums.entry(key).or_insert(0) += 1;
         }
         if written {
-            *sums.entry(with(b"t", None, &[e.action.as_bytes()])).or_insert(0) += 1;
+            *sums.entry(with(b"t", None, &[e.action.as_str().as_bytes()])).or_insert(0) += 1;
         }
     }
     Ok(sums)

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use levee_types::QueueId;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use thiserror::Error;
@@ -34,12 +34,18 @@ mod learning;
 mod lists;
 mod private;
 mod quarantine;
+mod records;
 
 pub use console::{ApiToken, Frequency, ReportSchedule, Role, Session, Throttle, User};
 pub use counters::{Counts, TopKind};
 pub use learning::{LEARN_GLOBAL, LEARN_HELDBACK};
 pub use lists::StoredListEntry;
 pub use quarantine::{QuarantineEntry, QuarantineQuery};
+use records::qid;
+pub use records::{
+    DeliveryAttempt, DeliveryOutcome, LogAction, LogEntry, QueueEntry, RcptState, RcptStatus,
+    Release,
+};
 
 const SCHEMA_VERSION: &[u8] = b"1";
 const KEY_SCHEMA: &[u8] = b"schema";
@@ -74,123 +80,6 @@ fn tx_err(op: &'static str) -> impl FnOnce(TransactionError<StoreError>) -> Stor
 /// Aborts a transaction with a store error (a record that does not decode, say).
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
-}
-
-/// Serde for [`QueueId`] as its printed form (the type itself stays serde-free).
-mod qid {
-    use levee_types::QueueId;
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(id: &QueueId, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(id.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<QueueId, D::Error> {
-        let s = String::deserialize(d)?;
-        QueueId::parse(&s).ok_or_else(|| D::Error::custom(format!("bad queue id {s:?}")))
-    }
-}
-
-/// JSON has no NaN or infinity (serde_json writes `null`); read `null` back as NaN so a
-/// scorer bug cannot make a log record unreadable.
-mod lenient_f64 {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn one<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
-
-    pub fn findings<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(String, String, f64)>, D::Error> {
-        let raw = Vec::<(String, String, Option<f64>)>::deserialize(d)?;
-        Ok(raw.into_iter().map(|(s, t, w)| (s, t, w.unwrap_or(f64::NAN))).collect())
-    }
-}
-
-/// Where one recipient of a queued message stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RcptStatus {
-    /// Not tried yet.
-    Pending,
-    Delivered,
-    /// Temporary failure: retried at `QueueEntry::next_attempt`.
-    Deferred,
-    /// Permanent failure (or expired): goes into the DSN.
-    Failed,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RcptState {
-    pub rcpt: String,
-    pub status: RcptStatus,
-    /// The last reply from the next hop for this recipient, for DSNs and the console.
-    pub last_reply: Option<String>,
-}
-
-/// Delivery state of one queued message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueueEntry {
-    #[serde(with = "qid")]
-    pub id: QueueId,
-    pub received_at: u64,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub next_attempt: u64,
-    pub recipients: Vec<RcptState>,
-    /// Quarantined: not delivered until released.
-    pub held: bool,
-    /// Let go from quarantine: delivery says so instead of repeating the held verdict.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub released: Option<Release>,
-}
-
-/// Who released a quarantined message, and the verdict it had been held with.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Release {
-    pub by: String,
-    pub verdict: String,
-}
-
-impl QueueEntry {
-    /// True when no recipient is left to try.
-    pub fn is_finished(&self) -> bool {
-        self.recipients
-            .iter()
-            .all(|r| matches!(r.status, RcptStatus::Delivered | RcptStatus::Failed))
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeliveryAttempt {
-    pub at: u64,
-    pub rcpt: String,
-    pub host: String,
-    pub reply: String,
-    /// e.g. "delivered", "deferred", "failed".
-    pub outcome: String,
-}
-
-/// One record per received message, for the console's message log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    #[serde(with = "qid")]
-    pub id: QueueId,
-    pub received_at: u64,
-    pub client_ip: String,
-    pub helo: String,
-    /// The reverse path as text; empty for `<>`.
-    pub mail_from: String,
-    pub rcpt_to: Vec<String>,
-    pub size: u64,
-    pub action: String,
-    #[serde(deserialize_with = "lenient_f64::one")]
-    pub score: f64,
-    /// (symbol, detail, weight)
-    #[serde(deserialize_with = "lenient_f64::findings")]
-    pub findings: Vec<(String, String, f64)>,
-    #[serde(default)]
-    pub deliveries: Vec<DeliveryAttempt>,
 }
 
 /// 1 if a stored queue record is waiting for delivery (not held), else 0; an unreadable
@@ -425,7 +314,7 @@ impl Store {
                     }
                     None => None,
                 };
-                if old_action.as_deref() != Some(e.action.as_str()) {
+                if old_action.as_ref() != Some(&e.action) {
                     delta.log_written(&e.action);
                 }
                 delta.log_record(e, 1);
@@ -628,7 +517,7 @@ mod tests {
             mail_from: String::new(),
             rcpt_to: vec!["a@dest.test".into()],
             size: 1234,
-            action: "tag".into(),
+            action: LogAction::Tag,
             score: 5.5,
             findings: vec![("DNSBL".into(), "listed \"x\"".into(), 3.0)],
             deliveries: vec![],
@@ -641,7 +530,7 @@ mod tests {
             rcpt: rcpt.into(),
             host: "mail.dest.test:25".into(),
             reply: "250 2.0.0 ok".into(),
-            outcome: "delivered".into(),
+            outcome: DeliveryOutcome::Delivered,
         }
     }
 
@@ -854,7 +743,7 @@ mod tests {
             subject: "s".into(),
             size: 1,
             score: 7.0,
-            action: "quarantine".into(),
+            action: LogAction::Quarantine,
             findings: vec![],
         }
     }

@@ -2,7 +2,7 @@
 //! message itself stays in the spool (held in the queue) until it is released or
 //! deleted.
 
-use crate::{counters, db_err, decode, encode, key, qid, tx_err, Store, StoreError};
+use crate::{counters, db_err, decode, encode, key, qid, tx_err, LogAction, Store, StoreError};
 use levee_types::QueueId;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -22,7 +22,7 @@ pub struct QuarantineEntry {
     pub subject: String,
     pub size: u64,
     pub score: f64,
-    pub action: String,
+    pub action: LogAction,
     pub findings: Vec<(String, String, f64)>,
 }
 
