@@ -237,7 +237,7 @@ impl Engine {
                 return Err(RelayError::Io(std::io::Error::other(r.to_string())))
             }
         }
-        self.drop_recipients(id, q, &mine)?;
+        self.drop_recipients(id, &mine)?;
         info!(%id, by, rcpts = %mine.join(","), "released from quarantine for some recipients");
         Ok(())
     }
@@ -254,7 +254,7 @@ impl Engine {
         if mine.len() == q.rcpt_to.len() {
             return self.quarantine_delete(id, by).await;
         }
-        self.drop_recipients(id, q, &mine)?;
+        self.drop_recipients(id, &mine)?;
         info!(%id, by, rcpts = %mine.join(","), "deleted from quarantine for some recipients");
         Ok(())
     }
@@ -278,20 +278,18 @@ impl Engine {
         Ok((q, mine))
     }
 
-    fn drop_recipients(
-        &self,
-        id: &QueueId,
-        mut q: QuarantineEntry,
-        gone: &[String],
-    ) -> Result<(), RelayError> {
+    fn drop_recipients(&self, id: &QueueId, gone: &[String]) -> Result<(), RelayError> {
         let dropped = self.store.queue_update(id, |e| {
             e.recipients.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(&r.rcpt)));
         })?;
         if dropped.is_none() {
             return Err(RelayError::NotFound(id.clone()));
         }
-        q.rcpt_to.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(r)));
-        self.store.quarantine_put(&q)?;
+        // on the record as stored: a release meanwhile is not undone, and another user's
+        // drop at the same time is not lost
+        self.store.quarantine_update(id, |q| {
+            q.rcpt_to.retain(|r| !gone.iter().any(|g| g.eq_ignore_ascii_case(r)));
+        })?;
         self.store.flush()?;
         Ok(())
     }
