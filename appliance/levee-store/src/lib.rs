@@ -2,7 +2,7 @@
 //! accounts and safe learning's state, behind [`Backend`] so that the storage engine
 //! can change without touching callers.
 //!
-//! - [`records`](LogEntry) and the other record types are the data, whatever the engine.
+//! - The record types ([`LogEntry`], [`QueueEntry`], ...) are the data, whatever the engine.
 //! - [`backend`] is the interface: one trait per table, gathered in [`Backend`].
 //! - [`SledBackend`] is the embedded default and the only user of sled.
 //! - [`Store`] is the handle the engine passes around: an `Arc<dyn Backend>` plus the
