@@ -273,8 +273,11 @@ fn authenticate(
     };
     // Touch at most once a minute: the idle timer does not need more precision.
     if now >= s.last_seen + 60 {
-        s.last_seen = now;
-        store.session_put(&digest, &s)?;
+        // An update, not a put: a session ended meanwhile stays ended.
+        match store.session_update(&digest, |x| x.last_seen = now)? {
+            Some(touched) => s = touched,
+            None => return Ok(None),
+        }
     }
     Ok(Some(Viewer { user, session: Some((digest, s)) }))
 }

@@ -113,9 +113,8 @@ pub async fn send_report(st: &AppState, s: &ReportSchedule) -> AppResult<()> {
     }
     let data = compose(&from.to_string(), &s.recipients, "Levee report", &body);
     st.engine().send_mail(Some(from), to, data).await?;
-    let mut s = s.clone();
-    s.last_sent = now();
-    st.store().schedule_put(&s)?;
+    // An update, not a put: a schedule removed meanwhile stays removed.
+    st.store().schedule_update(s.id, |x| x.last_sent = now())?;
     info!(schedule = s.id, "admin report queued");
     Ok(())
 }
@@ -180,8 +179,8 @@ pub async fn send_digest(st: &AppState, user: &User, t: u64) -> AppResult<()> {
         st.engine().send_mail(Some(from), to, data).await?;
         info!(user = %user.name, "quarantine digest queued");
     }
-    let mut u = user.clone();
-    u.digest_last_sent = t;
-    st.store().user_put(&u)?;
+    // An update, not a put of the copy read before sending: a password or role changed
+    // meanwhile stays changed, and a removed user stays removed.
+    st.store().user_update(&user.name, |u| u.digest_last_sent = t)?;
     Ok(())
 }

@@ -89,7 +89,7 @@ pub fn trace_headers(
             h.push_str("X-Levee-Verdict: released\r\n");
             h.push_str(&format!(
                 "X-Levee-Released: verdict={}; by={}\r\n",
-                clean(&r.verdict),
+                clean(r.verdict.as_str()),
                 clean(&r.by)
             ));
         }

@@ -1216,7 +1216,7 @@ fn log_entry(meta: &SpoolMeta, size: u64) -> LogEntry {
         mail_from: env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
         rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
         size,
-        action: meta.action.to_string(),
+        action: meta.action.into(),
         score: meta.score,
         findings: meta
             .findings

@@ -103,7 +103,7 @@ pub fn quarantine_entry(meta: &SpoolMeta, data: &[u8], days: u64) -> QuarantineE
         subject,
         size: data.len() as u64,
         score: meta.score,
-        action: meta.action.to_string(),
+        action: meta.action.into(),
         findings: meta
             .findings
             .iter()
@@ -222,7 +222,7 @@ impl Engine {
             score: meta.score,
             findings: meta.findings,
         };
-        let release = Release { by: by.to_string(), verdict: meta.action.to_string() };
+        let release = Release { by: by.to_string(), verdict: meta.action.into() };
         match self.enqueue_copies(vec![(envelope, verdict)], body, Some(release)).await {
             StoreOutcome::Queued(..) => {}
             StoreOutcome::Refused(r) => {

@@ -166,14 +166,14 @@ impl QueueManager {
     pub fn drop_recipients(&self, id: &QueueId, gone: &[String]) -> Result<bool, StoreError> {
         let is_gone = |r: &str| gone.iter().any(|g| g.eq_ignore_ascii_case(r));
         let _w = self.lock();
-        let Some(mut q) = self.store.quarantine_get(id)? else { return Ok(false) };
         let dropped =
             self.store.queue_update(id, |e| e.recipients.retain(|r| !is_gone(&r.rcpt)))?;
         if dropped.is_none() {
             return Ok(false);
         }
-        q.rcpt_to.retain(|r| !is_gone(r));
-        self.store.quarantine_put(&q)?;
+        // On the record as stored: a change made meanwhile (by another node's console,
+        // which this lock does not cover) is not undone.
+        self.store.quarantine_update(id, |q| q.rcpt_to.retain(|r| !is_gone(r)))?;
         self.store.flush()?;
         Ok(true)
     }

@@ -7,7 +7,7 @@ use crate::qmgr::{AttemptReport, Settled};
 use crate::{dsn, headers, now_unix, Engine};
 use levee_config::{DownstreamHost, TlsPolicy};
 use levee_spool::{next_attempt, SpoolMeta};
-use levee_store::{DeliveryAttempt, RcptStatus};
+use levee_store::{DeliveryAttempt, DeliveryOutcome, RcptStatus};
 use levee_types::{Domain, QueueId, Reply};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -132,11 +132,13 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
                 Err(reply) => Err(reply.clone()),
             };
             let (status, reply, outcome) = match reply {
-                Ok(reply) => (RcptStatus::Delivered, reply, "delivered"),
-                Err(reply) if reply.is_permanent() => (RcptStatus::Failed, reply, "failed"),
-                Err(reply) => (RcptStatus::Deferred, reply, "deferred"),
+                Ok(reply) => (RcptStatus::Delivered, reply, DeliveryOutcome::Delivered),
+                Err(reply) if reply.is_permanent() => {
+                    (RcptStatus::Failed, reply, DeliveryOutcome::Failed)
+                }
+                Err(reply) => (RcptStatus::Deferred, reply, DeliveryOutcome::Deferred),
             };
-            info!(%id, rcpt = %r.rcpt, host = %host_label, reply = %reply, outcome, "delivery attempt");
+            info!(%id, rcpt = %r.rcpt, host = %host_label, reply = %reply, %outcome, "delivery attempt");
             let _ = engine.store.log_add_attempt(
                 id,
                 DeliveryAttempt {
@@ -144,7 +146,7 @@ async fn attempt(engine: &Arc<Engine>, id: &QueueId) -> Option<u64> {
                     rcpt: r.rcpt.clone(),
                     host: host_label.clone(),
                     reply: reply.to_string(),
-                    outcome: outcome.to_string(),
+                    outcome,
                 },
             );
             if status == RcptStatus::Failed {

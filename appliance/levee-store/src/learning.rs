@@ -1,14 +1,15 @@
-//! Tree `learning`: the state of safe learning (`levee_filter::votes`), as JSON values.
+//! Safe learning's state (`levee_filter::votes`), typed here and kept as JSON by the
+//! backend ([`crate::backend::LearningStore`]): the types live in `levee-filter`, above
+//! the store, which keeps them readable and in one place.
 //!
 //! Keys: `global` (the global path: pending messages, de-duplication, counters), `heldback`
 //! (the validation sample) and `user:<address>` (one user's own votes, so a vote rewrites
-//! one small record, not everyone's). The store does not know the types (they live in
-//! `levee-filter`, below it); it keeps them readable and in one place.
+//! one small record, not everyone's).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{db_err, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// The key of the global learning state.
 pub const LEARN_GLOBAL: &str = "global";
@@ -24,12 +25,11 @@ impl Store {
     /// Writes one learning record (not flushed: the next group commit or flush makes it durable).
     pub fn learning_put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(codec(key))?;
-        self.learning.insert(key, bytes).map_err(db_err("learning put"))?;
-        Ok(())
+        self.learning_put_json(key, &bytes)
     }
 
     pub fn learning_get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.learning.get(key).map_err(db_err("learning get"))? {
+        match self.learning_get_json(key)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(codec(key))?)),
             None => Ok(None),
         }
@@ -47,47 +47,12 @@ impl Store {
         &self,
     ) -> Result<(Vec<(String, T)>, Vec<String>), StoreError> {
         let (mut out, mut bad) = (Vec::new(), Vec::new());
-        for kv in self.learning.scan_prefix(USER_PREFIX) {
-            let (k, v) = kv.map_err(db_err("learning scan"))?;
-            let user = String::from_utf8_lossy(&k[USER_PREFIX.len()..]).into_owned();
+        for (user, v) in self.learning_scan_json(USER_PREFIX)? {
             match serde_json::from_slice(&v) {
                 Ok(t) => out.push((user, t)),
                 Err(_) => bad.push(user),
             }
         }
         Ok((out, bad))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn learning_records_persist() {
-        let dir = std::env::temp_dir().join(format!("levee-store-learning-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        {
-            let s = Store::open(&dir).unwrap();
-            s.learning_put(LEARN_GLOBAL, &vec![1u32, 2, 3]).unwrap();
-            s.learning_user_put("a@example.test", &"votes a").unwrap();
-            s.learning_user_put("b@example.test", &"votes b").unwrap();
-            s.learning_put("user:c@example.test", &7u32).unwrap();
-            s.flush().unwrap();
-        }
-        let s = crate::tests::reopen(&dir);
-        assert_eq!(s.learning_get::<Vec<u32>>(LEARN_GLOBAL).unwrap(), Some(vec![1, 2, 3]));
-        assert_eq!(s.learning_get::<Vec<u32>>(LEARN_HELDBACK).unwrap(), None);
-        let (users, bad) = s.learning_users::<String>().unwrap();
-        assert_eq!(
-            users,
-            [
-                ("a@example.test".into(), "votes a".into()),
-                ("b@example.test".into(), "votes b".into())
-            ]
-        );
-        assert_eq!(bad, ["c@example.test"]);
-        drop(s);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,10 +2,9 @@
 //! message itself stays in the spool (held in the queue) until it is released or
 //! deleted.
 
-use crate::{counters, db_err, decode, encode, key, qid, tx_err, Store, StoreError};
+use crate::{qid, LogAction};
 use levee_types::QueueId;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineEntry {
@@ -22,7 +21,7 @@ pub struct QuarantineEntry {
     pub subject: String,
     pub size: u64,
     pub score: f64,
-    pub action: String,
+    pub action: LogAction,
     pub findings: Vec<(String, String, f64)>,
 }
 
@@ -63,80 +62,5 @@ impl QuarantineQuery {
             && self.until.is_none_or(|t| e.received_at <= t)
             && self.min_score.is_none_or(|m| e.score >= m)
             && self.max_score.is_none_or(|m| e.score <= m)
-    }
-}
-
-impl Store {
-    /// Adds or replaces an entry; the quarantine counter changes in the same transaction.
-    pub fn quarantine_put(&self, e: &QuarantineEntry) -> Result<(), StoreError> {
-        let (k, bytes) = (key(&e.id), encode(e, &e.id)?);
-        (&self.quarantine, &self.counters)
-            .transaction(|(q, ctr)| {
-                let mut delta = counters::Delta::default();
-                if q.insert(&k, bytes.as_slice())?.is_none() {
-                    delta.quarantine(1);
-                }
-                delta.apply(ctr)
-            })
-            .map_err(tx_err("quarantine put"))
-    }
-
-    pub fn quarantine_get(&self, id: &QueueId) -> Result<Option<QuarantineEntry>, StoreError> {
-        match self.quarantine.get(key(id)).map_err(db_err("quarantine get"))? {
-            Some(v) => Ok(Some(decode(&v, &key(id))?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn quarantine_remove(&self, id: &QueueId) -> Result<(), StoreError> {
-        let k = key(id);
-        (&self.quarantine, &self.counters)
-            .transaction(|(q, ctr)| {
-                let mut delta = counters::Delta::default();
-                if q.remove(&k)?.is_some() {
-                    delta.quarantine(-1);
-                }
-                delta.apply(ctr)
-            })
-            .map_err(tx_err("quarantine remove"))
-    }
-
-    /// Matching entries, newest first, with the total number that matched.
-    pub fn quarantine_search(
-        &self,
-        q: &QuarantineQuery,
-    ) -> Result<(Vec<QuarantineEntry>, usize), StoreError> {
-        let mut out = Vec::new();
-        let mut total = 0;
-        for kv in self.quarantine.iter().rev() {
-            let (k, v) = kv.map_err(db_err("quarantine scan"))?;
-            let e: QuarantineEntry = decode(&v, &k)?;
-            if !q.matches(&e) {
-                continue;
-            }
-            total += 1;
-            if total > q.offset && (q.limit == 0 || out.len() < q.limit) {
-                out.push(e);
-            }
-        }
-        Ok((out, total))
-    }
-
-    /// Ids whose hold has expired at `now`.
-    pub fn quarantine_expired(&self, now: u64) -> Result<Vec<QueueId>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.quarantine.iter() {
-            let (k, v) = kv.map_err(db_err("quarantine scan"))?;
-            let e: QuarantineEntry = decode(&v, &k)?;
-            if e.expires_at <= now {
-                out.push(e.id);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Number of held messages (a counter read).
-    pub fn quarantine_len(&self) -> Result<usize, StoreError> {
-        Ok(counters::read_quarantine(&self.counters)? as usize)
     }
 }

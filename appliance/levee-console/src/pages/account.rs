@@ -85,10 +85,9 @@ pub(super) async fn account_digest(
     State(st): State<AppState>,
     p: Post<DigestForm>,
 ) -> AppResult<Response> {
-    let mut u = p.viewer.user.clone();
-    u.digest =
+    let digest =
         Frequency::parse(&p.form.digest).ok_or(AppError::BadRequest("bad frequency".into()))?;
-    st.store().user_put(&u)?;
+    st.store().user_update(&p.viewer.user.name, |u| u.digest = digest)?;
     Ok(back("/account", "Saved."))
 }
 

@@ -124,15 +124,20 @@ pub(super) struct PasswordForm {
 
 /// Sets a password and ends every session and API token of that user.
 pub(crate) async fn set_password(st: &AppState, name: &str, password: String) -> AppResult<User> {
-    let mut u = st.store().user_get(name)?.ok_or(AppError::NotFound)?;
+    st.store().user_get(name)?.ok_or(AppError::NotFound)?;
     if password.chars().count() < auth::MIN_PASSWORD_LEN {
         return Err(AppError::BadRequest("The password is too short.".into()));
     }
-    u.password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| AppError::Internal(e.to_string()))?
         .map_err(AppError::Internal)?;
-    st.store().user_put(&u)?;
+    // An update, not a put of the copy read before hashing: a change made meanwhile stays,
+    // and a user removed meanwhile is not brought back.
+    let u = st
+        .store()
+        .user_update(name, |u| u.password_hash.clone_from(&hash))?
+        .ok_or(AppError::NotFound)?;
     st.store().sessions_remove_user(&u.name)?;
     st.store().tokens_remove_user(&u.name)?;
     Ok(u)
