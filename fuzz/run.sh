@@ -41,6 +41,9 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
 fi
 
 export RUSTC_BOOTSTRAP=1
+# sarules_rules writes each input as a rule file: keep those under the build directory.
+export TMPDIR="$PWD/target/tmp"
+mkdir -p "$TMPDIR"
 echo "== building fuzz targets"
 build_start=$SECONDS
 cargo fuzz build -O
