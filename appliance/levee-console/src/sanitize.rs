@@ -61,6 +61,8 @@ const ALLOWED: &[&str] = &[
     "q",
 ];
 const VOID: &[&str] = &["br", "hr", "img"];
+/// Elements open at once; deeper ones are dropped.
+const MAX_OPEN: usize = 100;
 /// Elements whose whole content is dropped.
 const DROP_CONTENT: &[&str] = &[
     "script",
@@ -279,16 +281,17 @@ pub fn sanitize_html(input: &str) -> String {
         let name = tag.name.as_str();
         if DROP_CONTENT.contains(&name) {
             if !tag.closing {
-                // Skip to the matching close tag (case-insensitive), or to the end.
-                let lower = input[i..].to_ascii_lowercase();
+                // Skip to the matching close tag (case-insensitive), or to the end. Searched
+                // in place: a lowercased copy of the rest per tag made `<svg></svg>` repeated
+                // quadratic.
+                let rest = &input.as_bytes()[i..];
                 let close = format!("</{name}");
-                i += lower
-                    .find(&close)
+                i += find_ci(rest, close.as_bytes())
                     .map(|p| {
-                        let after = &lower[p..];
-                        p + after.find('>').map(|q| q + 1).unwrap_or(after.len())
+                        let after = &rest[p..];
+                        p + after.iter().position(|&c| c == b'>').map_or(after.len(), |q| q + 1)
                     })
-                    .unwrap_or(lower.len());
+                    .unwrap_or(rest.len());
             }
             continue;
         }
@@ -309,6 +312,11 @@ pub fn sanitize_html(input: &str) -> String {
                     }
                 }
             }
+            continue;
+        }
+        if !VOID.contains(&name) && open.len() >= MAX_OPEN {
+            // Deeper than any real mail: dropped (its text stays), so a close tag's search
+            // of the open elements is bounded.
             continue;
         }
         match name {
@@ -363,6 +371,11 @@ pub fn sanitize_html(input: &str) -> String {
         }
     }
     out
+}
+
+/// Where `needle` (ASCII) first occurs in `hay`, ignoring ASCII case.
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn close_link(out: &mut String, href: Option<String>) {
@@ -493,5 +506,23 @@ mod tests {
         let out = sanitize_html("<img src=\"https://t.example/p.gif\" alt=\"pixel\">");
         assert_eq!(out, "<span class=\"blocked\">[remote image blocked: pixel]</span>");
         assert_eq!(sanitize_html("<style>p{}</style>text<script>x</script>"), "text");
+        assert_eq!(sanitize_html("a<SVG>x</svG >b<svg>c</sv"), "ab");
+    }
+
+    /// Hostile shapes that were quadratic: every dropped element copied the rest of the
+    /// input, and every stray close tag searched all open elements. A few MB of either took
+    /// hours; now it is linear (milliseconds, the bound only catches a regression).
+    #[test]
+    fn hostile_shapes_stay_linear() {
+        let n = 200_000;
+        let mut html = "<svg></svg>".repeat(n);
+        html.push_str(&"<b>".repeat(n));
+        html.push_str(&"</i>x".repeat(n));
+        let t = std::time::Instant::now();
+        let out = sanitize_html(&html);
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "took {:?}", t.elapsed());
+        assert_eq!(out.matches("<b>").count(), MAX_OPEN);
+        assert_eq!(out.matches("</b>").count(), MAX_OPEN);
+        assert_eq!(out.matches('x').count(), n);
     }
 }

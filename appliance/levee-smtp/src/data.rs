@@ -34,6 +34,8 @@ pub(crate) enum ContentFault {
 pub(crate) struct ContentLimits {
     max_line: usize,
     max_size: u64,
+    /// Content octets so far (after unstuffing), stored or not.
+    size: u64,
     bare: bool,
     too_big: bool,
     nul: bool,
@@ -47,6 +49,7 @@ impl ContentLimits {
         ContentLimits {
             max_line,
             max_size,
+            size: 0,
             bare: false,
             too_big: false,
             nul: false,
@@ -81,21 +84,20 @@ impl ContentLimits {
     }
 
     /// Appends accepted content unless the message is already refused.
+    ///
+    /// Every fault is looked for in all the content, even once another one is known, so the
+    /// verdict (and the reply) does not depend on how the input was split into reads: when
+    /// the first fault stopped the others from being checked, a NUL read before a line grew
+    /// too long was a NUL byte by byte but a long line in one read.
     fn store(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
         self.any = true;
+        self.size = self.size.saturating_add(bytes.len() as u64);
+        self.too_big |= self.size > self.max_size;
+        self.nul = self.nul || memchr::memchr(0, bytes).is_some();
         if self.fault().is_some() {
-            return;
-        }
-        if memchr::memchr(0, bytes).is_some() {
-            self.nul = true;
-            *out = Vec::new();
-            return;
-        }
-        if out.len() as u64 + bytes.len() as u64 > self.max_size {
-            self.too_big = true;
             // Free the partial message now: it will never be stored.
             *out = Vec::new();
             return;
@@ -356,6 +358,38 @@ mod tests {
         assert!(r.feed(b"1234\r\n5678\r\n.\r\n", &mut out).1);
         assert_eq!(r.limits.fault(), Some(ContentFault::TooBig));
         assert!(out.is_empty());
+    }
+
+    /// Found by `fuzz/smtp_session`: with two faults in one message, the one reported (and
+    /// so the reply) depended on the split of the input.
+    #[test]
+    fn the_fault_does_not_depend_on_the_split() {
+        for (max_line, max_size, input, fault) in [
+            (16, 1 << 20, &b"\x00aaaaaaaaaaaaaaaaaaaa\r\n.\r\n"[..], ContentFault::Nul),
+            (16, 8, b"0123456789abcdefghij\r\n.\r\n", ContentFault::TooBig),
+            (1000, 4, b"abcdef\r\n\x00\r\n.\r\n", ContentFault::TooBig),
+        ] {
+            let mut whole = DotReader::new(ContentLimits::new(max_line, max_size));
+            let mut out = Vec::new();
+            assert_eq!(whole.feed(input, &mut out), (input.len(), true));
+            let mut bytewise = DotReader::new(ContentLimits::new(max_line, max_size));
+            let mut out = Vec::new();
+            for b in input {
+                bytewise.feed(std::slice::from_ref(b), &mut out);
+            }
+            assert_eq!(whole.limits.end_fault(), Some(fault), "{input:?}");
+            assert_eq!(bytewise.limits.end_fault(), Some(fault), "{input:?}");
+            assert!(out.is_empty());
+
+            let mut c = ChunkChecker::new(ContentLimits::new(max_line, max_size));
+            let mut out = Vec::new();
+            for b in input {
+                c.feed(std::slice::from_ref(b), &mut out);
+            }
+            let mut one = ChunkChecker::new(ContentLimits::new(max_line, max_size));
+            one.feed(input, &mut Vec::new());
+            assert_eq!(c.finish(), one.finish(), "{input:?}");
+        }
     }
 
     #[test]

@@ -53,13 +53,12 @@ impl Reply {
             let sep = if i + 1 == n { ' ' } else { '-' };
             let text: String = text.chars().filter(|c| *c != '\r' && *c != '\n').collect();
             let line = match self.enhanced {
-                Some(e) => format!("{}{}{} {}\r\n", self.code, sep, e, text),
-                None => format!("{}{}{}\r\n", self.code, sep, text),
+                Some(e) => format!("{}{}{} {}", self.code, sep, e, text),
+                None => format!("{}{}{}", self.code, sep, text),
             };
+            // Trimmed before the CRLF: an empty text leaves no trailing space.
             out.extend_from_slice(line.trim_end_matches(' ').as_bytes());
-            if !out.ends_with(b"\r\n") {
-                out.extend_from_slice(b"\r\n");
-            }
+            out.extend_from_slice(b"\r\n");
         }
         out
     }
@@ -92,5 +91,15 @@ mod tests {
     fn enhanced_codes_follow_the_code_and_text_cannot_inject_lines() {
         let r = Reply::with(550, 1, 1, "no such user\r\n250 ok");
         assert_eq!(r.to_wire(), b"550 5.1.1 no such user250 ok\r\n");
+    }
+
+    /// Found by `fuzz/smtp_client`: the trailing space was trimmed after the CRLF had been
+    /// added, so never, and `550 5.7.1` read back rendered as `550 5.7.1 ` (not a fixed point).
+    #[test]
+    fn an_empty_text_leaves_no_trailing_space() {
+        assert_eq!(Reply::with(550, 7, 1, "").to_wire(), b"550 5.7.1\r\n");
+        assert_eq!(Reply::new(250, None, "").to_wire(), b"250\r\n");
+        let r = Reply { code: 250, enhanced: None, lines: vec!["".into(), "x ".into()] };
+        assert_eq!(r.to_wire(), b"250-\r\n250 x\r\n");
     }
 }
