@@ -221,7 +221,13 @@ async fn to_next_hop(
     rcpts: &[String],
 ) -> (String, Result<Vec<Result<Reply, Reply>>, Reply>) {
     let hop = next_hop(config, domain);
-    let dead_window = config.delivery.dead_destination_secs.duration();
+    // Never longer than the first retry interval: a next hop that comes back is tried
+    // again as soon as the retry policy would try it.
+    let dead_window = config
+        .delivery
+        .dead_destination_secs
+        .duration()
+        .min(Duration::from_secs(config.delivery.retry_first_secs.max(1)));
     if let Some(reply) = engine.qmgr.dead_reply(&hop.dest, dead_window) {
         // Known dead: defer at once rather than hold a slot for the connect timeout.
         return (hop.dest.clone(), Err(reply));
