@@ -494,6 +494,29 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_on_top_reads_as_one_parse_of_the_joined_bytes() {
+        let hop = "Received: from mx.example (mx.example [203.0.113.9])\r\n\tby gw.test with ESMTP; Thu, 3 Dec 2026 10:00:00 +0000\r\n";
+        let cases: [&[u8]; 4] = [
+            b"Received: from a (a [10.0.0.1]) by b; Thu, 3 Dec 2026 09:00:00 +0000\r\nSubject: hi\r\n\r\nbody www.example.com\r\n",
+            b"Subject: single\r\nContent-Type: text/html\r\n\r\n<a href=http://x.example.org/>x</a>\r\n",
+            b"Subject: no separator",
+            b"",
+        ];
+        for raw in cases {
+            let joined = [hop.as_bytes(), raw].concat();
+            let parsed = MessageParser::default().parse(raw);
+            let once = SaMessage::from_parsed(parsed.as_ref(), raw, hop);
+            let twice = SaMessage::parse(&joined);
+            assert_eq!(
+                format!("{once:?}"),
+                format!("{twice:?}"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
     fn garbage_does_not_panic() {
         for raw in [&b""[..], b"\xff\xfe", b"Subject: x", b"a\r\n\r\n%%%<<<>>>=?=?"] {
             let _ = SaMessage::parse(raw);
