@@ -96,6 +96,8 @@ pub struct Scanned {
     pub findings: Vec<Finding>,
     /// The message's link hosts for the URI lists, at most the number asked for.
     pub links: Vec<levee_content::UriHost>,
+    /// The Bayes tokens, for learning ([`votes::MessageKey::with_tokens`]).
+    pub tokens: Vec<String>,
 }
 
 /// [`content_findings_received`] and the message's first `max_links` link hosts (none when
@@ -117,5 +119,5 @@ pub fn content_scan(
     let tokens = bayes::tokenize_content(&content);
     findings.extend(bayes::findings(model, &tokens));
     let links = if max_links > 0 { content.links(max_links) } else { Vec::new() };
-    Scanned { findings, links }
+    Scanned { findings, links, tokens }
 }

@@ -653,7 +653,7 @@ impl Engine {
             error!(client = %envelope.client_ip, from = %envelope.mail_from_path(), error = %e, "content filter panicked");
             levee_filter::Scanned {
                 findings: vec![levee_types::Finding::new(FILTER_PANICKED, "the content filter failed on this message")],
-                links: Vec::new(),
+                ..Default::default()
             }
         });
         if let Some(net) = uri {
@@ -662,8 +662,12 @@ impl Engine {
             findings.extend(uri_findings);
         }
         findings.extend(content.findings);
+        // no tokens when the filter panicked: learning then makes its own
+        let tokens = (!content.tokens.is_empty()).then_some(content.tokens);
         let global = levee_filter::score::verdict(&policies.global, &findings, false);
-        let key = self.learning_at_judge(&envelope.rcpt_to, &data, &global, &policies.global).await;
+        let key = self
+            .learning_at_judge(&envelope.rcpt_to, &data, tokens, &global, &policies.global)
+            .await;
         let sender_domain = sender.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d);
         let sender_authenticated =
             sender_domain.is_some_and(|d| report::domain_authenticated(d, Some(d), &findings));
