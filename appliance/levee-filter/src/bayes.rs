@@ -17,9 +17,11 @@
 //! corpus, or at one site, they identify the source rather than the content, and a filter that
 //! learns them learns "which mailing list" instead of "spam".
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use levee_content::Content;
+use mail_parser::{Message, MimeHeaders, PartType};
 
 use crate::linear::{self, Linear};
 use crate::{html, FilterError, Finding};
@@ -78,19 +80,20 @@ const RECIPIENT_HEADERS: &[&str] = &[
 /// [`MAX_TOKEN_LEN`] bytes. Never fails: unparsable input is tokenized as plain text. The
 /// message is read up to its first bound ([`crate::limits`]): parts past it are not tokenized.
 pub fn tokenize(message: &[u8]) -> Vec<String> {
-    tokenize_bounded(crate::limits::bounded(message))
+    tokenize_content(&Content::parse(message))
 }
 
-/// [`tokenize`] on a message already cut by [`crate::limits::scan`].
-pub(crate) fn tokenize_bounded(message: &[u8]) -> Vec<String> {
+/// [`tokenize`] on a message already parsed (and bounded).
+pub fn tokenize_content(content: &Content<'_>) -> Vec<String> {
     let mut sink = Sink::default();
-    match MessageParser::default().parse(message) {
+    match content.message() {
         Some(msg) => {
-            sink.recipients = recipients(&msg);
-            header_tokens(&msg, &mut sink);
-            body_tokens(&msg, &mut sink, 0);
+            sink.recipients = recipients(msg);
+            header_tokens(msg, &mut sink);
+            body_tokens(msg, &mut sink, 0);
         }
         None => {
+            let message = content.raw();
             let text = String::from_utf8_lossy(&message[..message.len().min(MAX_TEXT_BYTES)]);
             sink.words(&text, "");
         }
@@ -344,17 +347,11 @@ fn find_url(raw: &str) -> Option<&str> {
     lower_has("www.").map(|p| &raw[p..]).filter(|u| u.len() > 6)
 }
 
-/// An approximation of the registrable domain: the last two labels, or three under a short
-/// second-level label of a country code (`example.co.uk`). Good enough for tokens.
-pub(crate) fn registrable(host: &str) -> &str {
-    let labels: Vec<&str> = host.rsplitn(4, '.').collect();
-    let keep =
-        if labels.len() >= 3 && labels[0].len() == 2 && labels[1].len() <= 3 { 3 } else { 2 };
-    if labels.len() <= keep {
-        return host;
-    }
-    let cut: usize = labels[..keep].iter().map(|l| l.len() + 1).sum::<usize>() - 1;
-    &host[host.len() - cut..]
+/// The registrable domain of `host` (the public suffix list's, shared with the URI lists),
+/// or `host` itself where the list has none (an IP, a single label, an unknown suffix), so a
+/// token or a comparison still has something to go on.
+pub(crate) fn registrable(host: &str) -> Cow<'_, str> {
+    levee_content::registrable_domain(host).map_or(Cow::Borrowed(host), Cow::Owned)
 }
 
 /// The recipients named in the headers, at most [`MAX_RECIPIENTS`]: the cap is checked at
@@ -1053,7 +1050,7 @@ mod tests {
             &format!("Subject: hi\r\nTo: {}\r\nCc: late@example.test", to.join(", ")),
             "hello user7@example.test",
         );
-        let parsed = MessageParser::default().parse(&m).unwrap();
+        let parsed = mail_parser::MessageParser::default().parse(&m).unwrap();
         let r = recipients(&parsed);
         assert_eq!(r.len(), MAX_RECIPIENTS);
         assert!(r.contains("user0@example.test") && r.contains("user0"));
@@ -1356,5 +1353,7 @@ mod tests {
         assert_eq!(registrable("www.example.co.uk"), "example.co.uk");
         assert_eq!(registrable("example.com"), "example.com");
         assert_eq!(registrable("localhost"), "localhost");
+        assert_eq!(registrable("a.foo.github.io"), "foo.github.io");
+        assert_eq!(registrable("www.abc.de"), "abc.de");
     }
 }

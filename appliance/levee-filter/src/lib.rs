@@ -21,7 +21,6 @@ pub mod bayes;
 pub mod eval;
 pub mod fit;
 mod html;
-pub mod limits;
 pub mod linear;
 pub mod mailbox;
 pub mod rules;
@@ -29,6 +28,7 @@ pub mod sa;
 pub mod score;
 pub mod votes;
 
+pub use levee_content::limits;
 pub use levee_types::Finding;
 
 /// Errors of the filter crate.
@@ -87,21 +87,37 @@ pub fn content_findings_received(
     received: &str,
     message: &[u8],
 ) -> Vec<Finding> {
-    let scan = limits::scan(message);
-    let message = &message[..scan.cut];
-    let mut findings = scan.findings;
-    findings.extend(rules::check_bounded(message));
+    content_scan(model, sa_rules, received, message, 0).findings
+}
+
+/// What one pass of the content filter over a message yields.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scanned {
+    pub findings: Vec<Finding>,
+    /// The message's link hosts for the URI lists, at most the number asked for.
+    pub links: Vec<levee_content::UriHost>,
+    /// The Bayes tokens, for learning ([`votes::MessageKey::with_tokens`]).
+    pub tokens: Vec<String>,
+}
+
+/// [`content_findings_received`] and the message's first `max_links` link hosts (none when
+/// 0), from one parse ([`levee_content::Content`]): the bounds, the rules, SpamAssassin's
+/// rules and the Bayes tokens all read it, and the relay asks the URI lists about its links.
+pub fn content_scan(
+    model: &bayes::Model,
+    sa_rules: Option<&levee_sarules::RuleSet>,
+    received: &str,
+    message: &[u8],
+    max_links: usize,
+) -> Scanned {
+    let content = levee_content::Content::parse(message);
+    let mut findings = content.bounds().findings.clone();
+    findings.extend(rules::check_content(&content));
     if let Some(set) = sa_rules {
-        if received.is_empty() {
-            findings.extend(sa::findings_bounded(set, message));
-        } else {
-            let mut with_hop = Vec::with_capacity(received.len() + message.len());
-            with_hop.extend_from_slice(received.as_bytes());
-            with_hop.extend_from_slice(message);
-            findings.extend(sa::findings_bounded(set, &with_hop));
-        }
+        findings.extend(sa::findings_content(set, &content, received));
     }
-    let tokens = bayes::tokenize_bounded(message);
+    let tokens = bayes::tokenize_content(&content);
     findings.extend(bayes::findings(model, &tokens));
-    findings
+    let links = if max_links > 0 { content.links(max_links) } else { Vec::new() };
+    Scanned { findings, links, tokens }
 }

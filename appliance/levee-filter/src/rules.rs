@@ -15,7 +15,8 @@
 //! | `SUBJECT_ALL_CAPS` | the subject has 10+ letters, all capitals |
 //! | `UNPARSABLE_MESSAGE` | the message has no header section at all |
 
-use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
+use levee_content::Content;
+use mail_parser::{Message, MimeHeaders, PartType};
 
 use crate::{bayes::registrable, html, Finding};
 
@@ -36,22 +37,26 @@ const LITTLE_TEXT_CHARS: usize = 80;
 
 /// Runs every rule on a raw message, read up to its first bound ([`crate::limits`]).
 pub fn check(message: &[u8]) -> Vec<Finding> {
-    check_bounded(crate::limits::bounded(message))
+    check_content(&Content::parse(message))
 }
 
-/// [`check`] on a message already cut by [`crate::limits::scan`].
-pub(crate) fn check_bounded(message: &[u8]) -> Vec<Finding> {
+/// [`check`] on a message already parsed (and bounded).
+pub(crate) fn check_content(content: &Content<'_>) -> Vec<Finding> {
+    check_parsed(content.raw(), content.message())
+}
+
+/// The rules on `raw` parsed as `parsed`, however it was bounded.
+fn check_parsed(raw: &[u8], parsed: Option<&Message<'_>>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let gtube_raw = find(message, GTUBE.as_bytes());
-    let parsed = MessageParser::default().parse(message).filter(|m| !m.headers().is_empty());
-    let Some(msg) = parsed else {
+    let gtube_raw = find(raw, GTUBE.as_bytes());
+    let Some(msg) = parsed.filter(|m| !m.headers().is_empty()) else {
         if gtube_raw {
             out.push(Finding::new("GTUBE", "GTUBE test string in the raw message"));
         }
         out.push(Finding::new("UNPARSABLE_MESSAGE", "no header section could be parsed"));
         return out;
     };
-    if gtube_raw || decoded_texts(&msg).any(|t| t.contains(GTUBE)) {
+    if gtube_raw || decoded_texts(msg).any(|t| t.contains(GTUBE)) {
         out.push(Finding::new("GTUBE", "GTUBE test string in the body"));
     }
     if msg.header_raw("Date").is_none() {
@@ -63,12 +68,12 @@ pub(crate) fn check_bounded(message: &[u8]) -> Vec<Finding> {
     if msg.header_raw("From").is_none() {
         out.push(Finding::new("MISSING_FROM", "no From header"));
     }
-    html_only(&msg, &mut out);
-    link_mismatch(&msg, &mut out);
-    numeric_links(&msg, &mut out);
-    from_checks(&msg, &mut out);
-    attachments(&msg, &mut out);
-    subject_caps(&msg, &mut out);
+    html_only(msg, &mut out);
+    link_mismatch(msg, &mut out);
+    numeric_links(msg, &mut out);
+    from_checks(msg, &mut out);
+    attachments(msg, &mut out);
+    subject_caps(msg, &mut out);
     out
 }
 
@@ -288,7 +293,8 @@ mod tests {
         m.push_str("--b--\r\n");
         // The rule itself, past the part bound `check` applies (`crate::limits`): it must stay
         // linear whatever its input.
-        let found = check_bounded(m.as_bytes());
+        let parsed = mail_parser::MessageParser::default().parse(m.as_bytes());
+        let found = check_parsed(m.as_bytes(), parsed.as_ref());
         let f = found.iter().find(|f| f.symbol == "DANGEROUS_ATTACHMENT").expect("fired");
         assert!(f.detail.starts_with("f0.exe (.exe), f1.exe (.exe), "), "{}", f.detail);
         assert!(f.detail.ends_with("f9.exe (.exe) and 4990 more"), "{}", f.detail);

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use levee_content::Content;
 pub use levee_sarules::{LoadReport, RulesError};
 use levee_sarules::{RuleSet, SaMessage};
 
@@ -151,12 +152,17 @@ const SAME_AS_OWN: &[&str] = &["MISSING_MID", "SUBJ_ALL_CAPS"];
 /// evidence would count twice, and the admin's weight for Levee's symbol would no longer
 /// decide it. The message is read up to its first bound ([`crate::limits`]).
 pub fn findings(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
-    findings_bounded(rules, crate::limits::bounded(message))
+    findings_content(rules, &Content::parse(message), "")
 }
 
-/// [`findings`] on a message already cut by [`crate::limits::scan`].
-pub(crate) fn findings_bounded(rules: &RuleSet, message: &[u8]) -> Vec<Finding> {
-    let parsed = SaMessage::parse(message);
+/// [`findings`] on a message already parsed (and bounded), with `received` (header fields
+/// the gateway adds, CRLF-terminated; may be empty) read on top of it.
+pub(crate) fn findings_content(
+    rules: &RuleSet,
+    content: &Content<'_>,
+    received: &str,
+) -> Vec<Finding> {
+    let parsed = SaMessage::from_parsed(content.message(), content.raw(), received);
     rules
         .check(&parsed)
         .into_iter()

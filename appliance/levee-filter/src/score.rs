@@ -222,6 +222,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_limit_symbol_has_a_weight_and_a_meaning() {
+        for symbol in
+            ["MIME_NESTING_LIMIT", "MIME_PARTS_LIMIT", "HEADER_COUNT_LIMIT", "LINE_LENGTH_LIMIT"]
+        {
+            assert!(Policy::default().weight(symbol) > 0.0, "{symbol}");
+            assert!(describe(symbol).is_some(), "{symbol}");
+        }
+    }
+
+    #[test]
     fn one_heavy_rule_does_not_sink_authenticated_mail_unless_the_admin_says_so() {
         let mut p = Policy {
             rule_scores: Arc::new([("SA_HEAVY".to_owned(), 8.0)].into_iter().collect()),

@@ -225,7 +225,12 @@ pub struct MessageKey {
 
 impl MessageKey {
     pub fn of(message: &[u8]) -> MessageKey {
-        let tokens = crate::bayes::tokenize(message);
+        MessageKey::with_tokens(message, crate::bayes::tokenize(message))
+    }
+
+    /// [`MessageKey::of`] with the message's tokens already made (by the content filter's
+    /// parse, [`crate::content_scan`]), so the message is not parsed again.
+    pub fn with_tokens(message: &[u8], tokens: Vec<String>) -> MessageKey {
         MessageKey { hash: body_hash(message), sig: Signature::of(&tokens), tokens }
     }
 }

@@ -161,7 +161,8 @@ impl NetChecks {
     /// DKIM, DMARC, ARC and URI lists for the whole `message`, within `content_timeout`,
     /// and SPF: `spf` from [`NetChecks::mail_stage`] of this transaction (not asked
     /// again), or evaluated here when there is none. With the authentication checks off,
-    /// only the URI lists.
+    /// only the URI lists. The links are read from `message` here; a caller that parses the
+    /// message anyway asks [`NetChecks::auth_stage`] and [`NetChecks::uri_stage`] instead.
     pub async fn content_stage(
         &self,
         ip: IpAddr,
@@ -171,25 +172,76 @@ impl NetChecks {
         message: &[u8],
     ) -> ContentReport {
         let deadline = Instant::now() + self.config.content_timeout;
-        let hosts = if self.config.uribl.is_empty() {
-            Vec::new()
+        let hosts = match self.uri_hosts_wanted() {
+            0 => Vec::new(),
+            max => urls::extract(message, max),
+        };
+        let uri = self.uri_lists(&hosts, deadline);
+        let auth = self.auth_lists(ip, helo, mail_from, spf, message, deadline);
+        let ((uri_findings, warnings), mut report) = tokio::join!(uri, auth);
+        report.findings.extend(uri_findings);
+        report.warnings = warnings;
+        report
+    }
+
+    /// [`NetChecks::content_stage`] without the URI lists: DKIM, DMARC, ARC and SPF.
+    pub async fn auth_stage(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        spf: Option<&MailSpf>,
+        message: &[u8],
+    ) -> ContentReport {
+        let deadline = Instant::now() + self.config.content_timeout;
+        self.auth_lists(ip, helo, mail_from, spf, message, deadline).await
+    }
+
+    /// The URI lists for `hosts` (the message's links, as `levee-content` reads them; at
+    /// most [`NetChecks::uri_hosts_wanted`] are asked about), within its own
+    /// `content_timeout`.
+    pub async fn uri_stage(&self, hosts: &[UriHost]) -> (Vec<Finding>, Vec<HealthWarning>) {
+        let hosts = &hosts[..hosts.len().min(self.uri_hosts_wanted())];
+        self.uri_lists(hosts, Instant::now() + self.config.content_timeout).await
+    }
+
+    /// How many link hosts the URI lists want: none when no list is configured.
+    pub fn uri_hosts_wanted(&self) -> usize {
+        if self.config.uribl.is_empty() {
+            0
         } else {
-            urls::extract(message, self.config.max_uri_hosts)
+            self.config.max_uri_hosts
+        }
+    }
+
+    async fn uri_lists(
+        &self,
+        hosts: &[UriHost],
+        deadline: Instant,
+    ) -> (Vec<Finding>, Vec<HealthWarning>) {
+        per_list(&self.config.uribl, deadline, |list| uribl::check_hosts(&self.dns, hosts, list))
+            .await
+    }
+
+    async fn auth_lists(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        mail_from: &str,
+        spf: Option<&MailSpf>,
+        message: &[u8],
+        deadline: Instant,
+    ) -> ContentReport {
+        let auth = if self.config.auth {
+            self.auth.verify(ip, helo, mail_from, spf, message, deadline).await
+        } else {
+            AuthReport::default()
         };
-        let uri = per_list(&self.config.uribl, deadline, |list| {
-            uribl::check_hosts(&self.dns, &hosts, list)
-        });
-        let auth = async {
-            if self.config.auth {
-                self.auth.verify(ip, helo, mail_from, spf, message, deadline).await
-            } else {
-                AuthReport::default()
-            }
-        };
-        let ((uri_findings, warnings), auth) = tokio::join!(uri, auth);
-        let mut findings = auth.findings;
-        findings.extend(uri_findings);
-        ContentReport { findings, warnings, authentication_results: auth.authentication_results }
+        ContentReport {
+            findings: auth.findings,
+            warnings: Vec::new(),
+            authentication_results: auth.authentication_results,
+        }
     }
 }
 

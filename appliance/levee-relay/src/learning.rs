@@ -120,10 +120,18 @@ pub fn store_heldback(
     Ok((sample.spam.len(), sample.ham.len()))
 }
 
-async fn message_key(message: Arc<Vec<u8>>) -> Result<MessageKey, RelayError> {
-    tokio::task::spawn_blocking(move || MessageKey::of(&message))
-        .await
-        .map_err(|e| RelayError::Io(std::io::Error::other(e)))
+/// The message's key, from `tokens` when the content filter made them (one parse), else
+/// tokenising the message here.
+async fn message_key(
+    message: Arc<Vec<u8>>,
+    tokens: Option<Vec<String>>,
+) -> Result<MessageKey, RelayError> {
+    tokio::task::spawn_blocking(move || match tokens {
+        Some(tokens) => MessageKey::with_tokens(&message, tokens),
+        None => MessageKey::of(&message),
+    })
+    .await
+    .map_err(|e| RelayError::Io(std::io::Error::other(e)))
 }
 
 impl Engine {
@@ -136,7 +144,7 @@ impl Engine {
         spam: bool,
     ) -> Result<VoteOutcome, RelayError> {
         let voter = Voter::parse(voter)?;
-        let key = message_key(Arc::new(message.to_vec())).await?;
+        let key = message_key(Arc::new(message.to_vec()), None).await?;
         let outcome = {
             let mut l = self.learning.lock();
             let outcome = l.vote(&voter, &key, spam, now_unix());
@@ -163,6 +171,7 @@ impl Engine {
         &self,
         rcpts: &[levee_types::Address],
         data: &Arc<Vec<u8>>,
+        tokens: Option<Vec<String>>,
         verdict: &levee_types::Verdict,
         policy: &levee_filter::score::Policy,
     ) -> Option<MessageKey> {
@@ -180,7 +189,7 @@ impl Engine {
         if auto.is_none() && !personal {
             return None;
         }
-        let key = message_key(data.clone()).await.ok()?;
+        let key = message_key(data.clone(), tokens).await.ok()?;
         if let Some(spam) = auto {
             let mut l = self.learning.lock();
             let outcome = l.autolearn(&key, spam, now_unix());

@@ -615,16 +615,31 @@ impl Engine {
         self.policies().get(domain).clone()
     }
 
+    /// [`Engine::judge_with_uri`] without the URI lists (tests only: the engine asks them).
+    #[cfg(test)]
+    async fn judge(
+        &self,
+        envelope: &Envelope,
+        data: Arc<Vec<u8>>,
+        findings: Vec<levee_types::Finding>,
+        country: Option<&str>,
+    ) -> Vec<(Vec<Address>, levee_types::Verdict)> {
+        self.judge_with_uri(envelope, data, findings, country, None).await
+    }
+
     /// Content filter and lists: the verdict for each recipient of a received message,
     /// recipients with equal verdicts together. Each recipient is scored with its
     /// domain's effective policy and its own allow list, so one domain's lenient policy
-    /// or one recipient's allow entry never lets spam through to the others.
-    async fn judge(
+    /// or one recipient's allow entry never lets spam through to the others. With `uri`,
+    /// the URI lists are asked about the links of the content filter's own parse (the
+    /// message is parsed once, so the lists wait for the filter).
+    async fn judge_with_uri(
         &self,
         envelope: &Envelope,
         data: Arc<Vec<u8>>,
         mut findings: Vec<levee_types::Finding>,
         country: Option<&str>,
+        uri: Option<Arc<levee_netcheck::NetChecks>>,
     ) -> Vec<(Vec<Address>, levee_types::Verdict)> {
         // one snapshot for the whole judgement: a reload meanwhile cannot mix two configs
         let snap = self.snapshot();
@@ -635,24 +650,37 @@ impl Engine {
         let sender = envelope.mail_from.as_ref().map(|a| a.to_string());
         let text = data.clone();
         let hop = headers::live_hop(envelope, &snap.config.hostname.0);
+        let max_links = uri.as_ref().map_or(0, |net| net.uri_hosts_wanted());
         let content = tokio::task::spawn_blocking(move || {
             #[cfg(test)]
             if text.windows(PANIC_PROBE.len()).any(|w| w == PANIC_PROBE) {
                 panic!("test-only check: this message panics the content filter");
             }
             let set = rules.as_ref().map(|r| &r.set);
-            levee_filter::content_findings_received(&model, set, &hop, &text)
+            levee_filter::content_scan(&model, set, &hop, &text, max_links)
         })
         .await
         .unwrap_or_else(|e| {
             // A panic on one hostile message costs that message only: it is asked for again
             // (and the session closed), the engine goes on. See `panic` in Cargo.toml.
             error!(client = %envelope.client_ip, from = %envelope.mail_from_path(), error = %e, "content filter panicked");
-            vec![levee_types::Finding::new(FILTER_PANICKED, "the content filter failed on this message")]
+            levee_filter::Scanned {
+                findings: vec![levee_types::Finding::new(FILTER_PANICKED, "the content filter failed on this message")],
+                ..Default::default()
+            }
         });
-        findings.extend(content);
+        if let Some(net) = uri {
+            let (uri_findings, warnings) = net.uri_stage(&content.links).await;
+            self.record_health(&warnings);
+            findings.extend(uri_findings);
+        }
+        findings.extend(content.findings);
+        // no tokens when the filter panicked: learning then makes its own
+        let tokens = (!content.tokens.is_empty()).then_some(content.tokens);
         let global = levee_filter::score::verdict(&policies.global, &findings, false);
-        let key = self.learning_at_judge(&envelope.rcpt_to, &data, &global, &policies.global).await;
+        let key = self
+            .learning_at_judge(&envelope.rcpt_to, &data, tokens, &global, &policies.global)
+            .await;
         let sender_domain = sender.as_deref().and_then(|a| a.rsplit_once('@')).map(|(_, d)| d);
         let sender_authenticated =
             sender_domain.is_some_and(|d| report::domain_authenticated(d, Some(d), &findings));
@@ -737,8 +765,9 @@ impl Engine {
         }
         if let (Some(net), false) = (self.net(), conn.trusted) {
             let from = envelope.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            // The URI lists are asked in `judge_with_uri`, about the links of the filter's parse.
             let report = net
-                .content_stage(envelope.client_ip, &envelope.helo, &from, conn.spf.as_ref(), &data)
+                .auth_stage(envelope.client_ip, &envelope.helo, &from, conn.spf.as_ref(), &data)
                 .await;
             self.record_health(&report.warnings);
             findings.extend(report.findings);
@@ -758,7 +787,10 @@ impl Engine {
             data = clean;
         }
         let data = Arc::new(data);
-        let groups = self.judge(&envelope, data.clone(), findings, conn.country.as_deref()).await;
+        let uri = self.net().filter(|_| !conn.trusted);
+        let groups = self
+            .judge_with_uri(&envelope, data.clone(), findings, conn.country.as_deref(), uri)
+            .await;
         let data = Arc::try_unwrap(data).unwrap_or_else(|d| (*d).clone());
         let size = data.len() as u64;
         let part = |rcpts: &[Address]| Envelope { rcpt_to: rcpts.to_vec(), ..envelope.clone() };

@@ -1,6 +1,8 @@
 //! A message as the rule types read it, built once per message.
 
-use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+use std::borrow::Cow;
+
+use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 
 /// SpamAssassin splits body text into lines no longer than this (at a space if it can).
 const MAX_LINE: usize = 2048;
@@ -71,18 +73,39 @@ pub struct SaMessage {
 impl SaMessage {
     /// Parses a raw message. Never fails: what cannot be parsed is simply absent.
     pub fn parse(raw: &[u8]) -> SaMessage {
-        // line ends as SpamAssassin sees mail from an MTA (LF), whatever SMTP delivered
-        let full = String::from_utf8_lossy(raw).replace("\r\n", "\n");
-        let mut m = SaMessage { full, ..Default::default() };
-        m.missing_hb_separator =
-            !raw.windows(2).any(|w| w == b"\n\n") && !raw.windows(4).any(|w| w == b"\r\n\r\n");
-        let Some(msg) = MessageParser::default().parse(raw) else {
-            return m;
+        SaMessage::from_parsed(MessageParser::default().parse(raw).as_ref(), raw, "")
+    }
+
+    /// The rules' view of `raw`, already parsed as `msg` (Levee's content checks parse each
+    /// message once), with `hop` on top: header fields, each ending in CRLF, that the gateway
+    /// adds (its own `Received`), read as if they began `raw`. Only the hop is parsed here.
+    pub fn from_parsed(msg: Option<&Message<'_>>, raw: &[u8], hop: &str) -> SaMessage {
+        let hop_msg = if hop.is_empty() { None } else { MessageParser::default().parse(hop) };
+        let (Some(msg), false) = (msg, !hop.is_empty() && hop_msg.is_none()) else {
+            // Nothing to build on (no message, or a hop that is no header): read the bytes
+            // as SpamAssassin would see them, joined, once.
+            return SaMessage::from_joined(hop, raw);
         };
+        // line ends as SpamAssassin sees mail from an MTA (LF), whatever SMTP delivered
+        let mut full = hop.replace("\r\n", "\n");
+        full.push_str(&String::from_utf8_lossy(raw).replace("\r\n", "\n"));
+        let mut m = SaMessage { full, ..Default::default() };
+        m.missing_hb_separator = !has_separator(hop.as_bytes(), raw);
         let raw_msg = msg.raw_message();
-        m.headers = fields(raw_msg, msg.headers());
+        // the root's fields, the hop's first, as one parse of the joined bytes would list them
+        let all: Cow<'_, [mail_parser::Header<'_>]> = match &hop_msg {
+            Some(h) => h.headers().iter().chain(msg.headers()).cloned().collect::<Vec<_>>().into(),
+            None => msg.headers().into(),
+        };
+        let mut root_fields = match &hop_msg {
+            Some(h) => fields(h.raw_message(), h.headers()),
+            None => Vec::new(),
+        };
+        root_fields.extend(fields(raw_msg, msg.headers()));
+        root_fields.truncate(MAX_HEADERS);
+        m.headers = root_fields.clone();
         m.headers.retain(|h| !h.name.to_ascii_lowercase().starts_with("x-spam-relays-"));
-        if let Some(v) = crate::relays::untrusted(msg.headers()) {
+        if let Some(v) = crate::relays::untrusted(&all) {
             for name in ["X-Spam-Relays-Untrusted", "X-Spam-Relays-External"] {
                 m.headers.push(HeaderField {
                     name: name.into(),
@@ -94,7 +117,7 @@ impl SaMessage {
             }
         }
         m.date_time = msg.date().map(|d| d.to_timestamp());
-        for h in msg.headers() {
+        for h in all.iter() {
             if let HeaderValue::Received(r) = &h.value {
                 if let Some(d) = r.date() {
                     m.received_times.push(d.to_timestamp());
@@ -106,7 +129,7 @@ impl SaMessage {
         let mut rendered = String::new();
         for (i, part) in msg.parts.iter().enumerate() {
             let mut p = MimePart {
-                headers: fields(raw_msg, part.headers()),
+                headers: if i == 0 { root_fields.clone() } else { fields(raw_msg, part.headers()) },
                 content_type: part
                     .content_type()
                     .map(|c| {
@@ -150,6 +173,20 @@ impl SaMessage {
         m.body = render_body(&subject, &rendered);
         m.uris = canonicalize(std::mem::take(&mut m.uris));
         m
+    }
+
+    /// The old way, for what [`SaMessage::from_parsed`] cannot build on: `hop` and `raw`
+    /// joined and parsed together.
+    fn from_joined(hop: &str, raw: &[u8]) -> SaMessage {
+        let joined = [hop.as_bytes(), raw].concat();
+        if let Some(msg) = MessageParser::default().parse(&joined) {
+            return SaMessage::from_parsed(Some(&msg), &joined, "");
+        }
+        SaMessage {
+            full: String::from_utf8_lossy(&joined).replace("\r\n", "\n"),
+            missing_hb_separator: !has_separator(&joined, b""),
+            ..Default::default()
+        }
     }
 
     /// The first header field of that name (case-insensitive).
@@ -205,6 +242,14 @@ fn fields(raw: &[u8], headers: &[mail_parser::Header<'_>]) -> Vec<HeaderField> {
             HeaderField { name: h.name.as_str().to_string(), raw: raw_v, decoded, addr, display }
         })
         .collect()
+}
+
+/// Whether `a` followed by `b` holds a blank line (`\n\n` or `\r\n\r\n`), the seam included.
+fn has_separator(a: &[u8], b: &[u8]) -> bool {
+    let blank =
+        |x: &[u8]| x.windows(2).any(|w| w == b"\n\n") || x.windows(4).any(|w| w == b"\r\n\r\n");
+    let seam = [&a[a.len().saturating_sub(3)..], &b[..b.len().min(3)]].concat();
+    blank(a) || blank(b) || blank(&seam)
 }
 
 fn unfold(v: &str) -> String {
@@ -446,6 +491,29 @@ mod tests {
         assert!(body < BODY_PART_SCAN + 2_000, "body text {body}");
         assert!(!m.body.concat().contains("viagra"), "text past the scan size is not seen");
         assert!(m.rawbody.concat().contains("viagra"), "rawbody keeps up to its own limit");
+    }
+
+    #[test]
+    fn a_hop_on_top_reads_as_one_parse_of_the_joined_bytes() {
+        let hop = "Received: from mx.example (mx.example [203.0.113.9])\r\n\tby gw.test with ESMTP; Thu, 3 Dec 2026 10:00:00 +0000\r\n";
+        let cases: [&[u8]; 4] = [
+            b"Received: from a (a [10.0.0.1]) by b; Thu, 3 Dec 2026 09:00:00 +0000\r\nSubject: hi\r\n\r\nbody www.example.com\r\n",
+            b"Subject: single\r\nContent-Type: text/html\r\n\r\n<a href=http://x.example.org/>x</a>\r\n",
+            b"Subject: no separator",
+            b"",
+        ];
+        for raw in cases {
+            let joined = [hop.as_bytes(), raw].concat();
+            let parsed = MessageParser::default().parse(raw);
+            let once = SaMessage::from_parsed(parsed.as_ref(), raw, hop);
+            let twice = SaMessage::parse(&joined);
+            assert_eq!(
+                format!("{once:?}"),
+                format!("{twice:?}"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]
