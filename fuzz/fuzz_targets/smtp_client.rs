@@ -95,7 +95,7 @@ RCPT TO:<b@example.test>\r\nDATA\r\n"
                     s.stored(Reply::with(250, 0, 0, "ok"), now);
                 }
                 Action::Close => return stored,
-                Action::Send(_) | Action::StartTls => {}
+                Action::Send(_) | Action::StartTls | Action::Pause(_) => {}
             }
         }
         if pending.is_empty() {

@@ -96,6 +96,11 @@ impl Driver<'_> {
                     };
                     self.session.stored(r, self.now);
                 }
+                // The error delay is the driver's to sleep; what counts here is that it comes
+                // at the same points whatever the split.
+                Action::Pause(d) => {
+                    self.out.events.extend_from_slice(format!("<pause {d:?}>\n").as_bytes());
+                }
                 Action::StartTls => {
                     self.out.events.extend_from_slice(b"<starttls>\n");
                     self.tls_started = true;
