@@ -120,7 +120,7 @@ fn renewal_due(pem: &[u8]) -> Option<u64> {
 
 /// The calendar day of a Unix time, as rcgen takes it.
 fn ymd(unix: u64) -> (i32, u8, u8) {
-    let (y, m, d) = der::civil_from_days((unix / DAY) as i64);
+    let (y, m, d) = levee_types::civil::civil_from_days((unix / DAY) as i64);
     (y as i32, m as u8, d as u8)
 }
 
@@ -173,48 +173,15 @@ mod der {
             _ => return None,
         };
         let n = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
-        let days = days_from_civil(year, n(0)?, n(2)?);
+        let days = levee_types::civil::days_from_civil(year, n(0)?, n(2)?);
         let secs = days * 86_400 + n(4)? * 3600 + n(6)? * 60 + n(8)?;
         u64::try_from(secs).ok()
-    }
-
-    /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's method).
-    pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146_097 + doe - 719_468
-    }
-
-    /// The inverse of [`days_from_civil`]: (year, month, day).
-    pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
-        let z = z + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_round_trip() {
-        assert_eq!(der::days_from_civil(1970, 1, 1), 0);
-        assert_eq!(der::days_from_civil(2026, 12, 3), 20_790);
-        for z in [-1, 0, 59, 11_016, 20_790, 47_541] {
-            let (y, m, d) = der::civil_from_days(z);
-            assert_eq!(der::days_from_civil(y, m, d), z);
-        }
-    }
 
     /// Issue 12: testssl found a 2,000-year self-signed certificate.
     #[test]

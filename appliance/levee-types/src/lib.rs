@@ -2,6 +2,7 @@
 //! speaks in these.
 
 mod address;
+pub mod civil;
 pub mod list;
 mod reply;
 mod verdict;

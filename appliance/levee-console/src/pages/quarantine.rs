@@ -35,23 +35,13 @@ pub struct SearchForm {
     pub msg: Option<String>,
 }
 
-/// Days since 1970-01-01 for a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 pub fn parse_date(s: &str) -> Option<u64> {
     let mut it = s.trim().split('-').map(|x| x.parse::<i64>().ok());
     let (y, m, d) = (it.next()??, it.next()??, it.next()??);
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    u64::try_from(days_from_civil(y, m, d) * 86_400).ok()
+    u64::try_from(levee_types::civil::days_from_civil(y, m, d) * 86_400).ok()
 }
 
 pub const PAGE: usize = 50;
