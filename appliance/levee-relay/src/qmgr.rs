@@ -207,14 +207,7 @@ impl QueueManager {
             let _w = self.lock();
             self.store.queue_update(id, |e| {
                 for (rcpt, reply) in rcpts {
-                    let waiting = e.recipients.iter_mut().find(|r| {
-                        r.rcpt == *rcpt
-                            && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred)
-                    });
-                    if let Some(r) = waiting {
-                        r.status = RcptStatus::Delivered;
-                        r.last_reply = Some(reply.clone());
-                    }
+                    settle_waiting(e, rcpt, RcptStatus::Delivered, Some(reply.clone()));
                 }
             })?
         };
@@ -268,15 +261,22 @@ impl QueueManager {
     }
 }
 
+/// Sets a recipient's state if it is still waiting; one removed or settled meanwhile (by a
+/// delete, a release, an earlier report) is left as it is.
+fn settle_waiting(e: &mut QueueEntry, rcpt: &str, status: RcptStatus, reply: Option<String>) {
+    let waiting = e
+        .recipients
+        .iter_mut()
+        .find(|r| r.rcpt == rcpt && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred));
+    if let Some(r) = waiting {
+        r.status = status;
+        r.last_reply = reply;
+    }
+}
+
 fn write_back(current: &mut QueueEntry, report: &AttemptReport) {
     for (rcpt, status, reply) in &report.changed {
-        let waiting = current.recipients.iter_mut().find(|r| {
-            r.rcpt == *rcpt && matches!(r.status, RcptStatus::Pending | RcptStatus::Deferred)
-        });
-        if let Some(r) = waiting {
-            r.status = *status;
-            r.last_reply = reply.clone();
-        }
+        settle_waiting(current, rcpt, *status, reply.clone());
     }
     current.attempts += 1;
     if let Some(at) = report.next {
