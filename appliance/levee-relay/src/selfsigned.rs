@@ -2,7 +2,7 @@
 //! year, and renewed by the first handshake in its last month, while the acceptor is in
 //! use. A certificate someone else issued (an upload) at the same path is never replaced.
 
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::{Path, PathBuf};
@@ -98,10 +98,7 @@ fn make(hostname: &str, cert: &Path, key: &Path, now: u64) -> Result<(), String>
 fn load(cert: &Path, key: &Path) -> Result<Current, String> {
     let cert_pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
     let key_pem = std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("key: {e}"))?;
+    let (chain, private) = crate::tls::pem_pair(&cert_pem, &key_pem)?;
     let signer = rustls::crypto::ring::default_provider()
         .key_provider
         .load_private_key(private)

@@ -56,8 +56,11 @@ fn acceptor_from_files(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAccep
     acceptor_from_pem(&cert_pem, &key_pem)
 }
 
-/// Checks a certificate chain and key (PEM) and builds an acceptor from them.
-pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+/// A certificate chain (at least one certificate) and its private key, from PEM.
+pub(crate) fn pem_pair(
+    cert: &[u8],
+    key: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("certificate: {e}"))?;
@@ -65,6 +68,12 @@ pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcc
         return Err("no certificate in the PEM text".into());
     }
     let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("private key: {e}"))?;
+    Ok((certs, key))
+}
+
+/// Checks a certificate chain and key (PEM) and builds an acceptor from them.
+pub fn acceptor_from_pem(cert: &[u8], key: &[u8]) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let (certs, key) = pem_pair(cert, key)?;
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
